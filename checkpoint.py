@@ -1,0 +1,60 @@
+"""
+Checkpoints: written atomically, read safely, turned back into a model and its tokenizer.
+
+A train.py checkpoint is a dict: model (state dict), optimizer, model_args, config, iter_num,
+best_val_loss, tokenizer (tokenizer.py state), rng. A nanoGPT ckpt.pt has the same model,
+model_args and optimizer keys but no tokenizer. Loading uses weights_only=True: a downloaded
+file cannot run code.
+"""
+import os
+
+import torch
+
+from model import GPT, GPTConfig, strip_compile_prefix
+from tokenizer import tokenizer_from_state
+
+
+def save_checkpoint(checkpoint, path):
+    """torch.save to a temporary file, fsync, then rename: a crash never leaves half a ckpt.pt."""
+    tmp_path = path + ".tmp"
+    torch.save(checkpoint, tmp_path)
+    with open(tmp_path, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp_path, path)
+
+
+def load_checkpoint(path):
+    """The checkpoint dict at path; ValueError with the fix when it is missing or unreadable."""
+    if not os.path.exists(path):
+        raise ValueError(f"no checkpoint at {path}; train one with train.py or fix the path")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint["model"] = strip_compile_prefix(checkpoint["model"])
+        checkpoint["model_args"]
+    except Exception as err:
+        raise ValueError(f"cannot read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                         f"it must be a ckpt.pt written by train.py or nanoGPT") from None
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint, dropout=None):
+    """The GPT a checkpoint describes, with its weights (dropout may be overridden)."""
+    model_args = dict(checkpoint["model_args"])
+    if dropout is not None:
+        model_args["dropout"] = dropout
+    model = GPT(GPTConfig(**{k: model_args[k] for k in GPTConfig.__dataclass_fields__ if k in model_args}))
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint weights do not fit its model_args: {str(err).splitlines()[0]}") from None
+    return model
+
+
+def tokenizer_of(checkpoint, fallback=""):
+    """The checkpoint's tokenizer; a nanoGPT checkpoint has none, so fallback ('gpt2') must say."""
+    if "tokenizer" in checkpoint:
+        return tokenizer_from_state(checkpoint["tokenizer"])
+    if fallback == "gpt2":
+        return tokenizer_from_state({"kind": "gpt2"})
+    raise ValueError("the checkpoint has no tokenizer (a nanoGPT checkpoint?); if it was trained on "
+                     "GPT-2 BPE pass --tokenizer=gpt2")

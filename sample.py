@@ -1,0 +1,143 @@
+"""
+Sample from a trained checkpoint and score the samples: task metric and diversity (SPEC.md section 8).
+
+    python sample.py --out_dir=out                          # K=4 samples for 100 val prompts
+    python sample.py --out_dir=out --temperature=0 --num_samples=1   # greedy
+    python sample.py --out_dir=out --start="12+7*3="         # one prompt of your own
+    python sample.py --out_dir=out --start=FILE:prompts.txt  # one prompt per line of a file
+
+Writes out_dir/samples_<split>_t<temperature>.jsonl (prompt, sample, reference, per-sample
+metrics) and the same name .json with the averages: accuracy (tasks with a verifier) or
+ROUGE-1/2/L (text), Self-BLEU and distinct-1/2 over the K samples of each prompt, mean length in
+tokens, the policy's mean per-token entropy on the split's reference completions, and tokens/s.
+"""
+import json
+import os
+import sys
+import time
+
+import torch
+
+from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_of
+from configurator import configure
+from dataset import encode_example, encode_split, load_dataset, make_batch
+from irl_loss import policy_stats
+import metrics
+
+# -----------------------------------------------------------------------------
+out_dir = "out"  # the run to sample from (its ckpt.pt); results are written here too
+init_from = ""  # '' = out_dir/ckpt.pt; or a path to any ckpt.pt
+dataset = ""  # '' = the dataset the checkpoint was trained on
+tokenizer = ""  # only for nanoGPT checkpoints, which carry none: gpt2
+split = "val"  # prompts from this split: val | test | train
+max_prompts = 100  # how many prompts of the split (0 = all)
+start = ""  # instead of a split: a prompt, or FILE:path with one prompt per line
+num_samples = 4  # K samples per prompt
+temperature = 1.0  # 0 = greedy
+top_k = 0  # sample only from the k most likely tokens (0 = all)
+max_new_tokens = 128  # per sample (generation also stops at EOS and at block_size)
+batch_size = 256  # sequences generated together
+use_cache = True  # key/value cache (False recomputes the whole prefix for every token)
+out_file = ""  # '' = out_dir/samples_<split>_t<temperature>.jsonl
+seed = 1337  # seed of the sampling generator
+device = ""  # '' = cuda if available, else cpu
+# -----------------------------------------------------------------------------
+settings = {k: v for k, v in globals().items() if not k.startswith("_")
+            and isinstance(v, (bool, int, float, str, type(None)))}
+globals().update(configure(settings, __file__))
+
+
+def fail(message):
+    sys.exit(f"sample.py: error: {message}")
+
+
+if num_samples < 1 or max_new_tokens < 1 or batch_size < 1 or temperature < 0 or top_k < 0:
+    fail("num_samples, max_new_tokens and batch_size must be >= 1; temperature and top_k >= 0")
+device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+if device.startswith("cuda") and not torch.cuda.is_available():
+    fail(f"--device={device} but no CUDA GPU is visible; use --device=cpu")
+try:
+    checkpoint = load_checkpoint(init_from or os.path.join(out_dir, "ckpt.pt"))
+    tok = tokenizer_of(checkpoint, tokenizer)
+    model = model_from_checkpoint(checkpoint).to(device).eval()
+    train_config = checkpoint.get("config", {})
+    checkpoint = None
+    block_size = model.config.block_size
+    data = None
+    if start:  # the user's own prompts: no references, no metrics but diversity
+        if start.startswith("FILE:"):
+            with open(start[5:], encoding="utf-8") as f:
+                pairs = [(line.rstrip("\n"), None) for line in f if line.strip()]
+        else:
+            pairs = [(start, None)]
+        for prompt, _ in pairs:
+            tok.encode(prompt)  # fails early, with the character, if the prompt is not encodable
+    else:
+        data = load_dataset(dataset or train_config.get("dataset", "arith"), tok)
+        if split not in data["splits"] or not data["splits"][split]:
+            fail(f"the dataset has no {split!r} split; use --split=val or --split=test")
+        pairs = data["splits"][split][:max_prompts or None]
+except (ValueError, OSError) as err:
+    fail(err)
+
+# ---------------------------------------------------------------------------- generate
+generator = torch.Generator(device=device).manual_seed(seed)
+prompts = [encode_example(tok, p)[-(block_size - 1):] for p, _ in pairs]
+jobs = [i for i in range(len(prompts)) for _ in range(num_samples)]  # prompt index of each sample
+completions = []
+t0 = time.time()
+for i in range(0, len(jobs), batch_size):
+    chunk = [prompts[j] for j in jobs[i:i + batch_size]]
+    completions += model.generate(chunk, max_new_tokens, temperature=temperature, top_k=top_k or None,
+                                  eos_id=tok.eos_id, generator=generator, use_cache=use_cache)
+seconds = time.time() - t0
+n_tokens = sum(len(c) for c in completions)
+print(f"generated {len(completions)} samples, {n_tokens} tokens in {seconds:.1f}s ({n_tokens / seconds:.0f} tok/s)")
+
+# ---------------------------------------------------------------------------- score
+verify = data["verify"] if data else None
+rows = []
+for j, completion in zip(jobs, completions):
+    prompt, reference = pairs[j]
+    text = tok.decode(completion)
+    row = dict(prompt=prompt, sample=text, reference=reference, length=len(completion),
+               terminated=bool(completion) and completion[-1] == tok.eos_id)
+    if verify is not None:
+        row["correct"] = bool(verify(prompt, text))
+    elif reference is not None:
+        row.update(rouge1=metrics.rouge_n(text, reference, 1), rouge2=metrics.rouge_n(text, reference, 2),
+                   rougeL=metrics.rouge_l(text, reference))
+    rows.append(row)
+
+summary = dict(checkpoint=init_from or os.path.join(out_dir, "ckpt.pt"), split=None if start else split,
+               prompts=len(pairs), num_samples=num_samples, temperature=temperature, top_k=top_k,
+               tokens_per_second=n_tokens / seconds, length=sum(r["length"] for r in rows) / len(rows))
+for key in ("correct", "rouge1", "rouge2", "rougeL"):
+    if key in rows[0]:
+        summary["accuracy" if key == "correct" else key] = sum(r[key] for r in rows) / len(rows)
+if num_samples > 1:  # diversity among the K samples of each prompt, averaged over prompts
+    groups = [[r["sample"] for r in rows[i:i + num_samples]] for i in range(0, len(rows), num_samples)]
+    summary["self_bleu"] = sum(map(metrics.self_bleu, groups)) / len(groups)
+    summary["distinct_1"] = sum(metrics.distinct_n(g, 1) for g in groups) / len(groups)
+    summary["distinct_2"] = sum(metrics.distinct_n(g, 2) for g in groups) / len(groups)
+if data is not None:  # the policy's entropy on the data (reference completions of this split)
+    examples, _ = encode_split(tok, pairs, block_size)
+    entropies = []
+    with torch.no_grad():
+        for i in range(0, len(examples), 64):
+            batch = {k: v.to(device) for k, v in make_batch(examples[i:i + 64], tok.eos_id).items()}
+            entropies.append(policy_stats(model(batch["idx"]), batch["targets"], batch["loss_mask"])["entropy"])
+    summary["entropy"] = sum(entropies) / len(entropies)
+
+# ---------------------------------------------------------------------------- write
+name = out_file or os.path.join(out_dir, f"samples_{'start' if start else split}_t{temperature:g}.jsonl")
+os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
+for path, text in ((name, "".join(json.dumps(r) + "\n" for r in rows)),
+                   (os.path.splitext(name)[0] + ".json", json.dumps(summary, indent=2) + "\n")):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:  # write, then rename: never half a file
+        f.write(text)
+    os.replace(path + ".tmp", path)
+for r in rows[: min(len(rows), 2 * num_samples)]:
+    print(f"--- {r['prompt']!r} -> {r['sample']!r}" + (f" ({'correct' if r['correct'] else 'wrong'})" if "correct" in r else ""))
+print(json.dumps(summary))
+print(f"wrote {name} and {os.path.splitext(name)[0]}.json")

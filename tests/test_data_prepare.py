@@ -1,0 +1,162 @@
+"""
+The prepared datasets: deterministic, disjoint splits, a correct meta.json, and for arith a verifier that
+accepts the demonstrations and rejects corrupted or garbage answers.
+
+    python -m pytest -q tests/test_data_prepare.py
+"""
+import json
+import os
+import random
+
+import pytest
+
+import data.arith.prepare as arith
+import data.shakespeare.prepare as shakespeare
+
+SPLITS = ("train", "val", "test")
+FILES = [f"{split}.jsonl" for split in SPLITS] + ["meta.json"]
+DATASETS = {"arith": arith, "shakespeare": shakespeare}
+
+
+def read_rows(folder):
+    rows = {}
+    for split in SPLITS:
+        with open(os.path.join(folder, f"{split}.jsonl"), encoding="utf-8") as f:
+            rows[split] = [json.loads(line) for line in f]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Each dataset prepared once into a temporary folder: {name: folder}."""
+    folders = {}
+    for name, module in DATASETS.items():
+        folders[name] = str(tmp_path_factory.mktemp(name))
+        assert module.prepare(out_dir=folders[name]) == folders[name]
+    return folders
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_prepare_is_deterministic(name, folders, tmp_path):
+    DATASETS[name].prepare(out_dir=str(tmp_path))
+    for file in FILES:
+        with open(os.path.join(folders[name], file), "rb") as a, open(tmp_path / file, "rb") as b:
+            assert a.read() == b.read(), f"{file} differs between two runs"
+    assert sorted(os.listdir(tmp_path)) == sorted(FILES)  # no temporary files left behind
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_split_sizes_and_disjoint_prompts(name, folders):
+    rows = read_rows(folders[name])
+    for split in SPLITS:
+        assert len(rows[split]) == DATASETS[name].SPLIT_SIZES[split]
+        for row in rows[split]:
+            assert set(row) == {"prompt", "completion"}
+            assert row["prompt"] and row["completion"]
+    prompts = {split: {row["prompt"] for row in rows[split]} for split in SPLITS}
+    assert not prompts["train"] & prompts["val"]
+    assert not prompts["train"] & prompts["test"]
+    assert not prompts["val"] & prompts["test"]
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_meta(name, folders):
+    rows = read_rows(folders[name])
+    with open(os.path.join(folders[name], "meta.json")) as f:
+        meta = json.load(f)
+    assert meta["name"] == name
+    assert meta["task"] == {"arith": "arith", "shakespeare": "text"}[name]
+    assert meta["tokenizer"]["kind"] == "char"
+    used = {ch for split in SPLITS for row in rows[split] for ch in row["prompt"] + row["completion"]}
+    assert meta["tokenizer"]["chars"] == "".join(sorted(used))  # sorted, once each, every char of every row
+
+
+# ----------------------------------------------------------------------------- arith
+
+@pytest.fixture(scope="module")
+def arith_rows(folders):
+    return read_rows(folders["arith"])
+
+
+def test_arith_verifier_accepts_every_demonstration(arith_rows):
+    for split in SPLITS:
+        for row in arith_rows[split]:
+            assert arith.verify(row["prompt"], row["completion"]), row
+
+
+def test_arith_verifier_rejects_corrupted_chains(arith_rows):
+    rng = random.Random(0)
+    for row in arith_rows["val"][:300]:
+        wrong = arith.corrupt(row["completion"], rng)
+        assert wrong != row["completion"]
+        assert len(wrong.split(";")) == len(row["completion"].split(";"))  # same steps, one slip
+        assert not arith.verify(row["prompt"], wrong), (row, wrong)
+
+
+def test_arith_verifier_rejects_garbage():
+    prompt = "(12+7)*(8-3)="
+    assert arith.evaluate(prompt) == 95
+    assert arith.verify(prompt, "12+7=19;8-3=5;19*5=95#95")
+    for garbage in ["", "abc", "#", "95", "#96", "12+7=19;8-3=5;19*5=95#94", "#95#", "#9 5", "#95.0"]:
+        assert not arith.verify(prompt, garbage), garbage
+    for bad_prompt in ["", "=", "(12+7=", "12**2=", "__import__('os')=", "1_0="]:
+        assert not arith.verify(bad_prompt, "#10")  # never raises
+
+
+def test_arith_evaluator_follows_precedence():
+    assert arith.evaluate("2+3*4=") == 14
+    assert arith.evaluate("20-8-2=") == 10
+    assert arith.evaluate("20-(8-2)=") == 14
+    assert arith.evaluate("(2+3)*4=") == 20
+    assert arith.evaluate("12/4*3=") == 9
+
+
+def test_arith_demonstrations_are_diverse(arith_rows):
+    # one problem, many valid orders: repeated draws of the expert give different chains, all correct
+    prompt = "4+9+11+2="
+    draws = {arith.solve(prompt, random.Random(seed)) for seed in range(200)}
+    assert len(draws) >= 10 and set(draws) <= set(arith.solutions(prompt))
+    assert all(arith.verify(prompt, completion) for completion in arith.solutions(prompt))
+    assert len(arith.solutions("(12+7)*(8-3)=")) == 2
+    # and the train set itself mixes orders: a good share of problems has more than one solution,
+    # and the demonstration is not always the same (e.g. the first) of them
+    rows = arith_rows["train"][:1000]
+    several = [row for row in rows if len(arith.solutions(row["prompt"])) > 1]
+    assert len(several) > 0.25 * len(rows)
+    positions = {arith.solutions(row["prompt"]).index(row["completion"]) for row in several}
+    assert len(positions) > 2
+
+
+def test_arith_fits_a_small_block(arith_rows):
+    # a char model with block_size 64 sees [EOS] + prompt + completion + [EOS] whole
+    rows = [row for split in SPLITS for row in arith_rows[split]]
+    assert max(len(row["prompt"]) for row in rows) <= 20
+    assert max(len(row["completion"]) for row in rows) <= 40
+
+
+# ----------------------------------------------------------------------------- shakespeare
+
+@pytest.fixture(scope="module")
+def shakespeare_rows(folders):
+    return read_rows(folders["shakespeare"])
+
+
+def test_shakespeare_held_out_plays_do_not_leak(shakespeare_rows):
+    train_lines = {line for row in shakespeare_rows["train"]
+                   for line in row["prompt"].split("\n") + [row["completion"]]}
+    for split in ("val", "test"):
+        completions = [row["completion"] for row in shakespeare_rows[split]]
+        overlap = sum(c in train_lines for c in completions) / len(completions)
+        assert overlap < 0.05, f"{split}: {overlap:.1%} of completions are train lines"
+
+
+def test_shakespeare_rows_are_clean(shakespeare_rows):
+    for split in SPLITS:
+        for row in shakespeare_rows[split]:
+            lines = row["prompt"].split("\n")
+            assert len(lines) == shakespeare.PROMPT_LINES and "\n" not in row["completion"]
+            for line in lines + [row["completion"]]:
+                assert line and line == " ".join(line.split())  # no empty lines, normalised spaces
+                assert all(" " <= ch <= "~" for ch in line)  # printable ASCII
+                for boilerplate in ("Gutenberg", "GUTENBERG", "LICENSE", "*** ", "eBook", "Etext"):
+                    assert boilerplate not in line, line

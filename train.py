@@ -1,0 +1,327 @@
+"""
+Train or fine-tune a GPT on prompt -> completion demonstrations, by maximum likelihood (MLE) or by
+offline inverse RL (IQ-Learn as MLE plus a TD regulariser, see irl_loss.py).
+
+    python train.py                                  # IRL on the arith task, ~5 minutes on a CPU
+    python train.py --loss=mle                       # the MLE / SFT baseline
+    python train.py --td_coef=0.3 --gamma=0.99       # any setting below is a flag; --help lists them
+    python train.py config/shakespeare_char.py       # a file of overrides, then flags
+    python train.py --init_from=resume               # continue the run in out_dir
+    python train.py --init_from=path/to/ckpt.pt      # fine-tune a checkpoint (ours or nanoGPT's)
+    torchrun --standalone --nproc_per_node=4 train.py    # several GPUs (DDP)
+
+Writes out_dir/ckpt.pt (atomically) and out_dir/log.jsonl (one JSON line per evaluation).
+"""
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from configurator import configure
+from dataset import encode_example, encode_split, load_dataset, make_batch
+from irl_loss import irl_loss, policy_stats, q_and_v
+from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, tokenizer_of
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# settings: each is a flag (--name=value); the comment is its --help line
+out_dir = "out"  # where ckpt.pt and log.jsonl are written
+init_from = "scratch"  # scratch | resume (continue out_dir) | path/to/ckpt.pt (ours or nanoGPT's)
+dataset = "arith"  # arith | shakespeare | a folder of train/val/test.jsonl | a .jsonl file
+tokenizer = ""  # '' = the dataset's (char) or the checkpoint's; char | gpt2
+loss = "irl"  # irl (IQ-Learn: MLE + td_coef * TD term) | mle
+td_coef = 0.1  # lambda: weight of the squared TD residual (0 = MLE)
+gamma = 1.0  # discount of the implied reward (1: finite episodes)
+stop_grad_next_v = False  # ablation: no gradient through v_{t+1} in the TD term
+batch_size = 32  # examples per micro-batch (one example per row)
+block_size = 64  # longest row in tokens; longer examples are cut (see dataset.py)
+gradient_accumulation_steps = 1  # micro-batches per optimizer step (in total, over all GPUs)
+n_layer = 4  # transformer blocks
+n_head = 4  # attention heads
+n_embd = 128  # width
+dropout = 0.0  # dropout probability (0 for small data is often fine; try 0.1 when fine-tuning)
+bias = False  # biases in Linear and LayerNorm layers
+learning_rate = 1e-3  # peak learning rate
+max_iters = 600  # optimizer steps
+weight_decay = 0.1  # AdamW weight decay (2-D weights only)
+beta1 = 0.9  # AdamW beta1
+beta2 = 0.99  # AdamW beta2
+grad_clip = 1.0  # clip the gradient norm at this value (0 = off)
+decay_lr = True  # linear warmup then cosine decay; False = constant learning_rate
+warmup_iters = 50  # steps of linear warmup
+lr_decay_iters = 600  # step at which the cosine reaches min_lr (usually = max_iters)
+min_lr = 1e-4  # learning rate at the end of the cosine
+eval_interval = 200  # evaluate (val loss, greedy accuracy) and save every this many steps
+eval_iters = 8  # val batches per evaluation (always the same ones)
+eval_prompts = 200  # val prompts for greedy accuracy (tasks with a verifier)
+log_interval = 25  # print a progress line every this many steps
+device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:1 | mps
+dtype = ""  # '' = bfloat16 on CUDA if supported, else float16 on CUDA, float32 elsewhere
+compile = None  # torch.compile the model; None = on for CUDA, off elsewhere
+backend = "nccl"  # DDP backend on CUDA (gloo is used on CPU)
+seed = 1337  # seed of weights, batches and dropout
+# -----------------------------------------------------------------------------
+settings = {k: v for k, v in globals().items() if not k.startswith("_")
+            and isinstance(v, (bool, int, float, str, type(None)))}
+config = configure(settings, __file__)
+globals().update(config)
+
+
+def fail(message):
+    sys.exit(f"train.py: error: {message}")
+
+
+# checks that would otherwise fail late and obscurely
+if loss not in ("irl", "mle"):
+    fail(f"--loss={loss!r} is not a loss; use irl or mle")
+if td_coef < 0:
+    fail(f"--td_coef={td_coef} must be >= 0 (0 is MLE)")
+if not 0.0 <= gamma <= 1.0:
+    fail(f"--gamma={gamma} must lie in [0, 1]")
+if min(batch_size, block_size, gradient_accumulation_steps, n_layer, n_head, n_embd) < 1:
+    fail("batch_size, block_size, gradient_accumulation_steps, n_layer, n_head, n_embd must be >= 1")
+if n_embd % n_head:
+    fail(f"--n_embd={n_embd} must be a multiple of --n_head={n_head}")
+td_coef_used = td_coef if loss == "irl" else 0.0  # MLE is the td_coef = 0 special case
+
+# -----------------------------------------------------------------------------
+# devices, DDP, precision
+ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+if not device:
+    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+if device.startswith("cuda") and not torch.cuda.is_available():
+    fail(f"--device={device} but no CUDA GPU is visible; use --device=cpu")
+if ddp:
+    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(backend=backend if device.startswith("cuda") else "gloo")
+    if gradient_accumulation_steps % world_size:
+        fail(f"gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of "
+             f"the number of processes ({world_size})")
+    gradient_accumulation_steps //= world_size
+else:
+    rank, world_size = 0, 1
+master = rank == 0  # the process that logs and saves
+device_type = "cuda" if device.startswith("cuda") else device.split(":")[0]
+if not dtype:
+    dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
+if dtype not in ("float32", "bfloat16", "float16") or (dtype == "float16" and device_type != "cuda"):
+    fail(f"--dtype={dtype!r}: use float32, bfloat16, or float16 (CUDA only)")
+if compile is None:
+    compile = device_type == "cuda"
+torch.manual_seed(seed + rank)
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
+
+# -----------------------------------------------------------------------------
+# checkpoint to start from, data, model
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+checkpoint = None
+if init_from != "scratch" and init_from != "resume" and not init_from.endswith(".pt"):
+    fail(f"--init_from={init_from!r}: use scratch, resume or a path ending in .pt")
+try:
+    if init_from != "scratch":
+        checkpoint = load_checkpoint(ckpt_path if init_from == "resume" else init_from)
+        tok = tokenizer_of(checkpoint, tokenizer)  # the checkpoint's tokenizer wins
+        block_size = min(block_size, checkpoint["model_args"]["block_size"])
+    data = load_dataset(dataset, tok if checkpoint is not None else tokenizer)
+    tok = data["tokenizer"]
+    train_data, train_cuts = encode_split(tok, data["splits"]["train"], block_size)
+    val_data, _ = encode_split(tok, data["splits"]["val"], block_size)
+    if checkpoint is None:
+        vocab_size = tok.vocab_size if tok.vocab_size < 1000 else 64 * math.ceil(tok.vocab_size / 64)
+        model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                          bias=bias, vocab_size=vocab_size, dropout=dropout)
+        model = GPT(GPTConfig(**model_args))
+    else:
+        model_args = dict(checkpoint["model_args"], dropout=dropout)
+        model = model_from_checkpoint(checkpoint, dropout)
+except ValueError as err:
+    fail(err)
+if not train_data or not val_data:
+    fail(f"dataset {dataset} has an empty train or val split; give it examples")
+if master and (train_cuts["prompt_cut"] or train_cuts["completion_cut"]):
+    print(f"block_size={block_size}: cut the prompt of {train_cuts['prompt_cut']} and truncated the "
+          f"completion of {train_cuts['completion_cut']} of {len(train_data)} train examples")
+if model_args["vocab_size"] < tok.vocab_size:
+    fail(f"the model has {model_args['vocab_size']} token ids but the tokenizer needs {tok.vocab_size}; "
+         f"use the checkpoint's tokenizer (--tokenizer)")
+model.to(device)
+
+iter_num, best_val_loss = 0, float("inf")
+train_gen = torch.Generator().manual_seed(seed + rank)  # its state is the data position
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if init_from == "resume":
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    rng = checkpoint["rng"]
+    torch.set_rng_state(rng["torch"])
+    train_gen.set_state(rng["data"][rank] if rank < len(rng["data"]) else rng["data"][0])
+    if device_type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"])
+checkpoint = None  # free the memory
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+
+raw_model = model  # the plain module: for saving and for generation
+if compile:
+    print("compiling the model (takes a minute) ...") if master else None
+    model = torch.compile(model)
+if ddp:
+    model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
+pad_to = block_size if compile else None  # a fixed shape: torch.compile does not recompile
+
+
+def get_lr(it):
+    """Linear warmup, then cosine decay from learning_rate to min_lr at lr_decay_iters."""
+    if not decay_lr:
+        return learning_rate
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    progress = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+def to_device(batch):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def compute_loss(batch, with_policy_stats=False):
+    with autocast:
+        logits = model(batch["idx"])
+    q, v = q_and_v(logits, batch["targets"])
+    loss_value, stats = irl_loss(q, v, batch["loss_mask"], batch["done"], td_coef_used, gamma, stop_grad_next_v)
+    if with_policy_stats:
+        stats.update(policy_stats(logits, batch["targets"], batch["loss_mask"]))
+    return loss_value, stats
+
+
+@torch.no_grad()
+def evaluate():
+    """Val loss statistics on the same eval_iters batches every time, and greedy accuracy on the
+    first eval_prompts val prompts (for tasks with a verifier)."""
+    model.eval()
+    totals = {}
+    for i in range(eval_iters):
+        rows = [val_data[(i * batch_size + j) % len(val_data)] for j in range(batch_size)]
+        _, stats = compute_loss(to_device(make_batch(rows, tok.eos_id, pad_to)), with_policy_stats=True)
+        for k, value in stats.items():
+            totals[k] = totals.get(k, 0.0) + value / eval_iters
+    result = {f"val/{k}": value for k, value in totals.items()}
+    result["val/loss"] = totals["nll"] + td_coef_used * totals["td"]
+    if data["verify"] is not None and eval_prompts > 0:
+        pairs = data["splits"]["val"][:eval_prompts]
+        prompts = [encode_example(tok, p)[-(block_size - 1):] for p, _ in pairs]
+        completions = raw_model.generate(prompts, block_size, temperature=0.0, eos_id=tok.eos_id)
+        correct = [data["verify"](p, tok.decode(c)) for (p, _), c in zip(pairs, completions)]
+        result["val/accuracy"] = sum(correct) / len(correct)
+    model.train()
+    return result
+
+
+def save_state():
+    """Everything a resumed run needs to continue exactly: weights, optimizer, RNG and data position."""
+    states = [train_gen.get_state()]
+    if ddp:  # every rank's data position, so a resumed run continues each rank's stream
+        states = [None] * world_size
+        torch.distributed.all_gather_object(states, train_gen.get_state())
+    if master:
+        save_checkpoint(dict(
+            model=raw_model.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
+            config=config, iter_num=iter_num, best_val_loss=best_val_loss, tokenizer=tok.state(),
+            rng=dict(torch=torch.get_rng_state(), data=states,
+                     cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None)), ckpt_path)
+
+
+def append_log(record):
+    with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")  # one write per line
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def trim_log(after_iter):
+    """On resume, drop log lines of iterations the checkpoint had not reached (rewritten atomically)."""
+    path = os.path.join(out_dir, "log.jsonl")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.endswith("\n") and json.loads(line)["iter"] < after_iter]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+
+
+# -----------------------------------------------------------------------------
+# the training loop
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    if init_from == "resume":
+        trim_log(iter_num)
+    n_params = raw_model.get_num_params()
+    print(f"{data['name']}: {len(train_data)} train / {len(val_data)} val examples; model {n_params / 1e6:.2f}M "
+          f"params; loss={loss} td_coef={td_coef_used} gamma={gamma}; device={device} dtype={dtype}")
+start_iter = last_log_iter = iter_num
+t0, tokens_seen = time.time(), 0
+while True:
+    lr = get_lr(iter_num)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+    if iter_num % eval_interval == 0 or iter_num == max_iters:
+        t_eval = time.time()
+        record = dict(iter=iter_num, lr=lr, **evaluate())
+        best_val_loss = min(best_val_loss, record["val/loss"])
+        if iter_num > start_iter or (iter_num > 0 and init_from != "resume"):
+            save_state()
+        if master:
+            append_log(record)
+            acc = f", val accuracy {record['val/accuracy']:.3f}" if "val/accuracy" in record else ""
+            print(f"eval {iter_num}: val loss {record['val/loss']:.4f}, val nll {record['val/nll']:.4f}, "
+                  f"val td {record['val/td']:.4f}{acc}")
+        t0 += time.time() - t_eval  # progress lines time training steps only
+    if iter_num >= max_iters:
+        break
+
+    # one optimizer step over gradient_accumulation_steps micro-batches
+    log_now = iter_num % log_interval == 0
+    for micro_step in range(gradient_accumulation_steps):
+        rows = torch.randint(len(train_data), (batch_size,), generator=train_gen).tolist()
+        batch = to_device(make_batch([train_data[i] for i in rows], tok.eos_id, pad_to))
+        tokens_seen += int((batch["targets"] >= 0).sum())
+        if ddp:  # sync gradients only on the last micro-step
+            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        loss_value, stats = compute_loss(batch, with_policy_stats=log_now and micro_step == 0)
+        if not math.isfinite(loss_value.item()):
+            fail(f"loss is {loss_value.item()} at iter {iter_num}; stopped, {ckpt_path} keeps the last "
+                 f"good state; lower --learning_rate or --td_coef, then --init_from=resume")
+        scaler.scale(loss_value / gradient_accumulation_steps).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    iter_num += 1
+
+    if log_now and master:  # time and tokens (padding excluded) since the last progress line
+        dt, steps = time.time() - t0, iter_num - last_log_iter
+        extra = "".join(f", {k} {stats[k]:.4f}" for k in ("td", "v_mean", "entropy") if k in stats)
+        print(f"iter {iter_num - 1}: loss {loss_value.item():.4f}, nll {stats['nll']:.4f}{extra}, "
+              f"{1000 * dt / steps:.0f} ms/iter, {tokens_seen * world_size / dt:.0f} tok/s")
+        t0, tokens_seen, last_log_iter = time.time(), 0, iter_num
+
+if master:
+    print(f"done: {ckpt_path}\nnext: python sample.py --out_dir={out_dir}   "
+          f"or   python analyze_reward.py --out_dir={out_dir}")
+if ddp:
+    torch.distributed.destroy_process_group()
