@@ -46,19 +46,19 @@ n_embd = 128  # width
 dropout = 0.0  # dropout probability (0 for small data is often fine; try 0.1 when fine-tuning)
 bias = False  # biases in Linear and LayerNorm layers
 learning_rate = 1e-3  # peak learning rate
-max_iters = 600  # optimizer steps
+max_iters = 2000  # optimizer steps
 weight_decay = 0.1  # AdamW weight decay (2-D weights only)
 beta1 = 0.9  # AdamW beta1
 beta2 = 0.99  # AdamW beta2
 grad_clip = 1.0  # clip the gradient norm at this value (0 = off)
 decay_lr = True  # linear warmup then cosine decay; False = constant learning_rate
 warmup_iters = 50  # steps of linear warmup
-lr_decay_iters = 600  # step at which the cosine reaches min_lr (usually = max_iters)
+lr_decay_iters = 2000  # step at which the cosine reaches min_lr (usually = max_iters)
 min_lr = 1e-4  # learning rate at the end of the cosine
-eval_interval = 200  # evaluate (val loss, greedy accuracy) and save every this many steps
+eval_interval = 500  # evaluate (val loss, greedy accuracy) and save every this many steps
 eval_iters = 8  # val batches per evaluation (always the same ones)
 eval_prompts = 200  # val prompts for greedy accuracy (tasks with a verifier)
-log_interval = 25  # print a progress line every this many steps
+log_interval = 100  # print a progress line every this many steps
 device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:1 | mps
 dtype = ""  # '' = bfloat16 on CUDA if supported, else float16 on CUDA, float32 elsewhere
 compile = None  # torch.compile the model; None = on for CUDA, off elsewhere

@@ -1,0 +1,286 @@
+"""
+The GPT language model: nanoGPT's architecture with nanoGPT's parameter names, so its checkpoints
+load as they are. Beyond nanoGPT it exposes the final hidden states (the IRL loss reads every
+position) and has a batched generate() for prompts of different lengths, with a key/value cache.
+"""
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest sequence: positions are learned, one embedding each
+    vocab_size: int = 50304  # GPT-2's 50257 rounded up to a multiple of 64 for speed
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in the Linears and LayerNorms; False is a little better and faster
+
+
+def strip_compile_prefix(state_dict):
+    """torch.compile wraps the model, so its state dict names start with '_orig_mod.'; drop that."""
+    prefix = "_orig_mod."
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm whose bias can be switched off (nn.LayerNorm has no such option)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+
+    def forward(self, x, attn_mask=None, kv=None):
+        """x (B, T, C) -> (y (B, T, C), (k, v) of every position so far).
+
+        attn_mask: bool (B, T, T_past + T), True where a query may attend to a key; None means
+        plain causal attention. kv: the (k, v) of earlier positions from the cache, or None."""
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if kv is not None:  # earlier positions come first: the new queries see them all
+            k = torch.cat([kv[0], k], dim=2)
+            v = torch.cat([kv[1], v], dim=2)
+        T_all = k.size(2)
+        is_causal = attn_mask is None and T_all == T  # training: the fast fused causal kernel
+        if attn_mask is None and not is_causal:
+            # new queries after cached keys: causal with the diagonal shifted to the bottom right
+            attn_mask = torch.ones(T, T_all, dtype=torch.bool, device=x.device).tril(diagonal=T_all - T)
+        elif attn_mask is not None:
+            attn_mask = attn_mask.unsqueeze(1)  # the same mask for every head
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask=None, kv=None):
+        attn_out, kv = self.attn(self.ln_1(x), attn_mask, kv)
+        x = x + attn_out
+        x = x + self.mlp(self.ln_2(x))
+        return x, kv
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None and config.block_size is not None
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying: one matrix both embeds tokens and scores them (fewer parameters, GPT-2 does it)
+        self.transformer.wte.weight = self.lm_head.weight
+
+        # GPT-2 initialisation: N(0, 0.02), and the projections that write into the residual stream
+        # scaled down by sqrt(2 * n_layer) (two per block) so the stream's variance does not grow with depth
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding=True):
+        """Number of parameters. The token embedding is shared with lm_head so it counts as a real
+        weight; the position embedding does not (non_embedding=True), as in nanoGPT."""
+        n_params = sum(p.numel() for p in self.parameters())  # parameters() lists a tied tensor once
+        if non_embedding:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    def hidden_states(self, idx, positions=None, attn_mask=None, kv_cache=None):
+        """Final hidden states after ln_f, (B, T, C), for token ids idx (B, T).
+
+        positions: (T,) or (B, T) position ids; by default 0..T-1, after any cached positions.
+        attn_mask: bool (B, T, T_past + T), True where a query may attend; None means causal.
+        kv_cache: None, or a list with one entry per layer (None at first), which this call
+        updates in place to hold the (k, v) of every position seen so far.
+        The logits are hidden_states @ lm_head.weight.T; callers that cannot afford all of
+        (B, T, vocab) at once can compute them chunk by chunk."""
+        B, T = idx.size()
+        if positions is None:
+            past = kv_cache[0][0].size(2) if kv_cache is not None and kv_cache[0] is not None else 0
+            assert past + T <= self.config.block_size, \
+                f"cannot run a sequence of length {past + T}, block_size is only {self.config.block_size}"
+            positions = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+        for i, block in enumerate(self.transformer.h):
+            x, kv = block(x, attn_mask, kv_cache[i] if kv_cache is not None else None)
+            if kv_cache is not None:
+                kv_cache[i] = kv
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx):
+        """Logits (B, T, vocab_size) at every position of idx (B, T)."""
+        T = idx.size(1)
+        assert T <= self.config.block_size, \
+            f"cannot forward a sequence of length {T}, block_size is only {self.config.block_size}"
+        return self.lm_head(self.hidden_states(idx))
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on the 2D tensors (matmul weights, embeddings) only: biases and
+        LayerNorm gains are not decayed."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        optim_groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        use_fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        extra_args = dict(fused=True) if use_fused else dict()  # one kernel for all tensors on GPU
+        return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt):
+        """Model flops utilisation: achieved flops over the peak of an A100 in bf16 (312 TFLOPS).
+        Flops per token are 6N for the matmuls (2 forward, 4 backward) plus 12*L*H*Q*T for the
+        attention scores (PaLM paper, appendix B)."""
+        cfg = self.config
+        N = self.get_num_params()
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        flops_per_token = 6 * N + 12 * L * H * Q * T
+        flops_per_iter = flops_per_token * T * fwdbwd_per_iter
+        flops_achieved = flops_per_iter / dt
+        flops_promised = 312e12  # A100 bf16 peak
+        return flops_achieved / flops_promised
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, eos_id=None,
+                 generator=None, use_cache=True):
+        """Continue each prompt (a non-empty list of token ids) by up to max_new_tokens tokens.
+
+        Returns one list of new token ids per prompt. A row stops right after it emits eos_id, so a
+        completion that ends with eos_id terminated and any other was cut. Positions are learned and
+        absolute (no sliding window), so a row also stops when prompt + completion fills block_size.
+        temperature 0 is greedy; otherwise logits / temperature, optional top_k, and a sample drawn
+        with `generator` (a seeded torch.Generator makes it reproducible).
+
+        Prompts are left-padded into one batch: each row's positions start at 0 at its first real
+        token and no real token attends to padding, so a row's output does not depend on the others.
+        use_cache=True runs the padded prompts once, then one new position per step, reusing the
+        keys and values of earlier positions; use_cache=False recomputes the whole prefix each step
+        (slower, same result)."""
+        device = self.lm_head.weight.device
+        block_size = self.config.block_size
+        B = len(prompts)
+        assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
+        assert all(len(p) <= block_size for p in prompts), f"a prompt is longer than block_size {block_size}"
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        T0 = int(lengths.max())
+        n_pad = T0 - lengths
+        idx = torch.zeros(B, T0, dtype=torch.long, device=device)  # pad id 0: any id does, it is masked
+        for b, p in enumerate(prompts):
+            idx[b, T0 - len(p):] = torch.tensor(p, dtype=torch.long)
+        is_real = torch.arange(T0, device=device)[None, :] >= n_pad[:, None]  # (B, T0) False on padding
+        positions = (torch.arange(T0, device=device)[None, :] - n_pad[:, None]).clamp(min=0)
+
+        new_tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+        n_new = torch.zeros(B, dtype=torch.long, device=device)
+        finished = lengths >= block_size  # a full prompt has no room left
+        kv_cache = [None] * self.config.n_layer if use_cache else None
+        step_idx, step_positions = idx, positions  # what the model reads this step
+
+        was_training = self.training
+        self.eval()  # no dropout while sampling
+        try:
+            for step in range(max_new_tokens):
+                if finished.all():
+                    break
+                mask = padded_causal_mask(is_real, step_idx.size(1))
+                h = self.hidden_states(step_idx, step_positions, mask, kv_cache)
+                logits = self.lm_head(h[:, -1, :])  # only the last position predicts the next token
+                if temperature == 0:
+                    next_token = logits.argmax(dim=-1)
+                else:
+                    logits = logits / temperature
+                    if top_k is not None:
+                        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+                    probs = F.softmax(logits, dim=-1)
+                    next_token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+                # finished rows keep computing (one batch, no per-row loop) but their tokens are dropped
+                new_tokens[:, step] = next_token
+                n_new += (~finished).long()
+                finished = finished | (lengths + step + 1 >= block_size)
+                if eos_id is not None:
+                    finished = finished | (next_token == eos_id)
+
+                # the next step reads the new token at its position (a finished row's position is
+                # clamped to stay inside the embedding table; its output is never used)
+                next_positions = (lengths + step).clamp(max=block_size - 1)[:, None]
+                is_real = torch.cat([is_real, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
+                idx = torch.cat([idx, next_token[:, None]], dim=1)
+                positions = torch.cat([positions, next_positions], dim=1)
+                step_idx, step_positions = (next_token[:, None], next_positions) if use_cache else (idx, positions)
+        finally:
+            self.train(was_training)
+        new_tokens, n_new = new_tokens.tolist(), n_new.tolist()
+        return [row[:n] for row, n in zip(new_tokens, n_new)]
+
+
+def padded_causal_mask(is_real, n_queries):
+    """Attention mask (B, n_queries, T) for the last n_queries of T left-padded positions, where
+    is_real (B, T) is False on padding. True where a query may attend: causal, and a real token
+    never sees padding. A padding query sees the padding before it, so that no softmax runs over an
+    empty set (some attention kernels give NaN there); its output only ever reaches other padding."""
+    T = is_real.size(1)
+    causal = torch.ones(n_queries, T, dtype=torch.bool, device=is_real.device).tril(diagonal=T - n_queries)
+    query_is_real = is_real[:, T - n_queries:]
+    return causal & (is_real[:, None, :] | ~query_is_real[:, :, None])

@@ -1,0 +1,321 @@
+"""model.py against independent references: nanoGPT's parameter layout written out by hand, attention
+and the whole forward pass recomputed naively from the weights, parameter counts by formula, and
+generate() against a plain argmax loop over forward()."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import GPT, GPTConfig, padded_causal_mask, strip_compile_prefix
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: extra threads only add OpenMP sync, which costs milliseconds per op
+    when the cores are busy (another job running). One thread here, restored for other test files."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_config(**overrides):
+    args = dict(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+    args.update(overrides)
+    return GPTConfig(**args)
+
+
+def tiny_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    model = GPT(tiny_config(**overrides))
+    # GPT-2 init makes logits nearly uniform; bigger weights give a model with clear preferences,
+    # so greedy decoding has no near-ties that float rounding could flip
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(10.0)
+    return model.eval()
+
+
+PROMPTS = [[1, 2, 3], [7], [4, 4, 9, 12, 30, 2, 5], [11, 3]]
+
+
+# ----------------------------------------------------------------------------- layout and loading
+
+def nanogpt_shapes(cfg):
+    """nanoGPT's state dict names and shapes, written out from its source by hand."""
+    C, V, biases = cfg.n_embd, cfg.vocab_size, cfg.bias
+    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (cfg.block_size, C)}
+    for i in range(cfg.n_layer):
+        h = f"transformer.h.{i}."
+        shapes[h + "ln_1.weight"] = (C,)
+        shapes[h + "attn.c_attn.weight"] = (3 * C, C)
+        shapes[h + "attn.c_proj.weight"] = (C, C)
+        shapes[h + "ln_2.weight"] = (C,)
+        shapes[h + "mlp.c_fc.weight"] = (4 * C, C)
+        shapes[h + "mlp.c_proj.weight"] = (C, 4 * C)
+        if biases:
+            shapes[h + "ln_1.bias"] = (C,)
+            shapes[h + "attn.c_attn.bias"] = (3 * C,)
+            shapes[h + "attn.c_proj.bias"] = (C,)
+            shapes[h + "ln_2.bias"] = (C,)
+            shapes[h + "mlp.c_fc.bias"] = (4 * C,)
+            shapes[h + "mlp.c_proj.bias"] = (C,)
+    shapes["transformer.ln_f.weight"] = (C,)
+    if biases:
+        shapes["transformer.ln_f.bias"] = (C,)
+    shapes["lm_head.weight"] = (V, C)
+    return shapes
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_state_dict_has_nanogpt_names_and_shapes(bias):
+    cfg = tiny_config(bias=bias)
+    state = GPT(cfg).state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == nanogpt_shapes(cfg)
+
+
+def test_nanogpt_layout_checkpoint_loads():
+    cfg = tiny_config()
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(shape, generator=g) for k, shape in nanogpt_shapes(cfg).items()}
+    state["lm_head.weight"] = state["transformer.wte.weight"]  # tied in nanoGPT's checkpoints too
+    model = GPT(cfg)
+    model.load_state_dict(state, strict=True)
+    assert torch.equal(model.transformer.h[1].mlp.c_fc.weight, state["transformer.h.1.mlp.c_fc.weight"])
+    # a checkpoint saved from a torch.compile'd model has prefixed names
+    compiled_state = {"_orig_mod." + k: v for k, v in state.items()}
+    with pytest.raises(RuntimeError):
+        GPT(cfg).load_state_dict(compiled_state, strict=True)
+    stripped = strip_compile_prefix(compiled_state)
+    assert list(stripped) == list(state)
+    GPT(cfg).load_state_dict(stripped, strict=True)
+
+
+def test_weight_tying_and_hidden_states():
+    model = tiny_model()
+    assert model.transformer.wte.weight.data_ptr() == model.lm_head.weight.data_ptr()
+    idx = torch.randint(50, (2, 9))
+    logits = model(idx)
+    assert logits.shape == (2, 9, 50)
+    torch.testing.assert_close(model.hidden_states(idx) @ model.lm_head.weight.T, logits)
+
+
+def test_num_params_by_formula():
+    cfg = tiny_config()
+    C, V, L = cfg.n_embd, cfg.vocab_size, cfg.n_layer
+    per_block = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (4 * C * C + 4 * C) + (4 * C * C + C)
+    total = V * C + cfg.block_size * C + L * per_block + 2 * C  # lm_head is wte: counted once
+    model = GPT(cfg)
+    assert model.get_num_params(non_embedding=False) == total
+    assert model.get_num_params() == total - cfg.block_size * C
+
+
+def test_init_scales():
+    torch.manual_seed(0)
+    model = GPT(tiny_config(n_embd=128, n_layer=8))
+    std = lambda t: t.std().item()
+    assert std(model.transformer.h[0].mlp.c_fc.weight) == pytest.approx(0.02, rel=0.05)
+    assert std(model.transformer.h[0].attn.c_proj.weight) == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert std(model.transformer.h[3].mlp.c_proj.weight) == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert model.transformer.h[0].attn.c_attn.bias.abs().max() == 0
+
+
+def test_configure_optimizers_decays_only_matrices():
+    model = GPT(tiny_config())
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    n = sum(p.numel() for group in opt.param_groups for p in group["params"])
+    assert n == model.get_num_params(non_embedding=False)
+
+
+def test_forward_rejects_too_long_input():
+    with pytest.raises(AssertionError, match="block_size"):
+        tiny_model()(torch.zeros(1, 33, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- the forward pass
+
+def test_causality():
+    model = tiny_model()
+    idx = torch.randint(50, (1, 20))
+    k = 11
+    changed = idx.clone()
+    changed[0, k] = (idx[0, k] + 1) % 50
+    a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[:, :k], b[:, :k])
+    assert (a[:, k:] - b[:, k:]).abs().amax(dim=-1).min() > 1e-4  # every later position sees the change
+
+
+def naive_logits(model, idx):
+    """The whole model recomputed from its weights with explicit softmax(QK^T / sqrt(d)) attention."""
+    cfg, sd = model.config, model.state_dict()
+    nh, C = cfg.n_head, cfg.n_embd
+    hs = C // nh
+    T = idx.size(1)
+
+    def layer_norm(x, name):
+        mean = x.mean(-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + 1e-5) * sd[name + ".weight"] + sd[name + ".bias"]
+
+    def linear(x, name):
+        return x @ sd[name + ".weight"].T + sd[name + ".bias"]
+
+    x = sd["transformer.wte.weight"][idx] + sd["transformer.wpe.weight"][:T]
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    for i in range(cfg.n_layer):
+        h = f"transformer.h.{i}."
+        q, k, v = linear(layer_norm(x, h + "ln_1"), h + "attn.c_attn").split(C, dim=-1)
+        heads = []
+        for j in range(nh):
+            qj, kj, vj = (t[..., j * hs:(j + 1) * hs] for t in (q, k, v))
+            scores = qj @ kj.transpose(-1, -2) / math.sqrt(hs)
+            scores = scores.masked_fill(future, float("-inf"))
+            heads.append(torch.softmax(scores, dim=-1) @ vj)
+        x = x + linear(torch.cat(heads, dim=-1), h + "attn.c_proj")
+        u = linear(layer_norm(x, h + "ln_2"), h + "mlp.c_fc")
+        u = 0.5 * u * (1 + torch.erf(u / math.sqrt(2)))  # exact GELU
+        x = x + linear(u, h + "mlp.c_proj")
+    return layer_norm(x, "transformer.ln_f") @ sd["lm_head.weight"].T
+
+
+@pytest.mark.parametrize("n_layer", [1, 2])
+def test_forward_matches_naive_reference(n_layer):
+    model = tiny_model(n_layer=n_layer)
+    idx = torch.randint(50, (3, 17))
+    torch.testing.assert_close(model(idx), naive_logits(model, idx), rtol=1e-4, atol=1e-4)
+
+
+def test_kv_cache_chunks_match_full_sequence():
+    model = tiny_model()
+    idx = torch.randint(50, (2, 20))
+    full = model.hidden_states(idx)
+    cache = [None] * model.config.n_layer
+    chunks = [model.hidden_states(idx[:, a:b], kv_cache=cache) for a, b in [(0, 7), (7, 8), (8, 20)]]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, rtol=1e-4, atol=1e-4)
+    assert cache[0][0].shape == (2, 2, 20, 16)
+
+
+def test_dropout_train_vs_eval():
+    model = tiny_model(dropout=0.5)
+    idx = torch.randint(50, (2, 10))
+    model.train()
+    assert not torch.equal(model(idx), model(idx))
+    model.eval()
+    assert torch.equal(model(idx), model(idx))
+
+
+# ----------------------------------------------------------------------------- generate
+
+def greedy_by_forward(model, prompt, max_new_tokens, eos_id=None):
+    """Reference decoding: the argmax of forward() on the whole sequence, one token at a time."""
+    seq, out = list(prompt), []
+    while len(out) < max_new_tokens and len(seq) < model.config.block_size:
+        token = model(torch.tensor([seq]))[0, -1].argmax().item()
+        seq.append(token)
+        out.append(token)
+        if token == eos_id:
+            break
+    return out
+
+
+def test_padded_causal_mask_by_hand():
+    is_real = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    o, x = True, False
+    expected_row0 = [[o, x, x, x],   # padding sees earlier padding: never an empty softmax
+                     [o, o, x, x],
+                     [x, x, o, x],   # real tokens see only real tokens, causally
+                     [x, x, o, o]]
+    expected_row1 = [[o, x, x, x], [o, o, x, x], [o, o, o, x], [o, o, o, o]]
+    assert padded_causal_mask(is_real, 4).tolist() == [expected_row0, expected_row1]
+    # one new query after the cache: it sees every real position before it and itself
+    is_real = torch.cat([is_real, torch.ones(2, 1, dtype=torch.bool)], dim=1)
+    assert padded_causal_mask(is_real, 1).tolist() == [[[x, x, o, o, o]], [[o, o, o, o, o]]]
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_greedy_batched_matches_reference(use_cache):
+    model = tiny_model()
+    expected = [greedy_by_forward(model, p, 12) for p in PROMPTS]
+    assert model.generate(PROMPTS, 12, temperature=0.0, use_cache=use_cache) == expected
+
+
+def test_greedy_does_not_depend_on_the_batch():
+    model = tiny_model()
+    alone = [model.generate([p], 15, temperature=0.0)[0] for p in PROMPTS]
+    assert model.generate(PROMPTS, 15, temperature=0.0) == alone
+    assert model.generate(PROMPTS[::-1], 15, temperature=0.0) == alone[::-1]
+    assert model.generate(PROMPTS, 15, temperature=0.0, use_cache=False) == alone
+
+
+def test_stops_after_eos():
+    model = tiny_model()
+    free = model.generate(PROMPTS, 15, temperature=0.0)
+    eos_id = free[2][4]  # a token that some row emits mid-completion
+    stopped = model.generate(PROMPTS, 15, temperature=0.0, eos_id=eos_id)
+    for row, full in zip(stopped, free):
+        expected = full[:full.index(eos_id) + 1] if eos_id in full else full
+        assert row == expected
+    assert stopped[2][-1] == eos_id and len(stopped[2]) <= 5
+    assert model.generate(PROMPTS, 15, temperature=0.0, eos_id=eos_id, use_cache=False) == stopped
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_sampling_stops_at_eos_when_eos_dominates(use_cache):
+    model = tiny_model()
+    eos_id = 7
+    with torch.no_grad():  # ln_f outputs its bias alone; eos's row of the (tied) head aligns with it
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.lm_head.weight[eos_id] = 1.0
+    g = torch.Generator().manual_seed(0)
+    out = model.generate(PROMPTS, 10, temperature=1.0, eos_id=eos_id, generator=g, use_cache=use_cache)
+    assert out == [[eos_id]] * len(PROMPTS)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_respects_block_size(use_cache):
+    model = tiny_model()  # block_size 32
+    prompts = [list(range(1, 31)), [3, 1, 4, 1, 5], list(range(32))]
+    out = model.generate(prompts, 100, temperature=0.0, use_cache=use_cache)
+    assert [len(p) + len(c) for p, c in zip(prompts, out)] == [32, 32, 32]
+    assert out[2] == []
+    assert out[:2] == [greedy_by_forward(model, p, 100) for p in prompts[:2]]
+
+
+def test_seeded_sampling_is_reproducible():
+    model = tiny_model()
+    sample = lambda seed, **kw: model.generate(PROMPTS, 12, temperature=1.0,
+                                               generator=torch.Generator().manual_seed(seed), **kw)
+    assert sample(0) == sample(0)
+    assert sample(0) != sample(1)
+    assert sample(0, top_k=5) == sample(0, top_k=5)
+
+
+def test_top_k_1_is_greedy():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    assert (model.generate(PROMPTS, 12, temperature=0.7, top_k=1, generator=g)
+            == model.generate(PROMPTS, 12, temperature=0.0))
+
+
+def test_top_k_samples_only_the_k_best():
+    model = tiny_model()
+    prompt = [5, 6, 7]
+    best3 = set(model(torch.tensor([prompt]))[0, -1].topk(3).indices.tolist())
+    g = torch.Generator().manual_seed(0)
+    firsts = {model.generate([prompt] * 64, 1, temperature=5.0, top_k=3, generator=g)[i][0] for i in range(64)}
+    assert firsts <= best3 and len(firsts) > 1
+
+
+def test_generate_restores_mode_and_ignores_dropout():
+    model = tiny_model(dropout=0.5)
+    model.train()
+    a = model.generate(PROMPTS, 8, temperature=0.0)
+    assert model.training
+    model.eval()
+    assert model.generate(PROMPTS, 8, temperature=0.0) == a and not model.training
