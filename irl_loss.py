@@ -36,13 +36,32 @@ import torch
 import torch.nn.functional as F
 
 
+class SoftQV(torch.autograd.Function):
+    """(q, v) from logits in one pass over the vocabulary each way. Backward is the closed form
+        dL/dlogits_t = dL/dv_t * softmax(logits_t) + dL/dq_t * onehot(y_t)
+    written out, so it allocates one (B, T, V) tensor, as cross-entropy does; autograd through
+    logsumexp + gather would build three."""
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        logits32 = logits.to(torch.promote_types(logits.dtype, torch.float32))  # v in float32 (bf16!)
+        v = torch.logsumexp(logits32, dim=-1)
+        q = logits32.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(logits, targets, v)
+        return q, v
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_v):
+        logits, targets, v = ctx.saved_tensors
+        grad = (logits.to(v.dtype) - v.unsqueeze(-1)).exp_().mul_(grad_v.unsqueeze(-1))  # c_t softmax_t
+        grad.scatter_add_(-1, targets.unsqueeze(-1), grad_q.unsqueeze(-1))               # + d_t onehot(y_t)
+        return grad.to(logits.dtype), None
+
+
 def q_and_v(logits, targets):
-    """q_t = logits_t[y_t] and v_t = logsumexp(logits_t), both float32, shape (B, T).
+    """q_t = logits_t[y_t] and v_t = logsumexp(logits_t), at least float32, shape (B, T).
     Padding targets (-1) read index 0; the masks remove them."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # v in float32 at least (bf16!)
-    v = torch.logsumexp(logits, dim=-1)
-    q = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return q, v
+    return SoftQV.apply(logits, targets.clamp(min=0))
 
 
 def td_mask_of(loss_mask, done):
