@@ -1,23 +1,38 @@
 """
-Benchmark: what does the IRL loss cost over MLE? Times forward + backward + AdamW step of the
-same model on the same batch, the variants interleaved step by step in one run so that both see
-the same machine state, and prints ms/step, tokens/s, memory and the IRL/MLE ratios.
+Benchmark: what does the IRL loss cost over MLE, what does the chunked head save, and what does the
+key/value cache buy when sampling? Every variant trains an identical copy of one model on the same
+batch; the variants are interleaved step by step in one run (so all see the same machine state)
+and the median step is reported. Ends with a table of the ratios and their targets.
 
     python bench.py                                  # default model size, char and GPT-2 vocabularies
     python bench.py --device=cuda --dtype=bfloat16 --batch_size=8 --block_size=1024 --n_layer=12 \
-        --n_head=12 --n_embd=768 --vocab_sizes=50304
+        --n_head=12 --n_embd=768 --vocab_sizes=50304 --loss_chunk=256 --compile=True   # GPT-2 124M
 
-Variants: ce  = F.cross_entropy (the textbook MLE), mle = irl_loss with td_coef = 0,
-          irl = irl_loss with td_coef > 0 (the TD term on the same q and v).
-Memory: on CUDA the peak of torch.cuda.max_memory_allocated over a step; on CPU, where PyTorch
-keeps no allocator statistics, the bytes that autograd saves for the backward pass (counted once
-per storage) - the part of a step's memory that a loss can change.
+Training variants (forward + backward + AdamW step):
+    ce           F.cross_entropy on the full logits (the textbook MLE)
+    mle, irl     irl_loss with td_coef = 0 and td_coef > 0, on the full (B, T, V) logits
+    mle_chunked, irl_chunked   the same losses through chunked_head.py, loss_chunk positions at a time
+Head + loss alone (fixed hidden states in, gradients of hidden states and head out; IRL loss):
+    head_full, head_chunked    the part of a step the chunked path changes
+Sampling: generate() of max_new_tokens tokens for sample_batch prompts, with the key/value cache
+and recomputing the whole prefix for every token (use_cache=False), in tokens per second.
+
+Memory is the peak of what the step allocates above what was allocated when it began (weights,
+optimizer state and the batch are there before and are the same for every variant). On CUDA:
+torch.cuda.max_memory_allocated() minus memory_allocated() at the start. On CPU PyTorch keeps no
+allocator statistics, so the step is run once more under torch.profiler(profile_memory=True),
+which records every allocation and free of a tensor; the peak of their running sum is the same
+quantity. (Python's tracemalloc would not see tensor memory, and the process's resident size only
+grows.) MFU (CUDA only) is model.estimate_mfu against peak_tflops.
 """
+import os
 import time
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
+from chunked_head import chunked_q_and_v
 from configurator import configure
 from irl_loss import irl_loss, q_and_v
 from model import GPT, GPTConfig
@@ -29,12 +44,18 @@ n_layer = 4  # transformer blocks
 n_head = 4  # attention heads
 n_embd = 128  # width
 vocab_sizes = "32,50304"  # comma-separated vocabularies to run: 32 ~ the char tasks, 50304 = GPT-2
-td_coef = 0.1  # the IRL variant's td_coef
+td_coef = 0.1  # the IRL variants' td_coef
+loss_chunk = 128  # positions per chunk on the chunked path (B*T / 16 at the default size)
 steps = 20  # timed steps per variant (after warmup)
 warmup = 3  # untimed steps per variant
+max_new_tokens = 256  # sampling: new tokens per prompt
+sample_batch = 8  # sampling: prompts generated together (16 tokens each)
+temperature = 1.0  # sampling temperature; 0 = greedy (no random draw over the vocabulary)
 device = ""  # '' = cuda if available else cpu
 dtype = "float32"  # float32 | bfloat16 (autocast)
-compile = False  # torch.compile the models
+compile = False  # torch.compile the models (not the sampling)
+peak_tflops = 0.0  # the GPU's peak for MFU; 0 = from its name (bf16 dense: A100 312, H100/H200 989)
+threads = 0  # CPU threads for torch; 0 = torch's default (1 is steadier when other jobs share the cores)
 seed = 0  # seed of weights and batch
 # -----------------------------------------------------------------------------
 settings = {k: v for k, v in globals().items() if not k.startswith("_")
@@ -43,6 +64,14 @@ globals().update(configure(settings, __file__))
 device = device or ("cuda" if torch.cuda.is_available() else "cpu")
 if device.startswith("cuda") and not torch.cuda.is_available():
     raise SystemExit(f"bench.py: error: --device={device} but no CUDA GPU is visible; use --device=cpu")
+if dtype not in ("float32", "bfloat16") or min(loss_chunk, steps, max_new_tokens, sample_batch) < 1:
+    raise SystemExit("bench.py: error: --dtype is float32 or bfloat16; loss_chunk, steps, max_new_tokens, "
+                     "sample_batch must be >= 1")
+cuda = device.startswith("cuda")
+if threads > 0:
+    torch.set_num_threads(threads)
+autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+PROMPT_LEN = 16
 
 
 def make_batch(vocab_size):
@@ -57,82 +86,178 @@ def make_batch(vocab_size):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def step_fn(variant, model, optimizer, batch):
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+def new_model(vocab_size, block=block_size):
+    torch.manual_seed(seed)  # identical weights for every variant
+    return GPT(GPTConfig(block_size=block, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                         n_embd=n_embd, bias=False)).to(device)
+
+
+def loss_of(q, v, batch, variant):
+    return irl_loss(q, v, batch["loss_mask"], batch["done"], td_coef if "irl" in variant else 0.0)[0]
+
+
+def train_step(variant, vocab_size, batch):
+    """One step function per variant, each with its own copy of the model and optimizer."""
+    raw_model = new_model(vocab_size)
+    model = torch.compile(raw_model) if compile else raw_model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
         with autocast:
-            logits = model(batch["idx"])
-        if variant == "ce":
-            targets = batch["targets"].masked_fill(batch["loss_mask"] == 0, -100)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        else:
-            q, v = q_and_v(logits, batch["targets"])
-            loss = irl_loss(q, v, batch["loss_mask"], batch["done"], td_coef if variant == "irl" else 0.0)[0]
+            if variant == "ce":
+                targets = batch["targets"].masked_fill(batch["loss_mask"] == 0, -100)
+                logits = model(batch["idx"])
+                loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+            elif variant.endswith("chunked"):
+                hidden = model(batch["idx"], head=False)
+                loss = loss_of(*chunked_q_and_v(hidden, raw_model.lm_head.weight, batch["targets"], loss_chunk),
+                               batch, variant)
+            else:
+                loss = loss_of(*q_and_v(model(batch["idx"]), batch["targets"]), batch, variant)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    step.model = raw_model
     return step
 
 
-def saved_bytes(step):
-    """Bytes autograd keeps for backward during one step, each storage counted once."""
-    storages = {}
+def head_step(variant, vocab_size, batch):
+    """Head + IRL loss, forward and backward, from fixed final hidden states."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(batch_size, block_size, n_embd, generator=g).to(device).requires_grad_(True)
+    weight = (0.02 * torch.randn(vocab_size, n_embd, generator=g)).to(device).requires_grad_(True)
 
-    def pack(tensor):
-        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()
-    return sum(storages.values())
+    def step():
+        with autocast:
+            if variant == "head_chunked":
+                q, v = chunked_q_and_v(hidden, weight, batch["targets"], loss_chunk)
+            else:
+                q, v = q_and_v(hidden @ weight.T, batch["targets"])
+        loss_of(q, v, batch, "irl").backward()
+        hidden.grad = weight.grad = None
+    return step
 
 
 def sync():
-    if device.startswith("cuda"):
+    if cuda:
         torch.cuda.synchronize()
 
 
+@contextmanager
+def quiet_stderr():
+    """The CPU profiler logs two lines to the C-level stderr at every start and stop; drop them."""
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_bytes(step):
+    """Peak bytes allocated during step() above those allocated when it began (see the docstring)."""
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        step()
+        sync()
+        return torch.cuda.max_memory_allocated() - start
+    with quiet_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                profile_memory=True) as prof:
+        step()
+    # every allocation (+bytes) and free (-bytes) of the step, in time order
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    running = peak = 0
+    for _, nbytes in events:
+        running += nbytes
+        peak = max(peak, running)
+    return peak
+
+
+def timed(fn):
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def median(xs):
+    return sorted(xs)[len(xs) // 2]
+
+
+def gpu_peak_flops():
+    if peak_tflops > 0:
+        return peak_tflops * 1e12
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in (("H100", 989), ("H200", 989), ("A100", 312)):
+        if key in name:
+            return tflops * 1e12
+    return None
+
+
+def sampling_tokens_per_s(vocab_size):
+    """generate() tokens/s with and without the key/value cache (interleaved, median of 3)."""
+    model = new_model(vocab_size, block=PROMPT_LEN + max_new_tokens)
+    prompts = torch.randint(vocab_size, (sample_batch, PROMPT_LEN), generator=torch.Generator().manual_seed(seed)).tolist()
+    times = {True: [], False: []}
+    for _ in range(3):
+        for use_cache in (True, False):
+            with autocast:
+                times[use_cache].append(timed(lambda: model.generate(prompts, max_new_tokens, temperature,
+                                                                     use_cache=use_cache)))
+    return {use_cache: sample_batch * max_new_tokens / median(t) for use_cache, t in times.items()}
+
+
 def run(vocab_size):
-    variants = ("ce", "mle", "irl")
     batch = make_batch(vocab_size)
-    steps_of, times, memory = {}, {v: [] for v in variants}, {}
-    for variant in variants:  # identical copies of one model, one per variant
-        torch.manual_seed(seed)
-        model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer,
-                              n_head=n_head, n_embd=n_embd, bias=False)).to(device)
-        model = torch.compile(model) if compile else model
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        steps_of[variant] = step_fn(variant, model, optimizer, batch)
+    steps_of = {v: train_step(v, vocab_size, batch) for v in ("ce", "mle", "irl", "mle_chunked", "irl_chunked")}
+    steps_of.update({v: head_step(v, vocab_size, batch) for v in ("head_full", "head_chunked")})
+    memory, times = {}, {v: [] for v in steps_of}
+    for variant, step in steps_of.items():
         for _ in range(warmup):
-            steps_of[variant]()
-        if device.startswith("cuda"):
-            sync()
-            torch.cuda.reset_peak_memory_stats()
-            steps_of[variant]()
-            sync()
-            memory[variant] = torch.cuda.max_memory_allocated()
-        else:
-            memory[variant] = saved_bytes(steps_of[variant])
-    for _ in range(steps):  # interleaved: ce, mle, irl, ce, mle, irl, ...
-        for variant in variants:
-            sync()
-            t0 = time.perf_counter()
-            steps_of[variant]()
-            sync()
-            times[variant].append(time.perf_counter() - t0)
+            step()
+        memory[variant] = peak_bytes(step)
+    for _ in range(steps):  # interleaved: ce, mle, irl, ..., ce, mle, irl, ...
+        for variant, step in steps_of.items():
+            times[variant].append(timed(step))
+    ms = {v: 1000 * median(t) for v, t in times.items()}
     tokens = batch_size * block_size
-    memory_kind = "peak allocated" if device.startswith("cuda") else "saved for backward"
+    flops = gpu_peak_flops() if cuda else None
+
     print(f"\nvocab {vocab_size}: {n_layer} layers x {n_embd} wide, batch {batch_size} x {block_size}, "
-          f"{device} {dtype}, median of {steps} steps")
-    median = {v: sorted(t)[len(t) // 2] for v, t in times.items()}
-    for variant in variants:
-        print(f"  {variant:4s} {1000 * median[variant]:8.1f} ms/step {tokens / median[variant]:10.0f} tok/s "
-              f"{memory[variant] / 2**20:9.1f} MiB {memory_kind}")
-    print(f"  IRL/MLE time {median['irl'] / median['mle']:.3f}, memory {memory['irl'] / memory['mle']:.3f};  "
-          f"IRL/CE time {median['irl'] / median['ce']:.3f}, memory {memory['irl'] / memory['ce']:.3f}")
+          f"loss_chunk {loss_chunk}, {device} {dtype}{' compiled' if compile else ''}, median of {steps} steps")
+    print(f"  {'variant':13s} {'ms/step':>9s} {'tokens/s':>10s} {'peak MiB':>9s}" + ("   MFU" if flops else ""))
+    for variant in steps_of:
+        mfu = ""
+        if flops and not variant.startswith("head"):
+            mfu = f" {100 * steps_of[variant].model.estimate_mfu(batch_size, ms[variant] / 1000, block_size, flops):5.1f}%"
+        print(f"  {variant:13s} {ms[variant]:9.1f} {tokens / ms[variant] * 1000:10.0f} {memory[variant] / 2**20:9.1f}{mfu}")
+    sampling = sampling_tokens_per_s(vocab_size)
+    print(f"  sampling {sample_batch} x {max_new_tokens} new tokens at temperature {temperature}: {sampling[True]:.0f} "
+          f"tokens/s with the key/value cache, {sampling[False]:.0f} recomputing the prefix")
+    ratio = lambda d, a, b: d[a] / d[b]
+    return {
+        "IRL/MLE time, full logits": (ratio(ms, "irl", "mle"), "<= 1.02"),
+        "IRL/MLE memory, full logits": (ratio(memory, "irl", "mle"), "<= 1.00"),
+        "IRL/MLE time, chunked": (ratio(ms, "irl_chunked", "mle_chunked"), "<= 1.02"),
+        "IRL/MLE memory, chunked": (ratio(memory, "irl_chunked", "mle_chunked"), "<= 1.00"),
+        "IRL/CE time, full logits": (ratio(ms, "irl", "ce"), ""),
+        "chunked/full head+loss memory": (ratio(memory, "head_chunked", "head_full"), "<= 0.125 at V=50304"),
+        "chunked/full head+loss time": (ratio(ms, "head_chunked", "head_full"), "<= 1.05 at V=50304"),
+        "chunked/full IRL step memory": (ratio(memory, "irl_chunked", "irl"), ""),
+        "chunked/full IRL step time": (ratio(ms, "irl_chunked", "irl"), ""),
+        "sampling cached/recomputed tokens/s": (ratio(sampling, True, False), ">= 5"),
+    }
 
 
 if __name__ == "__main__":
-    torch.manual_seed(seed)
-    for vocab_size in [int(v) for v in vocab_sizes.split(",")]:
-        run(vocab_size)
+    vocabs = [int(v) for v in vocab_sizes.split(",")]
+    results = {vocab: run(vocab) for vocab in vocabs}
+    print(f"\nratios ({device} {dtype}; memory = peak above the step's start)")
+    print(f"  {'':37s}" + "".join(f"{'V=' + str(v):>10s}" for v in vocabs) + "  target")
+    for name in results[vocabs[0]]:
+        print(f"  {name:37s}" + "".join(f"{results[v][name][0]:10.3f}" for v in vocabs) + f"  {results[vocabs[0]][name][1]}")

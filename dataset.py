@@ -149,3 +149,13 @@ def make_batch(examples, eos_id, pad_to=None):
         if c and c[-1] == eos_id:  # ends with its own EOS: terminated, not truncated
             done[i, n - 1] = 1.0
     return dict(idx=idx, targets=targets, loss_mask=loss_mask, done=done)
+
+
+def sample_examples(model, examples, eos_id, max_new_tokens, generator=None):
+    """The policy's own demonstrations for the prompts of `examples`: (prompt, sampled completion)
+    pairs for make_batch, sampled from the policy itself (temperature 1) with the key/value cache
+    and no gradient. A sample that stops without EOS (max_new_tokens or the window) keeps no EOS, so
+    make_batch treats it as truncated, not terminated. Online IQ-Learn and GAIL both use this."""
+    prompts = [prompt for prompt, _ in examples]
+    completions = model.generate(prompts, max_new_tokens, temperature=1.0, eos_id=eos_id, generator=generator)
+    return list(zip(prompts, completions))

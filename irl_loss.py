@@ -21,7 +21,7 @@ and td_coef = 0 is exactly MLE. Softmax ignores a per-state shift of the logits,
 free; the TD term spends that freedom on making v_t = gamma v_{t+1} - log pi_t, i.e. v_t tracks the
 surprisal still to come. q and v are what cross-entropy computes anyway: one logsumexp serves both.
 
-Gradient (the chunked head in head_chunked.py uses it): with N = sum(mask), M = sum(td_mask),
+Gradient (the chunked head in chunked_head.py uses it): with N = sum(mask), M = sum(td_mask),
     d_t = dL/dq_t = -mask_t / N + 2 td_coef td_mask_t r_t / M
     c_t = dL/dv_t =  mask_t / N - 2 td_coef gamma td_mask_{t-1} (1 - done_{t-1}) r_{t-1} / M
 and since dq_t/dlogits_t = onehot(y_t), dv_t/dlogits_t = softmax(logits_t):
@@ -31,6 +31,9 @@ and since dq_t/dlogits_t = onehot(y_t), dv_t/dlogits_t = softmax(logits_t):
 Masks (SPEC.md section 2): mask_t marks completion tokens, EOS included; done_t marks the EOS
 target. A completion cut by the window has no next state for its last token, so
     td_mask_t = mask_t * (done_t OR mask_{t+1}),   mask beyond the last column = 0.
+
+Online IQ-Learn (online_irl_loss, SPEC.md section 4) moves a share mix_in of the value term
+E[V - gamma V'] from the expert's transitions to the policy's own samples.
 """
 import torch
 import torch.nn.functional as F
@@ -44,18 +47,28 @@ class SoftQV(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets):
-        logits32 = logits.to(torch.promote_types(logits.dtype, torch.float32))  # v in float32 (bf16!)
-        v = torch.logsumexp(logits32, dim=-1)
-        q = logits32.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        q, v = soft_q_v(logits, targets)
         ctx.save_for_backward(logits, targets, v)
         return q, v
 
     @staticmethod
     def backward(ctx, grad_q, grad_v):
         logits, targets, v = ctx.saved_tensors
-        grad = (logits.to(v.dtype) - v.unsqueeze(-1)).exp_().mul_(grad_v.unsqueeze(-1))  # c_t softmax_t
-        grad.scatter_add_(-1, targets.unsqueeze(-1), grad_q.unsqueeze(-1))               # + d_t onehot(y_t)
-        return grad.to(logits.dtype), None
+        return soft_q_v_grad(logits, targets, v, grad_q, grad_v).to(logits.dtype), None
+
+
+# the two halves of SoftQV, shared with the chunked head (chunked_head.py), which calls them per chunk
+def soft_q_v(logits, targets):
+    """q_t = logits_t[y_t], v_t = logsumexp(logits_t), both in at least float32 (v in float32 under bf16!)."""
+    logits32 = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits32.gather(-1, targets.unsqueeze(-1)).squeeze(-1), torch.logsumexp(logits32, dim=-1)
+
+
+def soft_q_v_grad(logits, targets, v, grad_q, grad_v):
+    """dL/dlogits_t = grad_v_t softmax(logits_t) + grad_q_t onehot(y_t), in v's dtype."""
+    grad = (logits - v.unsqueeze(-1)).exp_().mul_(grad_v.unsqueeze(-1))  # c_t softmax_t (bf16 - f32 is f32)
+    grad.scatter_add_(-1, targets.unsqueeze(-1), grad_q.unsqueeze(-1))               # + d_t onehot(y_t)
+    return grad
 
 
 def q_and_v(logits, targets):
@@ -99,6 +112,32 @@ def irl_loss(q, v, loss_mask, done, td_coef, gamma=1.0, stop_grad_next_v=False):
     return loss, stats
 
 
+def online_irl_loss(q, v, loss_mask, done, policy_v, policy_mask, policy_done, mix_in, td_coef,
+                    gamma=1.0, stop_grad_next_v=False):
+    """Online IQ-Learn (SPEC.md section 4): IQ-Learn's value term E_rho[V - gamma V'] estimated on
+    the mixture rho = (1 - mix_in) expert + mix_in policy transitions (the policy's own samples):
+        L = -mean_E(q - g v') + (1 - a) mean_E(v - g v') + a mean_pi(v - g v') + td_coef mean_E(r^2)
+          = irl_loss + a [mean_pi(v - g v') - mean_E(v - g v')]
+    with a = mix_in, g = gamma, v' = (1 - done_t) v_{t+1} (V after EOS is 0).
+    Masks: -mean_E(q - g v') + mean_E(v - g v') telescope into the nll over loss_mask (v' cancels,
+    so a truncated last token keeps its likelihood term, as offline). The mix_in part needs v', so
+    both its means are over td_mask (SPEC.md section 2): a truncated last transition has no next
+    state in the window, on either side. v' is never stopped here (stop_grad_next_v is the TD
+    term's ablation). mix_in = 0 adds exactly 0: the offline loss and its gradient.
+    Gradient of the new part, with M = sum(td_mask) of each side: dL/dv_t = +-a (td_t - g (1 -
+    done_{t-1}) td_{t-1}) / M, + on policy rows, - on expert rows, >= 0 in size wherever td_t = 1:
+    minimising lowers V on the policy's states and raises it on the expert's.
+    With gamma = 1 the sum along a row telescopes to the value of its first state (the prompt's,
+    shared by both sides when the prompts are the same), so the term mostly reweights v_0."""
+    loss, stats = irl_loss(q, v, loss_mask, done, td_coef, gamma, stop_grad_next_v)
+    expert_value = masked_mean(implied_reward(v, v, done, gamma), td_mask_of(loss_mask, done))  # v - g v'
+    policy_value = masked_mean(implied_reward(policy_v, policy_v, policy_done, gamma),
+                               td_mask_of(policy_mask, policy_done))
+    value_gap = policy_value - expert_value                   # mean_pi(v - g v') - mean_E(v - g v')
+    stats.update(value_gap=value_gap.item(), v_policy=masked_mean(policy_v, policy_mask).item())
+    return loss + mix_in * value_gap, stats
+
+
 @torch.no_grad()
 def policy_stats(logits, targets, loss_mask):
     """Mean per-token entropy of softmax(logits) and argmax accuracy, over the mask."""
@@ -106,7 +145,7 @@ def policy_stats(logits, targets, loss_mask):
     entropy = -(logp.exp() * logp).sum(-1)
     correct = (logits.argmax(-1) == targets).float()
     return dict(entropy=masked_mean(entropy, loss_mask).item(),
-                accuracy=masked_mean(correct, loss_mask).item())
+                token_accuracy=masked_mean(correct, loss_mask).item())
 
 
 @torch.no_grad()

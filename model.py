@@ -21,6 +21,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in the Linears and LayerNorms; False is a little better and faster
+    gelu_approximate: str = "none"  # exact GELU as nanoGPT; 'tanh' for OpenAI's GPT-2 weights ("gelu_new")
 
 
 def strip_compile_prefix(state_dict):
@@ -81,7 +82,7 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=config.gelu_approximate)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -168,12 +169,15 @@ class GPT(nn.Module):
                 kv_cache[i] = kv
         return self.transformer.ln_f(x)
 
-    def forward(self, idx):
-        """Logits (B, T, vocab_size) at every position of idx (B, T)."""
+    def forward(self, idx, head=True):
+        """Logits (B, T, vocab_size) at every position of idx (B, T). head=False returns the final
+        hidden states (B, T, C) instead, for a loss that applies the tied head itself chunk by chunk
+        (chunked_head.py); it goes through forward() so that DDP and torch.compile see the call."""
         T = idx.size(1)
         assert T <= self.config.block_size, \
             f"cannot forward a sequence of length {T}, block_size is only {self.config.block_size}"
-        return self.lm_head(self.hidden_states(idx))
+        hidden = self.hidden_states(idx)
+        return self.lm_head(hidden) if head else hidden
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on the 2D tensors (matmul weights, embeddings) only: biases and
@@ -187,18 +191,18 @@ class GPT(nn.Module):
         extra_args = dict(fused=True) if use_fused else dict()  # one kernel for all tensors on GPU
         return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt):
-        """Model flops utilisation: achieved flops over the peak of an A100 in bf16 (312 TFLOPS).
-        Flops per token are 6N for the matmuls (2 forward, 4 backward) plus 12*L*H*Q*T for the
-        attention scores (PaLM paper, appendix B)."""
+    def estimate_mfu(self, fwdbwd_per_iter, dt, seq_len=None, peak_flops=312e12):
+        """Model flops utilisation: achieved flops over peak_flops (default: an A100 in bf16, 312
+        TFLOPS; an H100 SXM is 989). fwdbwd_per_iter sequences of seq_len tokens (default
+        block_size) took dt seconds. Flops per token are 6N for the matmuls (2 forward, 4 backward)
+        plus 12*L*H*Q*T for the attention scores (PaLM paper, appendix B), with T the length
+        actually run, not block_size: a fine-tuning batch is often much shorter than the window."""
         cfg = self.config
         N = self.get_num_params()
-        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, seq_len or cfg.block_size
         flops_per_token = 6 * N + 12 * L * H * Q * T
         flops_per_iter = flops_per_token * T * fwdbwd_per_iter
-        flops_achieved = flops_per_iter / dt
-        flops_promised = 312e12  # A100 bf16 peak
-        return flops_achieved / flops_promised
+        return flops_per_iter / dt / peak_flops
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, eos_id=None,
@@ -284,3 +288,38 @@ def padded_causal_mask(is_real, n_queries):
     causal = torch.ones(n_queries, T, dtype=torch.bool, device=is_real.device).tril(diagonal=T - n_queries)
     query_is_real = is_real[:, T - n_queries:]
     return causal & (is_real[:, None, :] | ~query_is_real[:, :, None])
+
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # 124M, 350M, 774M, 1558M parameters
+
+
+def gpt2_checkpoint(name_or_dir):
+    """OpenAI's GPT-2 weights, read by Hugging Face transformers, as a checkpoint of this
+    repository: dict(model=state_dict, model_args=...), which model_from_checkpoint (checkpoint.py)
+    turns into a GPT. name_or_dir is one of GPT2_NAMES (downloaded once, then cached by
+    transformers) or a folder that save_pretrained wrote (config.json and the weights). Raises
+    ValueError naming the fix when transformers is missing or the model is not a plain GPT-2."""
+    try:
+        from transformers import GPT2LMHeadModel  # imported lazily: only fine-tuning GPT-2 needs it
+    except ImportError:
+        raise ValueError(f"loading {name_or_dir} needs Hugging Face transformers: pip install transformers") from None
+    try:
+        hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir)
+    except Exception as err:  # no such folder, no network for a download, not a GPT-2 ...
+        raise ValueError(f"cannot load GPT-2 from {name_or_dir!r} ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
+    cfg = hf_model.config
+    gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}.get(cfg.activation_function)
+    if (gelu is None or cfg.n_inner not in (None, 4 * cfg.n_embd) or cfg.layer_norm_epsilon != 1e-5
+            or not getattr(cfg, "scale_attn_weights", True) or getattr(cfg, "scale_attn_by_inverse_layer_idx", False)
+            or getattr(cfg, "reorder_and_upcast_attn", False) or not getattr(cfg, "tie_word_embeddings", True)):
+        raise ValueError(f"{name_or_dir} is a GPT-2 variant this GPT does not implement (activation, "
+                         f"n_inner, layer_norm_epsilon, attention scaling or untied head differ from GPT-2's)")
+    model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.n_positions,
+                      bias=True, vocab_size=cfg.vocab_size, dropout=0.0, gelu_approximate=gelu)
+    # the names are nanoGPT's already; transformers keeps these four as Conv1D, weight (in, out),
+    # where nn.Linear's is (out, in); its causal-mask buffers (attn.bias, attn.masked_bias) are not weights
+    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    state = {k: (v.t() if k.endswith(transposed) else v).float() for k, v in hf_model.state_dict().items()
+             if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    return dict(model=state, model_args=model_args)

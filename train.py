@@ -8,6 +8,7 @@ offline inverse RL (IQ-Learn as MLE plus a TD regulariser, see irl_loss.py).
     python train.py config/shakespeare_char.py       # a file of overrides, then flags
     python train.py --init_from=resume               # continue the run in out_dir
     python train.py --init_from=path/to/ckpt.pt      # fine-tune a checkpoint (ours or nanoGPT's)
+    python train.py --init_from=gpt2 --dataset=mine.jsonl --loss_chunk=1024   # fine-tune GPT-2 (transformers)
     torchrun --standalone --nproc_per_node=4 train.py    # several GPUs (DDP)
 
 Writes out_dir/ckpt.pt (atomically) and out_dir/log.jsonl (one JSON line per evaluation).
@@ -22,21 +23,31 @@ from contextlib import nullcontext
 import torch
 
 from configurator import configure
-from dataset import encode_example, encode_split, load_dataset, make_batch
-from irl_loss import irl_loss, policy_stats, q_and_v
+from dataset import encode_example, encode_split, load_dataset, make_batch, sample_examples
+from irl_loss import irl_loss, online_irl_loss, policy_stats, q_and_v
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, tokenizer_of
-from model import GPT, GPTConfig
+from model import GPT, GPT2_NAMES, GPTConfig, gpt2_checkpoint
+from chunked_head import chunked_policy_stats, chunked_q_and_v
 
 # -----------------------------------------------------------------------------
 # settings: each is a flag (--name=value); the comment is its --help line
 out_dir = "out"  # where ckpt.pt and log.jsonl are written
-init_from = "scratch"  # scratch | resume (continue out_dir) | path/to/ckpt.pt (ours or nanoGPT's)
+init_from = "scratch"  # scratch | resume (continue out_dir) | path/to/ckpt.pt (ours or nanoGPT's) | gpt2[-medium|-large|-xl] | a Hugging Face GPT-2 folder
 dataset = "arith"  # arith | shakespeare | a folder of train/val/test.jsonl | a .jsonl file
 tokenizer = ""  # '' = the dataset's (char) or the checkpoint's; char | gpt2
-loss = "irl"  # irl (IQ-Learn: MLE + td_coef * TD term) | mle
+loss = "irl"  # irl (IQ-Learn: MLE + td_coef * TD term) | mle | gail (needs --init_from, see gail.py)
 td_coef = 0.1  # lambda: weight of the squared TD residual (0 = MLE)
-gamma = 1.0  # discount of the implied reward (1: finite episodes)
+gamma = 1.0  # discount of the implied reward (1: finite episodes); GAIL's reward-to-go too
 stop_grad_next_v = False  # ablation: no gradient through v_{t+1} in the TD term
+loss_chunk = 0  # >0: head + loss over this many positions at a time, never all (B, T, vocab) logits (chunked_head.py)
+mix_in = 0.0  # online IQ-Learn (loss=irl): weight alpha of the policy's own samples in the value term
+sample_every = 1  # online IQ-Learn: fresh policy samples every this many steps, reused in between
+sample_fraction = 1.0  # share of a batch's prompts that get a policy sample (online IQ-Learn, GAIL)
+max_new_tokens = 64  # longest policy sample (online IQ-Learn, GAIL); the window cuts it too
+mle_weight = 1.0  # GAIL: weight of MLE on the data
+kl_coef = 0.1  # GAIL: weight of KL(policy || starting model) on the policy's samples
+disc_n_layer = 2  # GAIL: blocks of the discriminator (a GPT of the policy's width)
+disc_learning_rate = 1e-4  # GAIL: the discriminator's AdamW learning rate (constant)
 batch_size = 32  # examples per micro-batch (one example per row)
 block_size = 64  # longest row in tokens; longer examples are cut (see dataset.py)
 gradient_accumulation_steps = 1  # micro-batches per optimizer step (in total, over all GPUs)
@@ -76,21 +87,37 @@ def fail(message):
 
 
 # checks that would otherwise fail late and obscurely
-if loss not in ("irl", "mle"):
-    fail(f"--loss={loss!r} is not a loss; use irl or mle")
+if loss not in ("irl", "mle", "gail"):
+    fail(f"--loss={loss!r} is not a loss; use irl, mle or gail")
+if not 0.0 <= mix_in <= 1.0 or (mix_in > 0 and loss != "irl"):
+    fail(f"--mix_in={mix_in}: online IQ-Learn's weight must lie in [0, 1], with --loss=irl")
+if min(sample_every, max_new_tokens, disc_n_layer) < 1 or min(mle_weight, kl_coef, disc_learning_rate) < 0:
+    fail("sample_every, max_new_tokens, disc_n_layer must be >= 1; mle_weight, kl_coef, disc_learning_rate >= 0")
+if not 0.0 < sample_fraction <= 1.0:
+    fail(f"--sample_fraction={sample_fraction} must lie in (0, 1]")
+if loss == "gail" and init_from == "scratch":
+    fail("--loss=gail fine-tunes a trained policy; pass --init_from=path/to/mle/ckpt.pt (or resume)")
+if loss == "gail" and loss_chunk:
+    fail("--loss=gail needs the full logits (its KL sums over the vocabulary); use --loss_chunk=0")
 if td_coef < 0:
     fail(f"--td_coef={td_coef} must be >= 0 (0 is MLE)")
 if not 0.0 <= gamma <= 1.0:
     fail(f"--gamma={gamma} must lie in [0, 1]")
 if min(batch_size, block_size, gradient_accumulation_steps, n_layer, n_head, n_embd) < 1:
     fail("batch_size, block_size, gradient_accumulation_steps, n_layer, n_head, n_embd must be >= 1")
+if loss_chunk < 0:
+    fail(f"--loss_chunk={loss_chunk} must be >= 0 (0 = the full logits at once)")
 if n_embd % n_head:
     fail(f"--n_embd={n_embd} must be a multiple of --n_head={n_head}")
 td_coef_used = td_coef if loss == "irl" else 0.0  # MLE is the td_coef = 0 special case
+online = mix_in > 0 or loss == "gail"  # train on the policy's own samples too
+n_sampled = max(1, round(sample_fraction * batch_size))  # prompts per micro-batch the policy continues
 
 # -----------------------------------------------------------------------------
 # devices, DDP, precision
 ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+if ddp and loss == "gail":
+    fail("--loss=gail runs in one process (its discriminator is not wrapped in DDP); run python train.py")
 if not device:
     device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
 if device.startswith("cuda") and not torch.cuda.is_available():
@@ -125,11 +152,16 @@ autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=d
 # checkpoint to start from, data, model
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 checkpoint = None
-if init_from != "scratch" and init_from != "resume" and not init_from.endswith(".pt"):
-    fail(f"--init_from={init_from!r}: use scratch, resume or a path ending in .pt")
+from_hf = init_from in GPT2_NAMES or os.path.isfile(os.path.join(init_from, "config.json"))  # GPT-2 weights
+if init_from != "scratch" and init_from != "resume" and not init_from.endswith(".pt") and not from_hf:
+    fail(f"--init_from={init_from!r}: use scratch, resume, a path ending in .pt, gpt2[-medium|-large|-xl] "
+         f"or a Hugging Face GPT-2 folder (with config.json)")
 try:
-    if init_from != "scratch":
+    if from_hf:  # GPT-2 read by transformers, as a checkpoint with GPT-2's BPE tokenizer
+        checkpoint = dict(gpt2_checkpoint(init_from), tokenizer={"kind": "gpt2"})
+    elif init_from != "scratch":
         checkpoint = load_checkpoint(ckpt_path if init_from == "resume" else init_from)
+    if checkpoint is not None:
         tok = tokenizer_of(checkpoint, tokenizer)  # the checkpoint's tokenizer wins
         block_size = min(block_size, checkpoint["model_args"]["block_size"])
     data = load_dataset(dataset, tok if checkpoint is not None else tokenizer)
@@ -159,7 +191,22 @@ model.to(device)
 iter_num, best_val_loss = 0, float("inf")
 train_gen = torch.Generator().manual_seed(seed + rank)  # its state is the data position
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+optimized = [(model, optimizer)]  # (module, its optimizer): one backward, then a step for each
+samples = {}  # micro-step -> the policy's samples for its prompts (online IQ-Learn, GAIL)
+if loss == "gail":  # the discriminator, its optimizer and the frozen starting policy (gail.py)
+    import gail
+    discriminator, disc_optimizer, reference = gail.make_models(
+        model, model_args, disc_n_layer, weight_decay, disc_learning_rate, (beta1, beta2), device_type)
+    optimized.append((discriminator, disc_optimizer))
+    if init_from == "resume":
+        if "gail" not in checkpoint:
+            fail(f"{ckpt_path} is not from a GAIL run; start GAIL from it with --init_from={ckpt_path}")
+        discriminator.load_state_dict(checkpoint["gail"]["discriminator"])
+        disc_optimizer.load_state_dict(checkpoint["gail"]["disc_optimizer"])
+        reference.load_state_dict(checkpoint["gail"]["reference"])
 if init_from == "resume":
+    sample_lists = checkpoint.get("samples", [])
+    samples = sample_lists[rank] if rank < len(sample_lists) else {}
     optimizer.load_state_dict(checkpoint["optimizer"])
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     rng = checkpoint["rng"]
@@ -195,13 +242,34 @@ def to_device(batch):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def compute_loss(batch, with_policy_stats=False):
+def compute_loss(batch, with_policy_stats=False, n_expert=None):
+    """Loss and stats. With n_expert, the rows after the first n_expert are the policy's own samples
+    for the same prompts (online IQ-Learn, GAIL); the model reads all rows in one pass."""
     with autocast:
-        logits = model(batch["idx"])
-    q, v = q_and_v(logits, batch["targets"])
-    loss_value, stats = irl_loss(q, v, batch["loss_mask"], batch["done"], td_coef_used, gamma, stop_grad_next_v)
-    if with_policy_stats:
-        stats.update(policy_stats(logits, batch["targets"], batch["loss_mask"]))
+        if loss_chunk:  # the same q and v, the tied head applied chunk by chunk (chunked_head.py)
+            hidden = model(batch["idx"], head=False)
+            q, v = chunked_q_and_v(hidden, raw_model.lm_head.weight, batch["targets"], loss_chunk)
+        else:
+            logits = model(batch["idx"])
+            q, v = q_and_v(logits, batch["targets"])
+    if loss == "gail" and n_expert is not None:  # gail.py: policy gradient, MLE, KL, discriminator
+        with autocast:
+            d = gail.discriminator_scores(discriminator, batch)
+            with torch.no_grad():
+                reference_logits = reference(batch["idx"][n_expert:])
+        return gail.gail_loss(logits, reference_logits, d, batch, n_expert, mle_weight, kl_coef, gamma)
+    expert, policy = slice(None, n_expert), slice(n_expert, None)  # n_expert None: all rows are data
+    mask, done = batch["loss_mask"], batch["done"]
+    if n_expert is None:
+        loss_value, stats = irl_loss(q, v, mask, done, td_coef_used, gamma, stop_grad_next_v)
+    else:  # online IQ-Learn: mix_in of the value term on the policy's samples
+        loss_value, stats = online_irl_loss(q[expert], v[expert], mask[expert], done[expert], v[policy],
+                                            mask[policy], done[policy], mix_in, td_coef_used, gamma, stop_grad_next_v)
+    if with_policy_stats and loss_chunk:  # entropy, accuracy (log steps, eval): chunk-wise too
+        stats.update(chunked_policy_stats(hidden[expert], raw_model.lm_head.weight, batch["targets"][expert],
+                                          mask[expert], loss_chunk))
+    elif with_policy_stats:
+        stats.update(policy_stats(logits[expert], batch["targets"][expert], mask[expert]))
     return loss_value, stats
 
 
@@ -230,16 +298,20 @@ def evaluate():
 
 def save_state():
     """Everything a resumed run needs to continue exactly: weights, optimizer, RNG and data position."""
-    states = [train_gen.get_state()]
-    if ddp:  # every rank's data position, so a resumed run continues each rank's stream
-        states = [None] * world_size
+    states, sample_lists = [train_gen.get_state()], [samples]
+    if ddp:  # every rank's data position (and samples), so a resumed run continues each rank's stream
+        states, sample_lists = [None] * world_size, [None] * world_size
         torch.distributed.all_gather_object(states, train_gen.get_state())
+        torch.distributed.all_gather_object(sample_lists, samples)
     if master:
         save_checkpoint(dict(
             model=raw_model.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
             config=config, iter_num=iter_num, best_val_loss=best_val_loss, tokenizer=tok.state(),
             rng=dict(torch=torch.get_rng_state(), data=states,
-                     cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None)), ckpt_path)
+                     cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None),
+            samples=sample_lists, **(dict(gail=dict(
+                discriminator=discriminator.state_dict(), disc_optimizer=disc_optimizer.state_dict(),
+                reference=reference.state_dict())) if loss == "gail" else {})), ckpt_path)
 
 
 def append_log(record):
@@ -271,7 +343,8 @@ if master:
     print(f"{data['name']}: {len(train_data)} train / {len(val_data)} val examples; model {n_params / 1e6:.2f}M "
           f"params; loss={loss} td_coef={td_coef_used} gamma={gamma}; device={device} dtype={dtype}")
 start_iter = last_log_iter = iter_num
-t0, tokens_seen = time.time(), 0
+t0, tokens_seen, sample_seconds = time.time(), 0, 0.0
+run_seconds = dict(sample=0.0, step=0.0)  # since start_iter, for log.jsonl: sampling vs the whole step
 while True:
     lr = get_lr(iter_num)
     for group in optimizer.param_groups:
@@ -280,6 +353,10 @@ while True:
     if iter_num % eval_interval == 0 or iter_num == max_iters:
         t_eval = time.time()
         record = dict(iter=iter_num, lr=lr, **evaluate())
+        if iter_num > start_iter:  # mean time per step so far: sampling (online IQ-Learn, GAIL), update
+            steps_run = iter_num - start_iter
+            record["time/sample_ms"] = 1000 * run_seconds["sample"] / steps_run
+            record["time/update_ms"] = 1000 * (run_seconds["step"] - run_seconds["sample"]) / steps_run
         best_val_loss = min(best_val_loss, record["val/loss"])
         if iter_num > start_iter or (iter_num > 0 and init_from != "resume"):
             save_state()
@@ -294,34 +371,47 @@ while True:
 
     # one optimizer step over gradient_accumulation_steps micro-batches
     log_now = iter_num % log_interval == 0
+    t_step = time.time()
     for micro_step in range(gradient_accumulation_steps):
         rows = torch.randint(len(train_data), (batch_size,), generator=train_gen).tolist()
-        batch = to_device(make_batch([train_data[i] for i in rows], tok.eos_id, pad_to))
+        examples = [train_data[i] for i in rows]
+        if online and (loss == "gail" or iter_num % sample_every == 0 or micro_step not in samples):
+            t_sample = time.time()  # the policy's own completions for these prompts (GAIL: every step)
+            samples[micro_step] = sample_examples(raw_model, examples[:n_sampled], tok.eos_id, max_new_tokens)
+            sample_seconds += time.time() - t_sample
+            run_seconds["sample"] += time.time() - t_sample
+        batch = to_device(make_batch(examples + (samples[micro_step] if online else []), tok.eos_id, pad_to))
         tokens_seen += int((batch["targets"] >= 0).sum())
         if ddp:  # sync gradients only on the last micro-step
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
-        loss_value, stats = compute_loss(batch, with_policy_stats=log_now and micro_step == 0)
+        loss_value, stats = compute_loss(batch, with_policy_stats=log_now and micro_step == 0,
+                                         n_expert=len(examples) if online else None)
         if not math.isfinite(loss_value.item()):
             fail(f"loss is {loss_value.item()} at iter {iter_num}; stopped, {ckpt_path} keeps the last "
                  f"good state; lower --learning_rate or --td_coef, then --init_from=resume")
         scaler.scale(loss_value / gradient_accumulation_steps).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
+    for module, module_optimizer in optimized:  # the policy (and GAIL's discriminator)
+        if grad_clip > 0:
+            scaler.unscale_(module_optimizer)
+            torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+        scaler.step(module_optimizer)
+        module_optimizer.zero_grad(set_to_none=True)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
     iter_num += 1
+    run_seconds["step"] += time.time() - t_step
 
     if log_now and master:  # time and tokens (padding excluded) since the last progress line
         dt, steps = time.time() - t0, iter_num - last_log_iter
-        extra = "".join(f", {k} {stats[k]:.4f}" for k in ("td", "v_mean", "entropy") if k in stats)
+        extra = "".join(f", {k} {stats[k]:.4f}" for k in ("td", "v_mean", "entropy", "value_gap", "kl",
+                                                          "sample_entropy", "reward", "disc_accuracy") if k in stats)
+        split = f" ({1000 * sample_seconds / steps:.0f} sampling)" if online else ""
         print(f"iter {iter_num - 1}: loss {loss_value.item():.4f}, nll {stats['nll']:.4f}{extra}, "
-              f"{1000 * dt / steps:.0f} ms/iter, {tokens_seen * world_size / dt:.0f} tok/s")
-        t0, tokens_seen, last_log_iter = time.time(), 0, iter_num
+              f"{1000 * dt / steps:.0f} ms/iter{split}, {tokens_seen * world_size / dt:.0f} tok/s")
+        t0, tokens_seen, sample_seconds, last_log_iter = time.time(), 0, 0.0, iter_num
 
 if master:
     print(f"done: {ckpt_path}\nnext: python sample.py --out_dir={out_dir}   "
           f"or   python analyze_reward.py --out_dir={out_dir}")
 if ddp:
+    torch.distributed.barrier()  # rank 0 may still be writing: no rank tears the group down before all are done
     torch.distributed.destroy_process_group()

@@ -10,18 +10,7 @@ import torch
 
 from irl_loss import irl_loss, q_and_v
 from model import GPT, GPTConfig
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--batch_size=8", "--eval_iters=1", "--eval_prompts=4",
-        "--log_interval=1", "--compile=False", "--device=cpu"]
-
-
-def run_script(args, script="train.py", check=True):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, script)] + args, cwd=ROOT,
-                            capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
+from tests.helpers import ROOT, TINY, run_script
 
 
 def train_losses(stdout):
@@ -69,12 +58,30 @@ def test_loss_mle_equals_irl_with_td_coef_zero(tmp_path):
     assert train_losses(mle.stdout) == train_losses(irl0.stdout)
 
 
+def test_loss_chunk_gives_the_same_run(tmp_path):
+    """The chunked head (chunked_head.py) changes memory, not numbers: the same losses and val
+    statistics (entropy and token accuracy computed chunk by chunk too), up to float rounding."""
+    args = TINY + ["--max_iters=3", "--eval_interval=3"]
+    full = run_script(args + [f"--out_dir={tmp_path / 'full'}"])
+    chunked = run_script(args + [f"--out_dir={tmp_path / 'chunked'}", "--loss_chunk=37"])  # 37 divides no B*T here
+    expected, got = train_losses(full.stdout), train_losses(chunked.stdout)
+    assert sorted(got) == [0, 1, 2] and all(abs(float(got[i]) - float(expected[i])) <= 2e-4 for i in got)
+    logs = [[json.loads(line) for line in open(tmp_path / run / "log.jsonl")] for run in ("full", "chunked")]
+    assert logs[0][-1].keys() == logs[1][-1].keys()
+    for key in (key for key in logs[0][-1] if key.startswith("val/")):  # (not the timings)
+        assert logs[1][-1][key] == pytest.approx(logs[0][-1][key], rel=1e-5, abs=1e-6), key
+
+
 @pytest.mark.parametrize("flag,message", [
     ("--learning_rat=0.1", "unknown flag --learning_rat; did you mean --learning_rate?"),
     ("--batch_size=abc", "--batch_size takes a whole number, not 'abc'"),
     ("--td_coef=-1", "--td_coef=-1.0 must be >= 0"),
     ("--gamma=1.5", "--gamma=1.5 must lie in [0, 1]"),
-    ("--loss=ppo", "--loss='ppo' is not a loss; use irl or mle"),
+    ("--loss_chunk=-1", "--loss_chunk=-1 must be >= 0"),
+    ("--init_from=nonsense", "use scratch, resume, a path ending in .pt, gpt2[-medium|-large|-xl] or a Hugging Face"),
+    ("--loss=ppo", "--loss='ppo' is not a loss; use irl, mle or gail"),
+    ("--mix_in=1.5", "--mix_in=1.5: online IQ-Learn's weight must lie in [0, 1], with --loss=irl"),
+    ("--loss=gail", "--loss=gail fine-tunes a trained policy; pass --init_from=path/to/mle/ckpt.pt"),
 ])
 def test_bad_flags_stop_with_one_line(tmp_path, flag, message):
     result = run_script([flag, f"--out_dir={tmp_path}"], check=False)

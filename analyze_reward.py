@@ -1,0 +1,456 @@
+"""
+Read the reward a model learned: per-token heatmaps, returns of good and bad completions, return
+against the task metric (the paper's analysis), the value of the prompt, and instructed features.
+
+    python sample.py --out_dir=out                            # first: K=4 samples at temperature 1
+    python analyze_reward.py --out_dir=out                    # one run (MLE or IRL, char or BPE)
+    python analyze_reward.py --out_dir=out/irl,out/mle --results=results/reward   # side by side
+    python analyze_reward.py --out_dir=out --features=my_features.py   # your own features
+
+What is measured (SPEC.md section 6). Any completion y of a prompt x gets, under a trained model,
+the per-token reward of irl_loss.py, r_t = q_t - gamma (1 - done_t) v_{t+1}, and the return
+R = sum_k gamma^k r_k (k = 0 at the first completion token). For a terminated completion the sum
+telescopes: R = sum_k gamma^k log pi_k + v_0(x), so with gamma = 1, R = log p(y | x) + v_0(x).
+Within one prompt the return ranks completions by likelihood; across prompts v_0 decides. IRL's TD
+term trains v_0(x) to track the surprisal still to come, so returns of different prompts become
+comparable; MLE leaves v_0 arbitrary (softmax ignores it). The script checks the identity on real
+completions and reports the largest error.
+
+For each run it scores the first max_prompts expert completions of the split, one corruption of
+each (arith: one step's result off by a little, carried to the answer; text: the words shuffled)
+and the samples sample.py wrote to the run's folder, then writes into `results`:
+    reward_heatmap_<run>.png  completions as text, each token coloured by r_t (one per run)
+    reward_returns.png        returns of expert, sampled and corrupted completions
+    reward_vs_metric.png      return against accuracy / ROUGE-L of each sample, Spearman's rho
+    reward_v0.png             v_0 per prompt: against the expert's surprisal, and run against run
+    reward_features.png       instructed-feature weights with 95% intervals and R^2
+    reward_tokens_<run>.jsonl every scored completion: token texts, r_t, log pi_t, return, v_0
+    reward_summary.json       every number above, per run
+and prints the numbers. Spearman's rho of return and metric is taken over a run's own samples,
+with a bootstrap standard error over prompts, next to the rho of log p(y | x) alone (what v_0
+adds) and, with several runs, the rho over all runs' samples pooled: the same completions under
+each reward. Among the K samples of a prompt, "pick rate" is how often the sample with the highest
+return has the best metric, among prompts whose samples differ in it; "chance" is what picking one
+at random scores on the same prompts.
+
+Instructed features (SPEC.md section 7, features.py): r_t is regressed by least squares on a few
+features an analyst names (digits, operators, step separators, the answer, EOS, position,
+repetition, ...), each weight with a 95% interval, and R^2 says how much of the reward they explain.
+That paper also models bounded rationality, as noise on the value of future actions; in our soft-Q
+reading this is exactly the Boltzmann (softmax) policy pi = softmax(Q), whose temperature is the
+noise scale (1 here, in logit units), so there is nothing more to build for it.
+"""
+import importlib
+import json
+import math
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_of
+from configurator import configure
+from dataset import encode_example, fit_to_block, load_dataset, make_batch
+from features import feature_matrix, is_eos, least_squares, load_features, token_texts
+from irl_loss import q_and_v, token_rewards
+import metrics
+
+# -----------------------------------------------------------------------------
+out_dir = "out"  # the run(s): folders with ckpt.pt (or .pt paths); several comma-separated: out/irl,out/mle
+results = ""  # where figures and reward_summary.json go; '' = the first run's folder
+dataset = ""  # expert completions from this dataset; '' = the one the first run was trained on
+tokenizer = ""  # only for nanoGPT checkpoints, which carry none: gpt2
+split = "val"  # split of the expert completions
+max_prompts = 200  # expert completions (each with one corruption) scored per run (0 = all)
+samples = ""  # sample.py's JSONL in each run's folder; '' = samples_<split>_t1.jsonl; none = skip
+features = ""  # a .py file of feature functions (see features.py); '' = the task's default set
+heatmap_rows = 4  # expert completions and samples, each, drawn in the heatmaps
+batch_size = 64  # completions scored together
+seed = 1337  # seed of the corruptions
+device = ""  # '' = cuda if available, else cpu
+# -----------------------------------------------------------------------------
+settings = {k: v for k, v in globals().items() if not k.startswith("_")
+            and isinstance(v, (bool, int, float, str, type(None)))}
+globals().update(configure(settings, __file__))
+PROMPT_CHARS = 24  # the heatmaps show at most the end of a prompt this long
+
+
+def fail(message):
+    sys.exit(f"analyze_reward.py: error: {message}")
+
+
+def shuffle_words(completion, rng):
+    """The corruption for text: the same words in a random order."""
+    words = completion.split(" ")
+    for _ in range(10):
+        rng.shuffle(words)
+        if " ".join(words) != completion:
+            return " ".join(words)
+    raise ValueError(f"cannot shuffle {completion!r}: fewer than two different words")
+
+
+def encode(tok, prompt, completion, terminated, block_size):
+    """(prompt ids, completion ids) fitted to the window; no EOS for a completion that did not end."""
+    prompt_ids, completion_ids = encode_example(tok, prompt, completion)
+    return fit_to_block(prompt_ids, completion_ids if terminated else completion_ids[:-1], block_size)[:2]
+
+
+@torch.no_grad()
+def score(model, tok, rows, gamma):
+    """Add to each row (prompt, completion, terminated) its token texts, r_t, log pi_t, return and
+    v_0, from irl_loss.token_rewards on padded batches. r_t is None for the last token of a
+    completion cut by the window (no next state: no reward)."""
+    block_size = model.config.block_size
+    examples = [encode(tok, r["prompt"], r["completion"], r["terminated"], block_size) for r in rows]
+    for i in range(0, len(rows), batch_size):
+        chunk = examples[i:i + batch_size]
+        batch = {k: v.to(device) for k, v in make_batch(chunk, tok.eos_id).items()}
+        q, v = q_and_v(model(batch["idx"]), batch["targets"])
+        rewards, returns = token_rewards(q, v, batch["loss_mask"], batch["done"], gamma)
+        log_pi = q - v                                                  # log pi_t = q_t - v_t
+        for b, ((p, c), row) in enumerate(zip(chunk, rows[i:i + batch_size])):
+            first = len(p) - 1  # the position whose target is the first completion token
+            terminated = bool(batch["done"][b].any())
+            row.update(tokens=token_texts(tok, c),
+                       rewards=rewards[b, first:first + len(c)].tolist(),
+                       log_pi=log_pi[b, first:first + len(c)].tolist(),
+                       ret=returns[b].item(), v0=v[b, first].item(), terminated=terminated)
+            if not terminated:
+                row["rewards"][-1] = None
+    return rows
+
+
+def fmt(x, spec=".3f"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def discounted(values, gamma):
+    return sum(gamma ** k * x for k, x in enumerate(values))
+
+
+def finite(x):
+    """A float for JSON, None for nan (JSON has no nan)."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def by_prompt(rows):
+    """The rows grouped by prompt, in order of first appearance."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(r["prompt"], []).append(r)
+    return list(groups.values())
+
+
+def spearman_and_se(rows, resamples=200):
+    """Spearman's rho of return and metric over the rows, and its bootstrap standard error over
+    prompts (a prompt's K samples are resampled together: they share v_0 and are not independent)."""
+    if not rows:
+        return None, None
+    rho = metrics.spearman([r["ret"] for r in rows], [r["metric"] for r in rows])
+    groups, rng, rhos = by_prompt(rows), np.random.default_rng(seed), []
+    for _ in range(resamples):
+        picked = [r for i in rng.integers(len(groups), size=len(groups)) for r in groups[i]]
+        rhos.append(metrics.spearman([r["ret"] for r in picked], [r["metric"] for r in picked]))
+    rhos = [x for x in rhos if math.isfinite(x)]
+    return finite(rho), float(np.std(rhos, ddof=1)) if len(rhos) > 1 else None
+
+
+def pick_rate(groups):
+    """Among prompts whose samples differ in the metric: how often the highest-return sample has the
+    best metric, and the rate a random pick would have (the mean share of best samples)."""
+    hits, chance = [], []
+    for group in groups:
+        values = [r["metric"] for r in group]
+        if max(values) == min(values):
+            continue
+        best = max(group, key=lambda r: r["ret"])
+        hits.append(best["metric"] == max(values))
+        chance.append(values.count(max(values)) / len(values))
+    return (float(np.mean(hits)), float(np.mean(chance)), len(hits)) if hits else (None, None, 0)
+
+
+# ----------------------------------------------------------------------------- inputs (all checked before any output)
+runs = []
+for path in [p for p in out_dir.split(",") if p]:
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    name = os.path.basename(os.path.abspath(folder)) or "run"
+    while name in [r["name"] for r in runs]:
+        name += "_"
+    runs.append(dict(name=name, folder=folder, ckpt=os.path.join(path, "ckpt.pt") if os.path.isdir(path) else path))
+if not runs:
+    fail("--out_dir names no run; give a folder with ckpt.pt, or several: --out_dir=out/irl,out/mle")
+if max_prompts < 0 or heatmap_rows < 0 or batch_size < 1:
+    fail("max_prompts and heatmap_rows must be >= 0, batch_size >= 1")
+samples_name = "" if samples == "none" else samples or f"samples_{split}_t1.jsonl"
+device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+if device.startswith("cuda") and not torch.cuda.is_available():
+    fail(f"--device={device} but no CUDA GPU is visible; use --device=cpu")
+try:
+    for run in runs:
+        checkpoint = load_checkpoint(run["ckpt"])
+        run.update(tok=tokenizer_of(checkpoint, tokenizer), model=model_from_checkpoint(checkpoint).to(device).eval(),
+                   config=checkpoint.get("config", {}), iter_num=checkpoint.get("iter_num"))
+        run["gamma"] = float(run["config"].get("gamma", 1.0))
+        if samples_name and not os.path.exists(os.path.join(run["folder"], samples_name)):
+            raise ValueError(f"no {samples_name} in {run['folder']}; run python sample.py --out_dir={run['folder']} "
+                             f"first, or pass --samples=none")
+    checkpoint = None
+    data = load_dataset(dataset or runs[0]["config"].get("dataset", "arith"), runs[0]["tok"])
+    if not data["splits"].get(split):
+        raise ValueError(f"the dataset has no {split!r} split; use --split=val or --split=test")
+    feature_set = load_features(features, data["task"])
+    pairs = data["splits"][split][:max_prompts or None]
+    for run in runs:
+        for prompt, completion in pairs[:1]:
+            encode_example(run["tok"], prompt, completion)  # a tokenizer that cannot encode the data fails here
+except (ValueError, OSError, SyntaxError) as err:
+    fail(err)
+task_module = importlib.import_module(f"data.{data['task']}.prepare") if data["task"] != "text" else None
+corrupt = getattr(task_module, "corrupt", shuffle_words)
+samples_of = {}  # run name -> its samples (prompt, completion, terminated, metric), read once
+for run in runs:
+    samples_of[run["name"]] = []
+    if samples_name:
+        with open(os.path.join(run["folder"], samples_name), encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                metric = row.get("correct", row.get("rougeL"))  # arith: 0/1 correct; text: ROUGE-L
+                if row["sample"] or row.get("terminated"):        # an empty, unfinished sample has no tokens
+                    samples_of[run["name"]].append(dict(
+                        kind="sample", source=run["name"], prompt=row["prompt"], completion=row["sample"],
+                        terminated=bool(row.get("terminated", True)), metric=None if metric is None else float(metric)))
+rng = random.Random(seed)
+corrupted = []
+for prompt, completion in pairs:
+    try:
+        corrupted.append(corrupt(completion, rng))
+    except ValueError:  # e.g. a one-word line: no corruption, the pair is left out
+        corrupted.append(None)
+
+# ----------------------------------------------------------------------------- score and measure
+for run in runs:
+    model, tok, gamma = run["model"], run["tok"], run["gamma"]
+    experts = score(model, tok, [dict(kind="expert", prompt=p, completion=c, terminated=True) for p, c in pairs], gamma)
+    corrupts = score(model, tok, [dict(kind="corrupt", prompt=p, completion=c, terminated=True, expert=i)
+                                  for i, ((p, _), c) in enumerate(zip(pairs, corrupted)) if c is not None], gamma)
+    # every run's samples under this run's reward: its own, and (with several runs) the pool of all,
+    # which compares the rewards on the same completions
+    pooled = score(model, tok, [dict(r) for name in samples_of for r in samples_of[name]], gamma)
+    sampled = [r for r in pooled if r["source"] == run["name"]]
+    run["rows"] = experts + corrupts + sampled
+    run["experts"], run["corrupts"], run["sampled"] = experts, corrupts, sampled
+
+    # the telescoping identity of SPEC.md section 6, on every terminated completion
+    errors = [abs(r["ret"] - (discounted(r["log_pi"], gamma) + r["v0"])) for r in run["rows"] if r["terminated"]]
+    above = [experts[r["expert"]]["ret"] > r["ret"] for r in corrupts]
+    with_metric = [r for r in sampled if r["metric"] is not None]
+    rate, chance, n_pick = pick_rate(by_prompt(with_metric))
+    rho, rho_se = spearman_and_se(with_metric)
+    pooled = [r for r in pooled if r["metric"] is not None] if len(runs) > 1 else []
+    rho_pooled, rho_pooled_se = spearman_and_se(pooled) if pooled else (None, None)
+    surprisal = [-discounted(r["log_pi"], gamma) for r in experts]  # -sum_k gamma^k log pi_k of the expert
+    mean = lambda rows: float(np.mean([r["ret"] for r in rows])) if rows else None
+    config = run["config"]
+    run["summary"] = dict(
+        checkpoint=run["ckpt"], iter_num=run["iter_num"], loss=config.get("loss"),
+        td_coef=config.get("td_coef") if config.get("loss") == "irl" else 0.0, gamma=gamma,
+        tokenizer=tok.state()["kind"], experts=len(experts), samples=len(sampled),
+        expert_return_mean=mean(experts), sample_return_mean=mean(sampled), corrupt_return_mean=mean(corrupts),
+        expert_above_corrupt=float(np.mean(above)) if above else None, corrupt_pairs=len(above),
+        metric=("accuracy" if data["task"] != "text" else "rougeL") if with_metric else None,
+        sample_metric_mean=float(np.mean([r["metric"] for r in with_metric])) if with_metric else None,
+        spearman_return_metric=rho, spearman_return_metric_se=rho_se,
+        spearman_log_prob_metric=finite(metrics.spearman([sum(r["log_pi"]) for r in with_metric],
+                                                          [r["metric"] for r in with_metric])),
+        spearman_return_metric_pooled=rho_pooled, spearman_return_metric_pooled_se=rho_pooled_se,
+        pooled_samples=len(pooled),
+        pick_rate=rate, pick_chance=chance, pick_prompts=n_pick,
+        telescoping_max_abs_error=max(errors) if errors else None, telescoping_checked=len(errors),
+        v0_mean=float(np.mean([r["v0"] for r in experts])), v0_std=float(np.std([r["v0"] for r in experts])),
+        spearman_v0_expert_surprisal=finite(metrics.spearman([r["v0"] for r in experts], surprisal)))
+
+    # instructed features: r_t of the expert completions' tokens (those that have a reward)
+    has_reward = np.array([x is not None for r in experts for x in r["rewards"]], dtype=bool)
+    X = feature_matrix([r["tokens"] for r in experts], feature_set)[has_reward]
+    y = np.array([x for r in experts for x in r["rewards"] if x is not None])
+    try:
+        fit = least_squares(X, y)
+    except ValueError as err:
+        fail(f"{err} (features of run {run['name']})")
+    run["fit"] = fit
+    run["summary"].update(
+        feature_r2=finite(fit["r2"]), feature_tokens=fit["n"], feature_intercept=fit["intercept"],
+        features={name: dict(description=description, weight=finite(w), se=finite(se), ci_low=finite(lo), ci_high=finite(hi))
+                  for (name, description, _), w, se, lo, hi in zip(feature_set, fit["weights"], fit["se"],
+                                                                     fit["ci_low"], fit["ci_high"])})
+    s = run["summary"]
+    print(f"{run['name']} ({s['loss']}, td_coef {s['td_coef']}): return expert {fmt(s['expert_return_mean'])}, "
+          f"sample {fmt(s['sample_return_mean'])}, corrupted {fmt(s['corrupt_return_mean'])}; "
+          f"expert > corrupted {fmt(s['expert_above_corrupt'])} of {s['corrupt_pairs']}")
+    print(f"  return vs {s['metric']}: Spearman {fmt(rho)} +- {fmt(rho_se)} (log p alone: "
+          f"{fmt(s['spearman_log_prob_metric'])}) over its {len(with_metric)} samples"
+          + (f", {fmt(rho_pooled)} +- {fmt(rho_pooled_se)} over all runs' {len(pooled)}" if pooled else "")
+          + f"; pick rate {fmt(rate)} vs chance {fmt(chance)} on {n_pick} prompts")
+    print(f"  v0 {s['v0_mean']:.3f} +- {s['v0_std']:.3f}; Spearman(v0, expert surprisal) "
+          f"{fmt(s['spearman_v0_expert_surprisal'])}; features R^2 {fmt(s['feature_r2'])} on {fit['n']} tokens")
+    for (name, _, _), w, lo, hi in zip(feature_set, fit["weights"], fit["ci_low"], fit["ci_high"]):
+        print(f"    {name:20s} {w:+.3f}  [{lo:+.3f}, {hi:+.3f}]")
+telescoping = ("return = sum_k gamma^k log pi_k + v0 on terminated completions: max abs error "
+               + ", ".join(f"{fmt(r['summary']['telescoping_max_abs_error'], '.2e')} ({r['name']}, "
+                           f"{r['summary']['telescoping_checked']} completions)" for r in runs))
+print(telescoping)
+
+# ----------------------------------------------------------------------------- figures
+import matplotlib  # imported here: only this part draws
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.patches import Rectangle
+
+results = results or runs[0]["folder"]
+os.makedirs(results, exist_ok=True)
+figures = []
+
+
+def save(fig, name):
+    path = os.path.join(results, name)
+    fig.savefig(path + ".tmp.png", dpi=120, bbox_inches="tight")  # write, then rename: never half a file
+    os.replace(path + ".tmp.png", path)
+    plt.close(fig)
+    figures.append(name)
+
+
+def draw_heatmap(run):
+    """Expert completions and samples as text: the prompt's end in grey, then each token on a
+    background coloured by its reward r_t (blue positive, red negative), the return on the right."""
+    shown = [("expert", r) for r in run["experts"][:heatmap_rows]]
+    for r in run["sampled"][:heatmap_rows]:
+        verdict = {None: "", 1.0: ", right", 0.0: ", wrong"} if run["summary"]["metric"] == "accuracy" else {None: ""}
+        shown.append(("sample" + verdict.get(r["metric"], f", ROUGE-L {r['metric']:.2f}"), r))
+    lines = []
+    for label, row in shown:
+        prompt = row["prompt"].replace("\n", "↵")
+        prompt = prompt if len(prompt) <= PROMPT_CHARS else "…" + prompt[1 - PROMPT_CHARS:]
+        tokens = [("■" if is_eos(row["tokens"], i) else t.replace("\n", "↵"), r)
+                  for i, (t, r) in enumerate(zip(row["tokens"], row["rewards"]))]
+        lines.append((label, prompt, tokens, row["ret"]))
+    prompt_width = max(len(p) for _, p, _, _ in lines)  # prompts right-aligned: completions start together
+    width = prompt_width + max(sum(len(t) for t, _ in toks) for _, _, toks, _ in lines)
+    bound = max([abs(r) for _, _, toks, _ in lines for _, r in toks if r is not None] + [1e-6])
+    norm, cmap = Normalize(-bound, bound), plt.get_cmap("RdBu")
+    fig, ax = plt.subplots(figsize=(0.12 * width + 3.5, 0.4 * len(lines) + 1.0))
+    for y, (label, prompt, tokens, ret) in enumerate(lines):
+        ax.text(-0.5, y, label, ha="right", va="center", fontsize=8)
+        x = prompt_width - len(prompt)
+        for ch in prompt:
+            ax.text(x + 0.5, y, ch, ha="center", va="center", family="monospace", fontsize=9, color="grey")
+            x += 1
+        for text, r in tokens:
+            if r is not None:
+                ax.add_patch(Rectangle((x, y - 0.42), len(text), 0.84, color=cmap(norm(r)), linewidth=0))
+            strong = r is not None and abs(r) > 0.6 * bound  # white letters on a dark background
+            for ch in text:
+                ax.text(x + 0.5, y, ch, ha="center", va="center", family="monospace", fontsize=9,
+                        color="white" if strong else "black")
+                x += 1
+        ax.text(width + 1, y, f"R = {ret:.2f}", va="center", fontsize=8)
+    ax.set_xlim(-0.5, width + 7)
+    ax.set_ylim(len(lines) - 0.5, -0.5)
+    ax.axis("off")
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, fraction=0.03, pad=0.01, label="reward $r_t$")
+    ax.set_title(f"{run['name']}: per-token reward $r_t = q_t - \\gamma(1-d_t)\\,v_{{t+1}}$ (■ = EOS)", fontsize=10)
+    save(fig, f"reward_heatmap_{run['name']}.png")
+
+
+for run in runs:
+    if run["experts"] or run["sampled"]:
+        draw_heatmap(run)
+
+# returns of expert, sampled and corrupted completions
+fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
+for ax, run in zip(axes[0], runs):
+    groups = [(kind, [r["ret"] for r in run[key]]) for kind, key in
+              (("expert", "experts"), ("sampled", "sampled"), ("corrupted", "corrupts")) if run[key]]
+    bins = np.histogram_bin_edges(np.concatenate([g for _, g in groups]), bins=30)
+    for kind, values in groups:
+        ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"{kind} ({len(values)})")
+    above = run["summary"]["expert_above_corrupt"]
+    ax.set_title(f"{run['name']}: expert > corrupted in {fmt(above, '.1%')} of pairs", fontsize=10)
+    ax.set_xlabel("return R")
+    ax.legend(fontsize=8)
+axes[0][0].set_ylabel("completions")
+save(fig, "reward_returns.png")
+
+# return against the task metric, sample by sample (the paper's analysis)
+if any(r["summary"]["metric"] for r in runs):
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
+    jitter = np.random.default_rng(0)
+    for ax, run in zip(axes[0], runs):
+        rows = [r for r in run["sampled"] if r["metric"] is not None]
+        s = run["summary"]
+        y = np.array([r["metric"] for r in rows])
+        if s["metric"] == "accuracy":  # 0/1: spread the points a little so that they can be seen
+            y = y + jitter.uniform(-0.06, 0.06, len(y))
+            ax.set_yticks([0, 1], ["wrong", "right"])
+        ax.scatter([r["ret"] for r in rows], y, s=8, alpha=0.5)
+        ax.set_title(f"{run['name']}: Spearman {fmt(s['spearman_return_metric'], '.2f')} "
+                     f"± {fmt(s['spearman_return_metric_se'], '.2f')}, "
+                     f"pick {fmt(s['pick_rate'], '.2f')} (chance {fmt(s['pick_chance'], '.2f')})", fontsize=10)
+        ax.set_xlabel("return R of the sample")
+        ax.set_ylabel(s["metric"] or "")
+    save(fig, "reward_vs_metric.png")
+
+# v_0 per prompt: against the expert's surprisal, and run against run
+fig, axes = plt.subplots(1, 2 if len(runs) > 1 else 1, figsize=(10 if len(runs) > 1 else 5, 4), squeeze=False)
+ax = axes[0][0]
+for run in runs:
+    surprisal = [-discounted(r["log_pi"], run["gamma"]) for r in run["experts"]]
+    ax.scatter(surprisal, [r["v0"] for r in run["experts"]], s=8, alpha=0.6,
+               label=f"{run['name']} (Spearman {fmt(run['summary']['spearman_v0_expert_surprisal'], '.2f')})")
+low, high = ax.get_xlim()
+ax.plot([low, high], [low, high], color="grey", linewidth=0.8, label="$v_0$ = surprisal")
+ax.set_xlabel(r"surprisal of the expert completion, $-\sum_k \gamma^k \log\pi_k$")
+ax.set_ylabel(r"$v_0(x)$, value of the prompt")
+ax.legend(fontsize=8)
+for ax, run in zip(axes[0][1:], runs[1:2]):
+    ax.scatter([r["v0"] for r in runs[0]["experts"]], [r["v0"] for r in run["experts"]], s=8, alpha=0.6)
+    ax.set_xlabel(f"$v_0$ of {runs[0]['name']}")
+    ax.set_ylabel(f"$v_0$ of {run['name']}")
+    ax.set_title("one point per prompt", fontsize=10)
+save(fig, "reward_v0.png")
+
+# instructed features: weights with 95% intervals
+fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(feature_set) + 1.2))
+ys = np.arange(len(feature_set))
+for j, run in enumerate(runs):
+    fit = run["fit"]
+    offset = (j - (len(runs) - 1) / 2) * 0.25
+    ax.errorbar(fit["weights"], ys + offset, xerr=[fit["weights"] - fit["ci_low"], fit["ci_high"] - fit["weights"]],
+                fmt="o", markersize=4, capsize=3, label=f"{run['name']} ($R^2$ = {fmt(fit['r2'], '.2f')})")
+ax.axvline(0, color="grey", linewidth=0.8)
+ax.set_yticks(ys, [name for name, _, _ in feature_set])
+ax.invert_yaxis()
+ax.set_xlabel("weight on $r_t$ with 95% interval (relative to the intercept: tokens no feature marks)")
+ax.legend(fontsize=8)
+save(fig, "reward_features.png")
+
+# ----------------------------------------------------------------------------- write
+summary = dict(dataset=data["name"], task=data["task"], split=split, prompts=len(pairs),
+               features_file=features or None, figures=figures, telescoping=telescoping,
+               runs={run["name"]: run["summary"] for run in runs})
+outputs = {"reward_summary.json": json.dumps(summary, indent=2) + "\n"}
+for run in runs:
+    keep = ("kind", "prompt", "completion", "terminated", "tokens", "rewards", "log_pi", "ret", "v0", "metric")
+    short = lambda x: [short(y) for y in x] if isinstance(x, list) else round(x, 5) if isinstance(x, float) else x
+    outputs[f"reward_tokens_{run['name']}.jsonl"] = "".join(  # 5 decimals: float32 has about 7 digits
+        json.dumps({k: short(r[k]) for k in keep if k in r}) + "\n" for r in run["rows"])
+for name, text in outputs.items():
+    path = os.path.join(results, name)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:  # write, then rename: never half a file
+        f.write(text)
+    os.replace(path + ".tmp", path)
+print(f"wrote {', '.join(figures + list(outputs))} to {results}")
