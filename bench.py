@@ -32,7 +32,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from chunked_head import chunked_q_and_v
+from chunked_head import chunked_irl_loss
 from configurator import configure
 from irl_loss import irl_loss, q_and_v
 from model import GPT, GPTConfig
@@ -60,13 +60,19 @@ seed = 0  # seed of weights and batch
 # -----------------------------------------------------------------------------
 settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
-globals().update(configure(settings, __file__))
+RANGES = {k: (1, None) for k in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "loss_chunk", "steps",
+                                  "max_new_tokens", "sample_batch")}
+RANGES.update(td_coef=(0, None), warmup=(0, None), temperature=(0, None), threads=(0, None))
+globals().update(configure(settings, __file__, ranges=RANGES))
 device = device or ("cuda" if torch.cuda.is_available() else "cpu")
 if device.startswith("cuda") and not torch.cuda.is_available():
     raise SystemExit(f"bench.py: error: --device={device} but no CUDA GPU is visible; use --device=cpu")
-if dtype not in ("float32", "bfloat16") or min(loss_chunk, steps, max_new_tokens, sample_batch) < 1:
-    raise SystemExit("bench.py: error: --dtype is float32 or bfloat16; loss_chunk, steps, max_new_tokens, "
-                     "sample_batch must be >= 1")
+if dtype not in ("float32", "bfloat16"):
+    raise SystemExit(f"bench.py: error: --dtype={dtype!r}; use float32 or bfloat16")
+if not all(v.strip().isdigit() and int(v) > 1 for v in vocab_sizes.split(",")):
+    raise SystemExit(f"bench.py: error: --vocab_sizes={vocab_sizes!r}; give whole numbers > 1, e.g. 32,50304")
+if n_embd % n_head:
+    raise SystemExit(f"bench.py: error: --n_embd={n_embd} must be a multiple of --n_head={n_head}")
 cuda = device.startswith("cuda")
 if threads > 0:
     torch.set_num_threads(threads)
@@ -96,6 +102,11 @@ def loss_of(q, v, batch, variant):
     return irl_loss(q, v, batch["loss_mask"], batch["done"], td_coef if "irl" in variant else 0.0)[0]
 
 
+def chunked_loss_of(hidden, weight, batch, variant):
+    return chunked_irl_loss(hidden, weight, batch["targets"], batch["loss_mask"], batch["done"],
+                            td_coef if "irl" in variant else 0.0, 1.0, loss_chunk)[0]
+
+
 def train_step(variant, vocab_size, batch):
     """One step function per variant, each with its own copy of the model and optimizer."""
     raw_model = new_model(vocab_size)
@@ -110,8 +121,7 @@ def train_step(variant, vocab_size, batch):
                 loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
             elif variant.endswith("chunked"):
                 hidden = model(batch["idx"], head=False)
-                loss = loss_of(*chunked_q_and_v(hidden, raw_model.lm_head.weight, batch["targets"], loss_chunk),
-                               batch, variant)
+                loss = chunked_loss_of(hidden, raw_model.lm_head.weight, batch, variant)
             else:
                 loss = loss_of(*q_and_v(model(batch["idx"]), batch["targets"]), batch, variant)
         loss.backward()
@@ -130,10 +140,10 @@ def head_step(variant, vocab_size, batch):
     def step():
         with autocast:
             if variant == "head_chunked":
-                q, v = chunked_q_and_v(hidden, weight, batch["targets"], loss_chunk)
+                loss = chunked_loss_of(hidden, weight, batch, "irl")
             else:
-                q, v = q_and_v(hidden @ weight.T, batch["targets"])
-        loss_of(q, v, batch, "irl").backward()
+                loss = loss_of(*q_and_v(hidden @ weight.T, batch["targets"]), batch, "irl")
+        loss.backward()
         hidden.grad = weight.grad = None
     return step
 

@@ -1,29 +1,42 @@
 """
-The tied output head and the soft (q, v) of irl_loss.py, computed a chunk of positions at a time,
-so that the (B, T, V) logits never exist at once.
+The tied output head and the IRL loss of irl_loss.py, computed a chunk of positions at a time, so
+that the (B, T, V) logits never exist at once, with no more matmuls than the full path.
 
 The loss needs two numbers per position, q_t = logits_t[y_t] and v_t = logsumexp(logits_t)
 (SPEC.md section 3), but the full path builds all of logits = hidden @ W^T first: at GPT-2 size,
 8 x 1024 positions x 50 304 tokens is 1.6 GB in float32, and its gradient as much again. Here the
-positions (B*T of them, flattened) are cut into chunks of `chunk_size`:
+positions (B*T of them, flattened row by row) are cut into chunks of `chunk_size`, and the
+gradient is computed in the forward pass, as Cut Cross-Entropy and Liger's fused linear
+cross-entropy do for MLE. The gradient of the loss with respect to the logits has the closed form
+of irl_loss.py's docstring,
 
-    forward   for each chunk: logits = h_chunk @ W^T; keep only q and v (two floats per position)
-    backward  for each chunk: recompute logits, then the closed form of irl_loss.py,
-                  G = dL/dlogits = c * softmax(logits) + d * onehot(y)   (c = dL/dv, d = dL/dq)
-              and push it through the matmul:  dL/dh_chunk = G @ W,  dL/dW += G^T @ h_chunk
+    dL/dlogits_t = c_t softmax(logits_t) + d_t onehot(y_t)
+    c_t = dL/dv_t =  mask_t / N - 2 td_coef gamma td_mask_{t-1} (1 - done_{t-1}) r_{t-1} / M
+    d_t = dL/dq_t = -mask_t / N + 2 td_coef td_mask_t r_t / M,      r_t = q_t - gamma (1 - done_t) v_{t+1}
 
-Peak memory of the head is then a few (chunk_size, V) tensors instead of a few (B*T, V) ones, at
-the price of one more (chunk_size x C x V) matmul per chunk (the recompute): four head matmuls
-instead of three. The output (q, v) goes into irl_loss.irl_loss unchanged, so MLE and IRL share
-this path, as they share the full one. This is the idea of Cut Cross-Entropy and Liger's fused
-linear cross-entropy, for an IRL loss. Those compute the gradient in the forward pass, as they
-know the loss (for cross-entropy c = 1/N). Here c and d come from whatever loss consumes (q, v)
-(irl_loss, or the online variant's extra value term) and arrive only in backward, hence the
-recompute; a head fused with one fixed loss formula could save it, at the price of that coupling.
+and the one thing that makes IRL harder than cross-entropy (whose c_t = 1/N is known in advance)
+is that c_t depends on r_{t-1}, i.e. on q_{t-1} and v_t. Both are known once the chunk holding
+position t is done, because chunks go in order along each row: q_{t-1} sits in this chunk or an
+earlier one. So, for each chunk:
+
+    logits = h @ W^T;  q, v = logits[y], logsumexp(logits)          matmul 1
+    G = c * softmax(logits)                                          the part that needs the logits
+    dL/dh += G @ W;  dL/dW += G^T @ h                                matmuls 2 and 3
+
+and d_t, which needs v_{t+1} (perhaps in the next chunk), multiplies only onehot(y_t): its part,
+dL/dh_t += d_t W[y_t] and dL/dW[y_t] += d_t h_t, is a gather and a scatter of rows after the last
+chunk. Three head matmuls, like the full path, and at most a few (chunk_size, V) tensors alive.
+backward() only scales the stored gradients by the incoming one (the loss is a scalar).
+
+The price of computing the gradient inside forward: it is for this loss only (MLE = td_coef 0 and
+offline IRL share it; online IQ-Learn's and GAIL's extra terms need the full logits), and the
+gradient is computed even when no backward follows (evaluation runs it under no_grad, where it
+is skipped).
 """
 import torch
+import torch.nn.functional as F
 
-from irl_loss import policy_stats, soft_q_v, soft_q_v_grad
+from irl_loss import implied_reward, masked_mean, policy_stats, soft_q_v, soft_q_v_grad, td_mask_of
 
 
 def matmul_dtype(tensor):
@@ -32,56 +45,90 @@ def matmul_dtype(tensor):
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else tensor.dtype
 
 
-class ChunkedSoftQV(torch.autograd.Function):
-    """(q, v) of logits = hidden @ weight^T, shape (B, T) each, float32 at least, never holding
-    more than chunk_size rows of logits. Gradients flow to hidden and to weight."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size):
-        dtype = matmul_dtype(hidden)  # the matmul in bf16 under autocast, as the full path's lm_head
-        h, w, y = hidden.flatten(0, 1).to(dtype), weight.to(dtype), targets.flatten()
-        out_dtype = torch.promote_types(dtype, torch.float32)
-        q = torch.empty(h.size(0), dtype=out_dtype, device=h.device)
-        v = torch.empty_like(q)
-        for rows in chunks(h.size(0), chunk_size):
-            q[rows], v[rows] = soft_q_v(h[rows] @ w.T, y[rows])
-        ctx.save_for_backward(hidden, weight, targets, v)
-        ctx.chunk_size, ctx.dtype = chunk_size, dtype
-        return q.view_as(targets), v.view_as(targets)
-
-    @staticmethod
-    def backward(ctx, grad_q, grad_v):
-        hidden, weight, targets, v = ctx.saved_tensors
-        h, w, y = hidden.flatten(0, 1).to(ctx.dtype), weight.to(ctx.dtype), targets.flatten()
-        grad_q, grad_v = grad_q.flatten(), grad_v.flatten()
-        grad_h = torch.empty(h.shape, dtype=hidden.dtype, device=h.device)
-        grad_w = torch.zeros(weight.shape, dtype=torch.promote_types(weight.dtype, torch.float32),
-                             device=weight.device)  # summed over chunks in float32, also under bf16
-        for rows in chunks(h.size(0), ctx.chunk_size):
-            logits = h[rows] @ w.T  # recomputed: the forward kept only q and v
-            grad_logits = soft_q_v_grad(logits, y[rows], v[rows], grad_q[rows], grad_v[rows]).to(ctx.dtype)
-            del logits  # at most two (chunk_size, V) tensors alive at once, not three
-            grad_h[rows] = grad_logits @ w                # dL/dh = G W
-            if grad_w.dtype == grad_logits.dtype:         # dL/dW = sum over chunks of G^T h
-                grad_w.addmm_(grad_logits.T, h[rows])     # in place: no (V, C) temporary
-            else:                                         # bf16 product, summed in float32
-                grad_w += grad_logits.T @ h[rows]
-            del grad_logits
-        return grad_h.view_as(hidden), grad_w.to(weight.dtype), None, None
-
-
 def chunks(n, chunk_size):
     """slice objects covering range(n) in pieces of chunk_size (the last one may be shorter)."""
     return [slice(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
 
 
-def chunked_q_and_v(hidden, weight, targets, chunk_size):
-    """q_and_v(hidden @ weight^T, targets) of irl_loss.py, chunk_size positions at a time.
-    hidden (B, T, C) final hidden states, weight (V, C) the tied head; padding targets (-1) read
-    index 0, the masks remove them. Call it inside the autocast context the model ran in."""
+def accumulate_matmul(out, a, b):
+    """out += a @ b, out in float32 also when a, b are bf16: on CUDA the matmul adds into out itself
+    (out_dtype); elsewhere through a bf16 temporary. (out is (V, C): an extra pass over it per chunk
+    costs as much as the chunk's matmul.)"""
+    if out.dtype == a.dtype:
+        out.addmm_(a, b)
+    elif out.is_cuda:
+        torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
+    else:
+        out += a @ b
+
+
+class ChunkedIRLLoss(torch.autograd.Function):
+    """irl_loss(q_and_v(hidden @ weight^T, targets), ...) and its gradient, chunk by chunk.
+    Returns (loss, q, v); q and v (B, T) carry no gradient: they are for the statistics."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, loss_mask, done, td_coef, gamma, chunk_size, stop_grad_next_v,
+                grad_needed):
+        dtype = matmul_dtype(hidden)  # the matmuls in bf16 under autocast, as the full path's lm_head
+        h, w, y = hidden.flatten(0, 1).to(dtype), weight.to(dtype), targets.flatten()
+        float_type = torch.promote_types(dtype, torch.float32)
+        mask, done = loss_mask.to(float_type), done.to(float_type)
+        td_mask = td_mask_of(mask, done)
+        n_mask, n_td = mask.sum().clamp(min=1.0), td_mask.sum().clamp(min=1.0)  # N, M
+        # c_t = mask_t / N - prev_coef_t r_{t-1}; prev_coef is 0 at a row's first position
+        prev_coef = F.pad(2 * td_coef * gamma * td_mask * (1 - done) / n_td, (1, 0))[:, :-1]
+        if stop_grad_next_v:  # no gradient through v_{t+1}: c_t = mask_t / N
+            prev_coef = torch.zeros_like(prev_coef)
+        mask_f, done_f, prev_coef = mask.flatten(), done.flatten(), prev_coef.flatten()
+        q = torch.zeros(h.size(0), dtype=float_type, device=h.device)  # zeros: q[-1] is read (times 0)
+        v = torch.zeros_like(q)
+        grad_h = torch.zeros(h.shape, dtype=float_type, device=h.device) if grad_needed else None
+        grad_w = torch.zeros(w.shape, dtype=float_type, device=h.device) if grad_needed else None
+        for rows in chunks(h.size(0), chunk_size):
+            logits = h[rows] @ w.T                                        # matmul 1
+            q[rows], v[rows] = soft_q_v(logits, y[rows])
+            if not grad_needed:
+                continue
+            prev = (torch.arange(rows.start, rows.stop, device=h.device) - 1).clamp(min=0)
+            r_prev = q[prev] - gamma * (1 - done_f[prev]) * v[rows]       # r_{t-1} = q_{t-1} - g' v_t
+            c = mask_f[rows] / n_mask - prev_coef[rows] * r_prev          # dL/dv_t
+            G = soft_q_v_grad(logits, y[rows], v[rows], torch.zeros_like(c), c).to(dtype)  # c_t softmax_t
+            del logits  # at most two (chunk_size, V) tensors alive at once
+            grad_h[rows] = G @ w                                          # matmul 2: dL/dh = G W
+            accumulate_matmul(grad_w, G.T, h[rows])                       # matmul 3: dL/dW += G^T h
+            del G
+        q, v = q.view_as(targets), v.view_as(targets)
+        reward = implied_reward(q, v, done, gamma)                       # r_t = q_t - g' v_{t+1}
+        loss = masked_mean(v - q, mask) + td_coef * masked_mean(reward.square(), td_mask)
+        if grad_needed:  # the onehot part: d_t onehot(y_t) through the matmul is a gather and a scatter
+            d = (-mask / n_mask + 2 * td_coef * td_mask * reward / n_td).flatten()  # dL/dq_t
+            grad_h += d[:, None] * w[y].to(float_type)                    # dL/dh_t += d_t W[y_t]
+            grad_w.index_add_(0, y, d[:, None] * h.to(float_type))        # dL/dW[y_t] += d_t h_t
+            ctx.save_for_backward(grad_h, grad_w)
+        ctx.mark_non_differentiable(q, v)
+        ctx.hidden_shape, ctx.dtypes = hidden.shape, (hidden.dtype, weight.dtype)
+        return loss, q, v
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_q, grad_v):
+        grad_h, grad_w = ctx.saved_tensors
+        hidden_dtype, weight_dtype = ctx.dtypes
+        return ((grad_h * grad_loss).to(hidden_dtype).view(ctx.hidden_shape), (grad_w * grad_loss).to(weight_dtype),
+                None, None, None, None, None, None, None, None)
+
+
+def chunked_irl_loss(hidden, weight, targets, loss_mask, done, td_coef, gamma=1.0, chunk_size=1024,
+                     stop_grad_next_v=False):
+    """(loss, q, v): the loss of irl_loss.irl_loss on the logits hidden @ weight^T, chunk_size
+    positions at a time, with the same value and gradient as the full path. hidden (B, T, C) final
+    hidden states, weight (V, C) the tied head; padding targets (-1) read index 0, the masks remove
+    them. q and v are detached, for irl_loss's statistics. Call it inside the autocast context the
+    model ran in."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1")
-    return ChunkedSoftQV.apply(hidden, weight, targets.clamp(min=0), chunk_size)
+    grad_needed = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)  # not in eval
+    return ChunkedIRLLoss.apply(hidden, weight, targets.clamp(min=0), loss_mask, done, td_coef, gamma,
+                                chunk_size, stop_grad_next_v, grad_needed)
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from chunked_head import chunked_policy_stats, chunked_q_and_v
+from chunked_head import chunked_irl_loss, chunked_policy_stats
 from irl_loss import irl_loss, policy_stats, q_and_v
 
 
@@ -24,29 +24,32 @@ def random_batch(B=3, T=7, C=5, V=50, dtype=torch.float64, seed=0):
     return hidden, weight, targets, loss_mask, done
 
 
-def loss_and_grads(qv_fn, hidden, weight, targets, loss_mask, done, td_coef=0.7, gamma=0.9):
+def loss_and_grads(path, hidden, weight, targets, loss_mask, done, td_coef=0.7, gamma=0.9, stop_grad_next_v=False):
+    """(q, v, loss, dL/dhidden, dL/dweight) of the IRL loss on the logits hidden @ weight^T, by `path`."""
     hidden = hidden.clone().requires_grad_(True)
     weight = weight.clone().requires_grad_(True)
-    q, v = qv_fn(hidden, weight, targets)
-    loss, _ = irl_loss(q, v, loss_mask, done, td_coef, gamma)
+    loss, q, v = path(hidden, weight, targets, loss_mask, done, td_coef, gamma, stop_grad_next_v)
     loss.backward()
     return q.detach(), v.detach(), loss.detach(), hidden.grad, weight.grad
 
 
-def full(hidden, weight, targets):
-    return q_and_v(hidden @ weight.T, targets)
+def full(hidden, weight, targets, loss_mask, done, td_coef, gamma, stop_grad_next_v):
+    q, v = q_and_v(hidden @ weight.T, targets)
+    return irl_loss(q, v, loss_mask, done, td_coef, gamma, stop_grad_next_v)[0], q, v
 
 
 def chunked(chunk_size):
-    return lambda hidden, weight, targets: chunked_q_and_v(hidden, weight, targets, chunk_size)
+    return lambda *args: chunked_irl_loss(*args[:7], chunk_size, args[7])
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
-@pytest.mark.parametrize("chunk_size", [1, 4, 21, 100])  # 21 = B*T; 4 does not divide it
-def test_values_and_gradients_equal_full_logits(dtype, tol, chunk_size):
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, 21, 100])  # 21 = B*T; 4 does not divide it; 7 = T
+@pytest.mark.parametrize("td_coef,gamma,stop_grad_next_v", [(0.0, 1.0, False), (0.7, 0.9, False),
+                                                            (1.3, 1.0, False), (0.7, 0.9, True)])
+def test_values_and_gradients_equal_full_logits(dtype, tol, chunk_size, td_coef, gamma, stop_grad_next_v):
     batch = random_batch(dtype=dtype)
-    expected = loss_and_grads(full, *batch)
-    got = loss_and_grads(chunked(chunk_size), *batch)
+    expected = loss_and_grads(full, *batch, td_coef, gamma, stop_grad_next_v)
+    got = loss_and_grads(chunked(chunk_size), *batch, td_coef, gamma, stop_grad_next_v)
     for name, a, b in zip(("q", "v", "loss", "dL/dhidden", "dL/dweight"), got, expected):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=name)
 
@@ -54,11 +57,17 @@ def test_values_and_gradients_equal_full_logits(dtype, tol, chunk_size):
 @pytest.mark.parametrize("td_coef", [0.0, 1.3])  # MLE and IRL share the path
 def test_gradcheck_float64(td_coef):
     hidden, weight, targets, loss_mask, done = random_batch(V=9)
-
-    def loss(h, w):
-        q, v = chunked_q_and_v(h, w, targets, 4)
-        return irl_loss(q, v, loss_mask, done, td_coef, 0.8)[0]
+    loss = lambda h, w: chunked_irl_loss(h, w, targets, loss_mask, done, td_coef, 0.8, 4)[0]
     assert torch.autograd.gradcheck(loss, (hidden.requires_grad_(True), weight.requires_grad_(True)))
+
+
+def test_no_grad_gives_the_same_loss():
+    hidden, weight, targets, loss_mask, done = random_batch()
+    with torch.no_grad():  # evaluation: no gradient is computed, the values are the same
+        loss, q, v = chunked_irl_loss(hidden, weight, targets, loss_mask, done, 0.7, 0.9, 5)
+    expected = full(hidden, weight, targets, loss_mask, done, 0.7, 0.9, False)
+    for a, b in zip((loss, q, v), expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 class BiggestTensor(TorchFunctionMode):
@@ -94,13 +103,16 @@ def test_bfloat16_autocast_keeps_v_float32():
         got = loss_and_grads(chunked(5), hidden, weight, targets, loss_mask, done)
     assert got[0].dtype == got[1].dtype == torch.float32
     assert got[3].dtype == got[4].dtype == torch.float32  # gradients in the parameters' dtype
-    # both run the matmul in bf16 and the rest in float32: the same numbers, except that dL/dW is
-    # summed over chunks in float32 where the full path rounds one bf16 matmul
-    for name, a, b in zip(("q", "v", "loss", "dL/dhidden"), got, expected):
+    # both run the matmuls in bf16 and the rest in float32: the same q, v and loss. The gradients
+    # round differently (the chunked path adds the onehot part in float32 and sums dL/dW over
+    # chunks in float32, where the full path rounds it inside one bf16 matmul): both stay within
+    # bf16 rounding of the float32 gradients
+    for name, a, b in zip(("q", "v", "loss"), got, expected):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
-    float32 = loss_and_grads(full, hidden, weight, targets, loss_mask, done)[4]
-    relative_error = lambda grad: ((grad - float32).norm() / float32.norm()).item()
-    assert relative_error(got[4]) < 1e-2 and relative_error(expected[4]) < 1e-2
+    float32 = loss_and_grads(full, hidden, weight, targets, loss_mask, done)
+    for i in (3, 4):  # dL/dhidden, dL/dweight
+        relative_error = lambda grad: ((grad - float32[i]).norm() / float32[i].norm()).item()
+        assert relative_error(got[i]) < 1e-2 and relative_error(expected[i]) < 1e-2
 
 
 @pytest.mark.parametrize("chunk_size", [3, 7, 50])
@@ -116,4 +128,4 @@ def test_policy_stats_chunk_by_chunk(chunk_size):
 def test_rejects_bad_chunk_size():
     hidden, weight, targets, _, _ = random_batch()
     with pytest.raises(ValueError, match="chunk_size=0 must be >= 1"):
-        chunked_q_and_v(hidden, weight, targets, 0)
+        chunked_irl_loss(hidden, weight, targets, torch.ones(targets.shape), torch.zeros(targets.shape), 0.1, 1.0, 0)
