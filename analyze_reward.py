@@ -73,7 +73,8 @@ device = ""  # '' = cuda if available, else cpu
 # -----------------------------------------------------------------------------
 settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
-globals().update(configure(settings, __file__))
+globals().update(configure(settings, __file__, ranges=dict(
+    max_prompts=(0, None), heatmap_rows=(0, None), batch_size=(1, None))))
 PROMPT_CHARS = 24  # the heatmaps show at most the end of a prompt this long
 
 
@@ -181,8 +182,6 @@ for path in [p for p in out_dir.split(",") if p]:
     runs.append(dict(name=name, folder=folder, ckpt=os.path.join(path, "ckpt.pt") if os.path.isdir(path) else path))
 if not runs:
     fail("--out_dir names no run; give a folder with ckpt.pt, or several: --out_dir=out/irl,out/mle")
-if max_prompts < 0 or heatmap_rows < 0 or batch_size < 1:
-    fail("max_prompts and heatmap_rows must be >= 0, batch_size >= 1")
 samples_name = "" if samples == "none" else samples or f"samples_{split}_t1.jsonl"
 device = device or ("cuda" if torch.cuda.is_available() else "cpu")
 if device.startswith("cuda") and not torch.cuda.is_available():
@@ -203,7 +202,7 @@ try:
     feature_set = load_features(features, data["task"])
     pairs = data["splits"][split][:max_prompts or None]
     for run in runs:
-        for prompt, completion in pairs[:1]:
+        for prompt, completion in pairs:
             encode_example(run["tok"], prompt, completion)  # a tokenizer that cannot encode the data fails here
 except (ValueError, OSError, SyntaxError) as err:
     fail(err)
@@ -213,9 +212,15 @@ samples_of = {}  # run name -> its samples (prompt, completion, terminated, metr
 for run in runs:
     samples_of[run["name"]] = []
     if samples_name:
-        with open(os.path.join(run["folder"], samples_name), encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
+        path = os.path.join(run["folder"], samples_name)
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                try:
+                    row = json.loads(line)
+                    row["prompt"], row["sample"]
+                except (ValueError, TypeError, KeyError):
+                    fail(f"{path}:{line_no} is not a sample.py row; write the file again with python sample.py "
+                         f"--out_dir={run['folder']}")
                 metric = row.get("correct", row.get("rougeL"))  # arith: 0/1 correct; text: ROUGE-L
                 if row["sample"] or row.get("terminated"):        # an empty, unfinished sample has no tokens
                     samples_of[run["name"]].append(dict(

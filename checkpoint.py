@@ -51,8 +51,13 @@ def model_from_checkpoint(checkpoint, dropout=None):
 
 
 def tokenizer_of(checkpoint, fallback=""):
-    """The checkpoint's tokenizer; a nanoGPT checkpoint has none, so fallback ('gpt2') must say."""
+    """The checkpoint's tokenizer; a nanoGPT checkpoint has none, so fallback ('gpt2') must say.
+    A fallback that contradicts the checkpoint's own tokenizer is an error, not silently ignored."""
     if "tokenizer" in checkpoint:
+        kind = checkpoint["tokenizer"].get("kind")
+        if fallback and fallback != kind:
+            raise ValueError(f"the checkpoint was trained with the {kind} tokenizer, not {fallback}; "
+                             f"drop --tokenizer={fallback}")
         return tokenizer_from_state(checkpoint["tokenizer"])
     if fallback == "gpt2":
         return tokenizer_from_state({"kind": "gpt2"})

@@ -45,8 +45,20 @@ def parse_value(key, text, default):
     return value
 
 
-def configure(settings, script_path, argv=None):
-    """Apply config files and --key=value flags to a dict of default settings; return the result."""
+def check_ranges(config, ranges):
+    """ValueError naming the first flag outside its range; ranges: {name: (lowest, highest)}, both
+    allowed, None for no bound."""
+    for key, (low, high) in ranges.items():
+        value = config[key]
+        if (low is not None and value < low) or (high is not None and value > high):
+            bound = f"lie in [{low}, {high}]" if low is not None and high is not None else \
+                f"be >= {low}" if low is not None else f"be <= {high}"
+            raise ValueError(f"--{key}={value} must {bound}")
+
+
+def configure(settings, script_path, argv=None, ranges=None):
+    """Apply config files and --key=value flags to a dict of default settings; return the result.
+    ranges: {name: (lowest, highest)} that the final values must respect (None: unbounded)."""
     argv = sys.argv[1:] if argv is None else argv
     script = script_path.split("/")[-1]
     config = dict(settings)
@@ -61,7 +73,11 @@ def configure(settings, script_path, argv=None):
             if not arg.startswith("--"):  # a config file: python code that assigns settings
                 overrides = {}
                 with open(arg) as f:
-                    exec(f.read(), {}, overrides)
+                    code = f.read()
+                try:
+                    exec(compile(code, arg, "exec"), {}, overrides)
+                except Exception as err:  # a config file is Python: any error in it stops here, named
+                    raise ValueError(f"config file {arg} does not run ({type(err).__name__}: {err})") from None
                 pairs = [(k, repr(v)) for k, v in overrides.items() if not k.startswith("_")]
             else:
                 key, sep, text = arg[2:].partition("=")
@@ -74,6 +90,7 @@ def configure(settings, script_path, argv=None):
                     hint = f"did you mean --{close[0]}? " if close else ""
                     raise ValueError(f"unknown flag --{key}; {hint}(python {script} --help lists them)")
                 config[key] = parse_value(key, text, settings[key])
+        check_ranges(config, ranges or {})
     except (ValueError, OSError) as err:
         sys.exit(f"{script}: error: {err}")
     return config

@@ -40,11 +40,10 @@ results = "results"  # where runs, table and figure go
 # -----------------------------------------------------------------------------
 settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
-globals().update(configure(settings, __file__))
+globals().update(configure(settings, __file__, ranges=dict(
+    seeds=(1, None), jobs=(1, None), num_samples=(2, None), max_prompts=(1, None))))  # Self-BLEU needs 2 samples
 if task not in ("arith", "shakespeare", "small_data"):
     sys.exit(f"experiment.py: error: --task={task!r}; use arith, shakespeare or small_data")
-if seeds < 1 or jobs < 1 or num_samples < 2:
-    sys.exit("experiment.py: error: --seeds and --jobs must be >= 1, --num_samples >= 2 (Self-BLEU needs two)")
 
 TASKS = {  # per task: train.py flags, the task metric sample.py reports, td_coefs by default
     "arith": (["--dataset=arith", "--eval_interval=250"], "accuracy", "0,0.01,0.1,1"),
@@ -67,8 +66,8 @@ SYSTEMS = {
 
 
 def run(command, done_file):
-    """Run a script on one thread unless its output exists; returns seconds spent (0 when skipped)."""
-    if os.path.exists(done_file):
+    """Run a script on one thread unless done_file exists; returns seconds spent (0 when skipped)."""
+    if done_file is not None and os.path.exists(done_file):
         return 0.0
     print("$", " ".join(command), flush=True)
     t0 = time.time()
@@ -80,9 +79,17 @@ def run(command, done_file):
 
 
 def train_and_sample(out_dir, train_flags, seed, sample=True):
-    """One run: train.py, then sample.py at each temperature. Returns (out_dir, summaries, seconds)."""
-    seconds = run(["train.py", f"--out_dir={out_dir}", f"--seed={seed}", *flags, *train_flags,
-                   *train_args.split()], os.path.join(out_dir, "ckpt.pt"))
+    """One run: train.py, then sample.py at each temperature. Returns (out_dir, summaries, seconds).
+    An interrupted run with a checkpoint is resumed; one that died before its first checkpoint
+    starts afresh."""
+    command = ["train.py", f"--out_dir={out_dir}", f"--seed={seed}", *flags, *train_flags, *train_args.split()]
+    trained = os.path.join(out_dir, "trained")  # written once train.py got to max_iters
+    if os.path.exists(os.path.join(out_dir, "ckpt.pt")):
+        command.append("--init_from=resume")  # the last --init_from wins
+    elif os.path.exists(os.path.join(out_dir, "log.jsonl")) and not os.path.exists(trained):
+        os.remove(os.path.join(out_dir, "log.jsonl"))  # the log of a start that saved nothing
+    seconds = run(command, trained)
+    open(trained, "w").close()
     summaries = {}
     for temperature in [float(t) for t in temperatures.split(",")] if sample else []:
         out_file = os.path.join(out_dir, f"samples_t{temperature:g}.jsonl")

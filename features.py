@@ -135,7 +135,10 @@ def load_features(path="", task="text"):
     if path:
         if not os.path.isfile(path):
             raise ValueError(f"no feature file {path}; write one (see features.py) or leave --features out")
-        namespace = runpy.run_path(path)  # the analyst's own code: run it as a script would be
+        try:
+            namespace = runpy.run_path(path)  # the analyst's own code: run it as a script would be
+        except Exception as err:
+            raise ValueError(f"{path} does not run ({type(err).__name__}: {err}); fix it or leave --features out") from None
         functions = [f for name, f in namespace.items() if inspect.isfunction(f) and not name.startswith("_")
                      and f.__module__ == namespace["__name__"]]
         if not functions:

@@ -44,15 +44,15 @@ device = ""  # '' = cuda if available, else cpu
 # -----------------------------------------------------------------------------
 settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
-globals().update(configure(settings, __file__))
+globals().update(configure(settings, __file__, ranges=dict(
+    num_samples=(1, None), max_new_tokens=(1, None), batch_size=(1, None), temperature=(0, None), top_k=(0, None),
+    max_prompts=(0, None))))
 
 
 def fail(message):
     sys.exit(f"sample.py: error: {message}")
 
 
-if num_samples < 1 or max_new_tokens < 1 or batch_size < 1 or temperature < 0 or top_k < 0:
-    fail("num_samples, max_new_tokens and batch_size must be >= 1; temperature and top_k >= 0")
 device = device or ("cuda" if torch.cuda.is_available() else "cpu")
 if device.startswith("cuda") and not torch.cuda.is_available():
     fail(f"--device={device} but no CUDA GPU is visible; use --device=cpu")
@@ -82,7 +82,12 @@ except (ValueError, OSError) as err:
 
 # ---------------------------------------------------------------------------- generate
 generator = torch.Generator(device=device).manual_seed(seed)
-prompts = [encode_example(tok, p)[-(block_size - 1):] for p, _ in pairs]
+prompts = [encode_example(tok, p) for p, _ in pairs]
+n_cut = sum(len(p) > block_size - 1 for p in prompts)
+if n_cut:  # keep each prompt's end, as training does (dataset.fit_to_block), and say so
+    print(f"{n_cut} of {len(prompts)} prompts are longer than block_size - 1 = {block_size - 1} tokens: "
+          f"their start is cut")
+prompts = [p[-(block_size - 1):] for p in prompts]
 jobs = [i for i in range(len(prompts)) for _ in range(num_samples)]  # prompt index of each sample
 completions = []
 t0 = time.time()

@@ -16,6 +16,7 @@ Writes out_dir/ckpt.pt (atomically) and out_dir/log.jsonl (one JSON line per eva
 import json
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -27,7 +28,7 @@ from dataset import encode_example, encode_split, load_dataset, make_batch, samp
 from irl_loss import irl_loss, online_irl_loss, policy_stats, q_and_v
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, tokenizer_of
 from model import GPT, GPT2_NAMES, GPTConfig, gpt2_checkpoint
-from chunked_head import chunked_policy_stats, chunked_q_and_v
+from chunked_head import chunked_irl_loss, chunked_policy_stats
 
 # -----------------------------------------------------------------------------
 # settings: each is a flag (--name=value); the comment is its --help line
@@ -78,7 +79,17 @@ seed = 1337  # seed of weights, batches and dropout
 # -----------------------------------------------------------------------------
 settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
-config = configure(settings, __file__)
+RANGES = {  # flag: (lowest, highest) allowed, None = no bound; train.py stops with one line outside them
+    **{k: (0, 1) for k in ("gamma", "mix_in", "sample_fraction")},
+    **{k: (0, 0.99) for k in ("dropout", "beta1", "beta2")},
+    **{k: (0, None) for k in ("td_coef", "learning_rate", "min_lr", "weight_decay", "grad_clip", "mle_weight",
+                              "kl_coef", "disc_learning_rate", "max_iters", "warmup_iters", "lr_decay_iters",
+                              "eval_iters", "eval_prompts", "loss_chunk")},
+    **{k: (1, None) for k in ("batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head",
+                              "n_embd", "sample_every", "max_new_tokens", "disc_n_layer", "eval_interval",
+                              "log_interval")},
+}
+config = configure(settings, __file__, ranges=RANGES)
 globals().update(config)
 
 
@@ -86,27 +97,15 @@ def fail(message):
     sys.exit(f"train.py: error: {message}")
 
 
-# checks that would otherwise fail late and obscurely
+# checks between flags, which would otherwise fail late and obscurely
 if loss not in ("irl", "mle", "gail"):
     fail(f"--loss={loss!r} is not a loss; use irl, mle or gail")
-if not 0.0 <= mix_in <= 1.0 or (mix_in > 0 and loss != "irl"):
-    fail(f"--mix_in={mix_in}: online IQ-Learn's weight must lie in [0, 1], with --loss=irl")
-if min(sample_every, max_new_tokens, disc_n_layer) < 1 or min(mle_weight, kl_coef, disc_learning_rate) < 0:
-    fail("sample_every, max_new_tokens, disc_n_layer must be >= 1; mle_weight, kl_coef, disc_learning_rate >= 0")
-if not 0.0 < sample_fraction <= 1.0:
-    fail(f"--sample_fraction={sample_fraction} must lie in (0, 1]")
+if mix_in > 0 and loss != "irl":
+    fail(f"--mix_in={mix_in} is online IQ-Learn's weight: it needs --loss=irl")
 if loss == "gail" and init_from == "scratch":
     fail("--loss=gail fine-tunes a trained policy; pass --init_from=path/to/mle/ckpt.pt (or resume)")
-if loss == "gail" and loss_chunk:
-    fail("--loss=gail needs the full logits (its KL sums over the vocabulary); use --loss_chunk=0")
-if td_coef < 0:
-    fail(f"--td_coef={td_coef} must be >= 0 (0 is MLE)")
-if not 0.0 <= gamma <= 1.0:
-    fail(f"--gamma={gamma} must lie in [0, 1]")
-if min(batch_size, block_size, gradient_accumulation_steps, n_layer, n_head, n_embd) < 1:
-    fail("batch_size, block_size, gradient_accumulation_steps, n_layer, n_head, n_embd must be >= 1")
-if loss_chunk < 0:
-    fail(f"--loss_chunk={loss_chunk} must be >= 0 (0 = the full logits at once)")
+if loss_chunk and (loss == "gail" or mix_in > 0):
+    fail("--loss_chunk fuses the offline loss only; online IQ-Learn and GAIL need --loss_chunk=0")
 if n_embd % n_head:
     fail(f"--n_embd={n_embd} must be a multiple of --n_head={n_head}")
 td_coef_used = td_coef if loss == "irl" else 0.0  # MLE is the td_coef = 0 special case
@@ -150,7 +149,10 @@ autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=d
 
 # -----------------------------------------------------------------------------
 # checkpoint to start from, data, model
-ckpt_path = os.path.join(out_dir, "ckpt.pt")
+ckpt_path, log_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "log.jsonl")
+if init_from != "resume" and (os.path.exists(ckpt_path) or os.path.exists(log_path)):
+    fail(f"{out_dir} already holds a run (its ckpt.pt or log.jsonl); continue it with --init_from=resume, "
+         f"or train into a new --out_dir")
 checkpoint = None
 from_hf = init_from in GPT2_NAMES or os.path.isfile(os.path.join(init_from, "config.json"))  # GPT-2 weights
 if init_from != "scratch" and init_from != "resume" and not init_from.endswith(".pt") and not from_hf:
@@ -162,7 +164,11 @@ try:
     elif init_from != "scratch":
         checkpoint = load_checkpoint(ckpt_path if init_from == "resume" else init_from)
     if checkpoint is not None:
-        tok = tokenizer_of(checkpoint, tokenizer)  # the checkpoint's tokenizer wins
+        tok = tokenizer_of(checkpoint, tokenizer)
+        for key in ("n_layer", "n_head", "n_embd", "bias"):  # a checkpoint keeps its shape: a flag cannot change it
+            if config[key] != settings[key] and config[key] != checkpoint["model_args"].get(key):
+                raise ValueError(f"--{key}={config[key]} but the checkpoint's model has {key}="
+                                 f"{checkpoint['model_args'].get(key)}; drop --{key} (a checkpoint keeps its shape)")
         block_size = min(block_size, checkpoint["model_args"]["block_size"])
     data = load_dataset(dataset, tok if checkpoint is not None else tokenizer)
     tok = data["tokenizer"]
@@ -245,10 +251,12 @@ def to_device(batch):
 def compute_loss(batch, with_policy_stats=False, n_expert=None):
     """Loss and stats. With n_expert, the rows after the first n_expert are the policy's own samples
     for the same prompts (online IQ-Learn, GAIL); the model reads all rows in one pass."""
+    mask, done = batch["loss_mask"], batch["done"]
     with autocast:
-        if loss_chunk:  # the same q and v, the tied head applied chunk by chunk (chunked_head.py)
+        if loss_chunk:  # the same loss and gradient, head and loss chunk by chunk (chunked_head.py)
             hidden = model(batch["idx"], head=False)
-            q, v = chunked_q_and_v(hidden, raw_model.lm_head.weight, batch["targets"], loss_chunk)
+            chunked_loss, q, v = chunked_irl_loss(hidden, raw_model.lm_head.weight, batch["targets"], mask, done,
+                                                  td_coef_used, gamma, loss_chunk, stop_grad_next_v)
         else:
             logits = model(batch["idx"])
             q, v = q_and_v(logits, batch["targets"])
@@ -259,9 +267,10 @@ def compute_loss(batch, with_policy_stats=False, n_expert=None):
                 reference_logits = reference(batch["idx"][n_expert:])
         return gail.gail_loss(logits, reference_logits, d, batch, n_expert, mle_weight, kl_coef, gamma)
     expert, policy = slice(None, n_expert), slice(n_expert, None)  # n_expert None: all rows are data
-    mask, done = batch["loss_mask"], batch["done"]
     if n_expert is None:
         loss_value, stats = irl_loss(q, v, mask, done, td_coef_used, gamma, stop_grad_next_v)
+        if loss_chunk:  # irl_loss gave the statistics; the chunked loss has the same value and the gradient
+            loss_value = chunked_loss
     else:  # online IQ-Learn: mix_in of the value term on the policy's samples
         loss_value, stats = online_irl_loss(q[expert], v[expert], mask[expert], done[expert], v[policy],
                                             mask[policy], done[policy], mix_in, td_coef_used, gamma, stop_grad_next_v)
@@ -315,22 +324,22 @@ def save_state():
 
 
 def append_log(record):
-    with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
+    with open(log_path, "a") as f:
         f.write(json.dumps(record) + "\n")  # one write per line
         f.flush()
         os.fsync(f.fileno())
 
 
 def trim_log(after_iter):
-    """On resume, drop log lines of iterations the checkpoint had not reached (rewritten atomically)."""
-    path = os.path.join(out_dir, "log.jsonl")
-    if not os.path.exists(path):
+    """On resume, drop log lines of iterations the checkpoint had not reached, and a line a crash
+    cut short (rewritten atomically)."""
+    if not os.path.exists(log_path):
         return
-    with open(path) as f:
+    with open(log_path) as f:
         lines = [line for line in f if line.endswith("\n") and json.loads(line)["iter"] < after_iter]
-    with open(path + ".tmp", "w") as f:
+    with open(log_path + ".tmp", "w") as f:
         f.writelines(lines)
-    os.replace(path + ".tmp", path)
+    os.replace(log_path + ".tmp", log_path)
 
 
 # -----------------------------------------------------------------------------
@@ -343,6 +352,17 @@ if master:
     print(f"{data['name']}: {len(train_data)} train / {len(val_data)} val examples; model {n_params / 1e6:.2f}M "
           f"params; loss={loss} td_coef={td_coef_used} gamma={gamma}; device={device} dtype={dtype}")
 start_iter = last_log_iter = iter_num
+
+
+def interrupted(*_):
+    """Ctrl-C: one line instead of a traceback. ckpt.pt is written to a temporary file and renamed,
+    so an interrupt, even in the middle of a save, leaves the last complete checkpoint in place."""
+    saved = os.path.exists(ckpt_path) and torch.load(ckpt_path, weights_only=True, mmap=True)["iter_num"]
+    fail(f"interrupted at iter {iter_num}; " + (f"{ckpt_path} holds iter {saved}: continue with --init_from=resume"
+                                                 if saved else "no checkpoint was saved yet"))
+
+
+signal.signal(signal.SIGINT, interrupted)
 t0, tokens_seen, sample_seconds = time.time(), 0, 0.0
 run_seconds = dict(sample=0.0, step=0.0)  # since start_iter, for log.jsonl: sampling vs the whole step
 while True:
@@ -371,7 +391,7 @@ while True:
 
     # one optimizer step over gradient_accumulation_steps micro-batches
     log_now = iter_num % log_interval == 0
-    t_step = time.time()
+    t_step, nonfinite = time.time(), False
     for micro_step in range(gradient_accumulation_steps):
         rows = torch.randint(len(train_data), (batch_size,), generator=train_gen).tolist()
         examples = [train_data[i] for i in rows]
@@ -386,10 +406,15 @@ while True:
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         loss_value, stats = compute_loss(batch, with_policy_stats=log_now and micro_step == 0,
                                          n_expert=len(examples) if online else None)
-        if not math.isfinite(loss_value.item()):
-            fail(f"loss is {loss_value.item()} at iter {iter_num}; stopped, {ckpt_path} keeps the last "
-                 f"good state; lower --learning_rate or --td_coef, then --init_from=resume")
+        nonfinite = nonfinite or not math.isfinite(loss_value.item())
         scaler.scale(loss_value / gradient_accumulation_steps).backward()
+    if ddp:  # all ranks stop together: one that stopped alone would leave the others waiting for it
+        flag = torch.tensor(float(nonfinite), device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        nonfinite = flag.item() > 0
+    if nonfinite:  # before the optimizer step: the weights and ckpt.pt keep the last good state
+        fail(f"the loss is not finite at iter {iter_num}; stopped, {ckpt_path} keeps the last good state; "
+             f"lower --learning_rate (or --td_coef), then --init_from=resume")
     for module, module_optimizer in optimized:  # the policy (and GAIL's discriminator)
         if grad_clip > 0:
             scaler.unscale_(module_optimizer)

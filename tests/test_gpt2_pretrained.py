@@ -9,7 +9,9 @@ import torch
 
 from checkpoint import model_from_checkpoint
 from model import gpt2_checkpoint
-from tests.helpers import TINY, run_script
+from tests.helpers import TINY, TINY_MODEL, run_script
+
+TINY_RUN = [flag for flag in TINY if flag not in TINY_MODEL]  # the pretrained model keeps its shape
 
 
 def save_tiny_gpt2(path, vocab_size, seed=0):
@@ -49,9 +51,9 @@ def test_train_fine_tunes_a_local_gpt2(tmp_path):
     data = tmp_path / "mine.jsonl"
     data.write_text("".join(f'{{"prompt": "Q{i}:", "completion": " answer {i}"}}\n' for i in range(30)))
     out = tmp_path / "out"
-    run_script(TINY + [f"--init_from={tmp_path / 'gpt2'}", f"--dataset={data}", "--max_iters=2",
+    run_script(TINY_RUN + [f"--init_from={tmp_path / 'gpt2'}", f"--dataset={data}", "--max_iters=2",
                        "--eval_interval=2", "--loss_chunk=64", f"--out_dir={out}"])
     checkpoint = torch.load(out / "ckpt.pt", weights_only=True)
     assert checkpoint["tokenizer"] == {"kind": "gpt2"} and checkpoint["iter_num"] == 2
     assert checkpoint["model_args"]["gelu_approximate"] == "tanh"  # GPT-2's gelu_new, kept for sampling
-    assert checkpoint["model_args"]["n_layer"] == 2  # the pretrained shape, not TINY's --n_layer=1
+    assert checkpoint["model_args"]["n_layer"] == 2  # the pretrained shape

