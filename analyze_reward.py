@@ -50,7 +50,7 @@ import sys
 import numpy as np
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_of
+from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_of, write_atomically
 from configurator import configure
 from dataset import encode_example, fit_to_block, load_dataset, make_batch
 from features import feature_matrix, is_eos, least_squares, load_features, token_texts
@@ -454,8 +454,5 @@ for run in runs:
     outputs[f"reward_tokens_{run['name']}.jsonl"] = "".join(  # 5 decimals: float32 has about 7 digits
         json.dumps({k: short(r[k]) for k in keep if k in r}) + "\n" for r in run["rows"])
 for name, text in outputs.items():
-    path = os.path.join(results, name)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:  # write, then rename: never half a file
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_atomically(os.path.join(results, name), text)
 print(f"wrote {', '.join(figures + list(outputs))} to {results}")

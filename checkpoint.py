@@ -1,5 +1,6 @@
 """
-Checkpoints: written atomically, read safely, turned back into a model and its tokenizer.
+Checkpoints: written atomically, read safely, turned back into a model and its tokenizer; and
+write_atomically() for the text files the scripts write (logs, samples, results).
 
 A train.py checkpoint is a dict: model (state dict), optimizer, model_args, config, iter_num,
 best_val_loss, tokenizer (tokenizer.py state), rng. A nanoGPT ckpt.pt has the same model,
@@ -12,6 +13,15 @@ import torch
 
 from model import GPT, GPTConfig, strip_compile_prefix
 from tokenizer import tokenizer_from_state
+
+
+def write_atomically(path, text):
+    """Write a text file (a log, results) through a temporary file and a rename: never half a file."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
 
 
 def save_checkpoint(checkpoint, path):

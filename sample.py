@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_of
+from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_of, write_atomically
 from configurator import configure
 from dataset import encode_example, encode_split, load_dataset, make_batch
 from irl_loss import policy_stats
@@ -139,9 +139,7 @@ name = out_file or os.path.join(out_dir, f"samples_{'start' if start else split}
 os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
 for path, text in ((name, "".join(json.dumps(r) + "\n" for r in rows)),
                    (os.path.splitext(name)[0] + ".json", json.dumps(summary, indent=2) + "\n")):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:  # write, then rename: never half a file
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_atomically(path, text)
 for r in rows[: min(len(rows), 2 * num_samples)]:
     print(f"--- {r['prompt']!r} -> {r['sample']!r}" + (f" ({'correct' if r['correct'] else 'wrong'})" if "correct" in r else ""))
 print(json.dumps(summary))

@@ -1,10 +1,13 @@
 """
-Train or fine-tune a GPT on prompt -> completion demonstrations, by maximum likelihood (MLE) or by
-offline inverse RL (IQ-Learn as MLE plus a TD regulariser, see irl_loss.py).
+Train or fine-tune a GPT on prompt -> completion demonstrations: by maximum likelihood (MLE), by
+offline inverse RL (IQ-Learn as MLE plus a TD regulariser, see irl_loss.py), by online IQ-Learn
+(the value term also on the policy's own samples) or by GAIL (gail.py).
 
-    python train.py                                  # IRL on the arith task, ~5 minutes on a CPU
-    python train.py --loss=mle                       # the MLE / SFT baseline
+    python train.py                                  # IRL on the arith task, ~3 minutes on a 2-core CPU
+    python train.py --loss=mle --out_dir=out-mle     # the MLE / SFT baseline
     python train.py --td_coef=0.3 --gamma=0.99       # any setting below is a flag; --help lists them
+    python train.py --mix_in=0.1 --sample_fraction=0.25 --sample_every=4   # online IQ-Learn
+    python train.py --loss=gail --init_from=out-mle/ckpt.pt --out_dir=out-gail --learning_rate=1e-4
     python train.py config/shakespeare_char.py       # a file of overrides, then flags
     python train.py --init_from=resume               # continue the run in out_dir
     python train.py --init_from=path/to/ckpt.pt      # fine-tune a checkpoint (ours or nanoGPT's)
@@ -26,7 +29,7 @@ import torch
 from configurator import configure
 from dataset import encode_example, encode_split, load_dataset, make_batch, sample_examples
 from irl_loss import irl_loss, online_irl_loss, policy_stats, q_and_v
-from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, tokenizer_of
+from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, tokenizer_of, write_atomically
 from model import GPT, GPT2_NAMES, GPTConfig, gpt2_checkpoint
 from chunked_head import chunked_irl_loss, chunked_policy_stats
 
@@ -337,9 +340,7 @@ def trim_log(after_iter):
         return
     with open(log_path) as f:
         lines = [line for line in f if line.endswith("\n") and json.loads(line)["iter"] < after_iter]
-    with open(log_path + ".tmp", "w") as f:
-        f.writelines(lines)
-    os.replace(log_path + ".tmp", log_path)
+    write_atomically(log_path, "".join(lines))
 
 
 # -----------------------------------------------------------------------------
