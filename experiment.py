@@ -170,10 +170,12 @@ def score_vs_diversity():
     markers = dict(zip(sorted({float(t) for t in temperatures.split(",")}), "s^ovD"))
     for i, system in enumerate(order):
         seed_runs = [done[(system, seed)] for seed in range(seeds)]
-        logs = [read_log(out_dir)[-1] for out_dir, _, _ in seed_runs]
-        greedy = mean_se([log["val/accuracy"] for log in logs]) if "val/accuracy" in logs[0] else None
-        step_ms = mean_se([log["time/update_ms"] + log["time/sample_ms"] for log in logs])
-        sample_ms = mean_se([log["time/sample_ms"] for log in logs])
+        logs = [read_log(out_dir) for out_dir, _, _ in seed_runs]
+        greedy = mean_se([log[-1]["val/accuracy"] for log in logs]) if "val/accuracy" in logs[0][-1] else None
+        # the mean time per step so far, from the last evaluation that has it (a resumed run's first has not)
+        timed = [next(r for r in reversed(log) if "time/update_ms" in r) for log in logs]
+        step_ms = mean_se([r["time/update_ms"] + r["time/sample_ms"] for r in timed])
+        sample_ms = mean_se([r["time/sample_ms"] for r in timed])
         for temperature in markers:
             summaries = [summaries[temperature] for _, summaries, _ in seed_runs]
             stats = {k: mean_se([s[k] for s in summaries]) for k in (metric, "self_bleu", "distinct_2", "entropy")}
