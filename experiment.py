@@ -176,6 +176,7 @@ def score_vs_diversity():
         timed = [next(r for r in reversed(log) if "time/update_ms" in r) for log in logs]
         step_ms = mean_se([r["time/update_ms"] + r["time/sample_ms"] for r in timed])
         sample_ms = mean_se([r["time/sample_ms"] for r in timed])
+        curve = []  # the system's points, joined by a line: its trade-off as the temperature moves
         for temperature in markers:
             summaries = [summaries[temperature] for _, summaries, _ in seed_runs]
             stats = {k: mean_se([s[k] for s in summaries]) for k in (metric, "self_bleu", "distinct_2", "entropy")}
@@ -186,6 +187,8 @@ def score_vs_diversity():
             ax.errorbar(stats["self_bleu"][0], stats[metric][0], xerr=stats["self_bleu"][1],
                         yerr=stats[metric][1], fmt=markers[temperature], color=plt.cm.tab10(i), capsize=3,
                         label=f"{label(system)}, T={temperature:g}")
+            curve.append((stats["self_bleu"][0], stats[metric][0]))
+        ax.plot(*zip(*curve), color=plt.cm.tab10(i), linewidth=0.8, alpha=0.6)
     ax.set_xlabel("Self-BLEU among K samples (lower = more diverse)")
     ax.set_ylabel(f"{metric} of samples")
     ax.set_title(f"{task}: task score vs diversity ({seeds} seeds, mean ± s.e.)")
