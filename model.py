@@ -53,17 +53,18 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
 
-    def forward(self, x, attn_mask=None, kv=None):
-        """x (B, T, C) -> (y (B, T, C), (k, v) of every position so far).
+    def forward(self, x, attn_mask=None, kv=None, past=0):
+        """x (B, T, C) -> y (B, T, C).
 
-        attn_mask: bool (B, T, T_past + T), True where a query may attend to a key; None means
-        plain causal attention. kv: the (k, v) of earlier positions from the cache, or None."""
+        attn_mask: bool (B, T, past + T), True where a query may attend to a key; None means
+        plain causal attention. kv: this layer's cache (2, B, nh, max_length, hs), or None; it
+        holds the keys and values of the first `past` positions, and this call adds its own."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        if kv is not None:  # earlier positions come first: the new queries see them all
-            k = torch.cat([kv[0], k], dim=2)
-            v = torch.cat([kv[1], v], dim=2)
+        if kv is not None:  # written in place after the earlier positions; the new queries see them all
+            kv[0, :, :, past:past + T], kv[1, :, :, past:past + T] = k, v
+            k, v = kv[0, :, :, :past + T], kv[1, :, :, :past + T]
         T_all = k.size(2)
         is_causal = attn_mask is None and T_all == T  # training: the fast fused causal kernel
         if attn_mask is None and not is_causal:
@@ -74,7 +75,7 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
-        return self.resid_dropout(self.c_proj(y)), (k, v)
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -100,11 +101,10 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, kv=None):
-        attn_out, kv = self.attn(self.ln_1(x), attn_mask, kv)
-        x = x + attn_out
+    def forward(self, x, attn_mask=None, kv=None, past=0):
+        x = x + self.attn(self.ln_1(x), attn_mask, kv, past)
         x = x + self.mlp(self.ln_2(x))
-        return x, kv
+        return x
 
 
 class GPT(nn.Module):
@@ -151,23 +151,36 @@ class GPT(nn.Module):
         """Final hidden states after ln_f, (B, T, C), for token ids idx (B, T).
 
         positions: (T,) or (B, T) position ids; by default 0..T-1, after any cached positions.
-        attn_mask: bool (B, T, T_past + T), True where a query may attend; None means causal.
-        kv_cache: None, or a list with one entry per layer (None at first), which this call
-        updates in place to hold the (k, v) of every position seen so far.
+        attn_mask: bool (B, T, past + T), True where a query may attend; None means causal.
+        kv_cache: None, or new_kv_cache(...), which this call extends by its T positions.
         The logits are hidden_states @ lm_head.weight.T; callers that cannot afford all of
         (B, T, vocab) at once can compute them chunk by chunk."""
         B, T = idx.size()
+        past = kv_cache["length"] if kv_cache is not None else 0
+        if kv_cache is not None:
+            assert past + T <= kv_cache["kv"].size(-2), "the key/value cache is full"
         if positions is None:
-            past = kv_cache[0][0].size(2) if kv_cache is not None and kv_cache[0] is not None else 0
             assert past + T <= self.config.block_size, \
                 f"cannot run a sequence of length {past + T}, block_size is only {self.config.block_size}"
             positions = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
         for i, block in enumerate(self.transformer.h):
-            x, kv = block(x, attn_mask, kv_cache[i] if kv_cache is not None else None)
-            if kv_cache is not None:
-                kv_cache[i] = kv
+            x = block(x, attn_mask, kv_cache["kv"][i] if kv_cache is not None else None, past)
+        if kv_cache is not None:
+            kv_cache["length"] = past + T
         return self.transformer.ln_f(x)
+
+    def new_kv_cache(self, batch_size, max_length):
+        """An empty key/value cache for hidden_states(): room for max_length positions of every
+        layer, allocated once and filled in place, because appending with torch.cat would copy the
+        whole cache at every new token. Its dtype is what the attention runs in (bf16 under bf16
+        autocast)."""
+        device = self.lm_head.weight.device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) \
+            else self.lm_head.weight.dtype
+        n_head, head_size = self.config.n_head, self.config.n_embd // self.config.n_head
+        kv = torch.empty(self.config.n_layer, 2, batch_size, n_head, max_length, head_size, device=device, dtype=dtype)
+        return {"kv": kv, "length": 0}
 
     def forward(self, idx, head=True):
         """Logits (B, T, vocab_size) at every position of idx (B, T). head=False returns the final
@@ -237,14 +250,14 @@ class GPT(nn.Module):
         new_tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
         n_new = torch.zeros(B, dtype=torch.long, device=device)
         finished = lengths >= block_size  # a full prompt has no room left
-        kv_cache = [None] * self.config.n_layer if use_cache else None
+        kv_cache = self.new_kv_cache(B, T0 + max_new_tokens) if use_cache else None
         step_idx, step_positions = idx, positions  # what the model reads this step
 
         was_training = self.training
         self.eval()  # no dropout while sampling
         try:
             for step in range(max_new_tokens):
-                if finished.all():
+                if step % 8 == 0 and finished.all():  # not every step: each check makes the CPU wait for the GPU
                     break
                 mask = padded_causal_mask(is_real, step_idx.size(1))
                 h = self.hidden_states(step_idx, step_positions, mask, kv_cache)
