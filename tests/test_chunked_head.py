@@ -6,6 +6,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from chunked_head import chunked_irl_loss, chunked_policy_stats
+from tests.helpers import demonstration_masks
 from irl_loss import irl_loss, policy_stats, q_and_v
 
 
@@ -15,12 +16,7 @@ def random_batch(B=3, T=7, C=5, V=50, dtype=torch.float64, seed=0):
     hidden = torch.randn(B, T, C, generator=g, dtype=dtype)
     weight = torch.randn(V, C, generator=g, dtype=dtype)
     targets = torch.randint(V, (B, T), generator=g)
-    loss_mask = torch.zeros(B, T, dtype=dtype)
-    done = torch.zeros(B, T, dtype=dtype)
-    loss_mask[0, 2:6] = 1; done[0, 5] = 1   # prompt, completion ending in EOS, padding
-    loss_mask[1, 1:] = 1                    # truncated by the window
-    loss_mask[2, 3:5] = 1; done[2, 4] = 1
-    targets[loss_mask == 0] = -1
+    loss_mask, done = demonstration_masks(targets, dtype)
     return hidden, weight, targets, loss_mask, done
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import demonstration_masks
 from irl_loss import irl_loss, q_and_v, td_mask_of, token_rewards
 
 
@@ -15,12 +16,7 @@ def random_batch(B=3, T=7, V=5, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(B, T, V, generator=g, dtype=dtype)
     targets = torch.randint(V, (B, T), generator=g)
-    loss_mask = torch.zeros(B, T, dtype=dtype)
-    done = torch.zeros(B, T, dtype=dtype)
-    loss_mask[0, 2:6] = 1; done[0, 5] = 1          # prompt 0..1, completion 2..5 ends in EOS, pad 6
-    loss_mask[1, 1:7] = 1                          # completion cut by the window: truncated
-    loss_mask[2, 3:5] = 1; done[2, 4] = 1          # short completion, then padding
-    targets[loss_mask == 0] = -1
+    loss_mask, done = demonstration_masks(targets, dtype)
     return logits, targets, loss_mask, done
 
 
