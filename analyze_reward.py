@@ -50,7 +50,7 @@ import sys
 import numpy as np
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_of, write_atomically
+from checkpoint import load_checkpoint, model_from_checkpoint, save_figure, tokenizer_of, write_atomically
 from configurator import configure
 from dataset import encode_example, fit_to_block, load_dataset, make_batch
 from features import feature_matrix, is_eos, least_squares, load_features, token_texts
@@ -322,9 +322,7 @@ figures = []
 
 
 def save(fig, name):
-    path = os.path.join(results, name)
-    fig.savefig(path + ".tmp.png", dpi=120, bbox_inches="tight")  # write, then rename: never half a file
-    os.replace(path + ".tmp.png", path)
+    save_figure(fig, os.path.join(results, name), dpi=120, bbox_inches="tight")
     plt.close(fig)
     figures.append(name)
 

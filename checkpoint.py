@@ -1,6 +1,6 @@
 """
 Checkpoints: written atomically, read safely, turned back into a model and its tokenizer; and
-write_atomically() for the text files the scripts write (logs, samples, results).
+write_atomically() and save_figure() for the other files the scripts write (logs, samples, results).
 
 A train.py checkpoint is a dict: model (state dict), optimizer, model_args, config, iter_num,
 best_val_loss, tokenizer (tokenizer.py state), rng. A nanoGPT ckpt.pt has the same model,
@@ -22,6 +22,12 @@ def write_atomically(path, text):
         f.flush()
         os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
+
+
+def save_figure(fig, path, **savefig_args):
+    """A matplotlib figure saved the same way: a temporary file, then a rename."""
+    fig.savefig(path + ".tmp.png", **savefig_args)  # the .png ending tells matplotlib the format
+    os.replace(path + ".tmp.png", path)
 
 
 def save_checkpoint(checkpoint, path):

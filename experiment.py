@@ -23,7 +23,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from checkpoint import write_atomically
+from checkpoint import save_figure, write_atomically
 from configurator import configure
 from metrics import mean_se
 
@@ -131,12 +131,6 @@ def read_log(out_dir):
         return [json.loads(line) for line in f]
 
 
-def save_figure(fig):
-    path = os.path.join(root, "figure.png")
-    fig.savefig(path + ".tmp.png", dpi=120)  # write, then rename: never half a file
-    os.replace(path + ".tmp.png", path)
-
-
 def pyplot():
     import matplotlib
     matplotlib.use("Agg")  # files only, no window
@@ -194,7 +188,7 @@ def score_vs_diversity():
     ax.set_title(f"{task}: task score vs diversity ({seeds} seeds, mean ± s.e.)")
     ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
-    save_figure(fig)
+    save_figure(fig, os.path.join(root, "figure.png"), dpi=120)
     return rows, total_seconds
 
 
@@ -234,7 +228,7 @@ def small_data():
     axes[0].set_yscale("log")
     fig.suptitle(f"arith, 5% vs 100% of the train split ({seeds} seeds, mean ± s.e.)")
     fig.tight_layout()
-    save_figure(fig)
+    save_figure(fig, os.path.join(root, "figure.png"), dpi=120)
     return rows, total_seconds
 
 

@@ -156,8 +156,9 @@ class GPT(nn.Module):
         The logits are hidden_states @ lm_head.weight.T; callers that cannot afford all of
         (B, T, vocab) at once can compute them chunk by chunk."""
         B, T = idx.size()
-        past = kv_cache["length"] if kv_cache is not None else 0
+        past = 0  # positions already in the cache
         if kv_cache is not None:
+            past = kv_cache["length"]
             assert past + T <= kv_cache["kv"].size(-2), "the key/value cache is full"
         if positions is None:
             assert past + T <= self.config.block_size, \

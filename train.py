@@ -364,8 +364,9 @@ def interrupted(*_):
 
 
 signal.signal(signal.SIGINT, interrupted)
-t0, tokens_seen, sample_seconds = time.time(), 0, 0.0
+t0, tokens_seen = time.time(), 0
 run_seconds = dict(sample=0.0, step=0.0)  # since start_iter, for log.jsonl: sampling vs the whole step
+sample_seconds_at_log = 0.0  # run_seconds["sample"] at the last progress line
 while True:
     lr = get_lr(iter_num)
     for group in optimizer.param_groups:
@@ -399,7 +400,6 @@ while True:
         if online and (loss == "gail" or iter_num % sample_every == 0 or micro_step not in samples):
             t_sample = time.time()  # the policy's own completions for these prompts (GAIL: every step)
             samples[micro_step] = sample_examples(raw_model, examples[:n_sampled], tok.eos_id, max_new_tokens)
-            sample_seconds += time.time() - t_sample
             run_seconds["sample"] += time.time() - t_sample
         batch = to_device(make_batch(examples + (samples[micro_step] if online else []), tok.eos_id, pad_to))
         tokens_seen += int((batch["targets"] >= 0).sum())
@@ -430,10 +430,11 @@ while True:
         dt, steps = time.time() - t0, iter_num - last_log_iter
         extra = "".join(f", {k} {stats[k]:.4f}" for k in ("td", "v_mean", "entropy", "value_gap", "kl",
                                                           "sample_entropy", "reward", "disc_accuracy") if k in stats)
+        sample_seconds = run_seconds["sample"] - sample_seconds_at_log
         split = f" ({1000 * sample_seconds / steps:.0f} sampling)" if online else ""
         print(f"iter {iter_num - 1}: loss {loss_value.item():.4f}, nll {stats['nll']:.4f}{extra}, "
               f"{1000 * dt / steps:.0f} ms/iter{split}, {tokens_seen * world_size / dt:.0f} tok/s")
-        t0, tokens_seen, sample_seconds, last_log_iter = time.time(), 0, 0.0, iter_num
+        t0, tokens_seen, sample_seconds_at_log, last_log_iter = time.time(), 0, run_seconds["sample"], iter_num
 
 if master:
     print(f"done: {ckpt_path}\nnext: python sample.py --out_dir={out_dir}   "
