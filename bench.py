@@ -15,7 +15,9 @@ Training variants (forward + backward + AdamW step):
 Head + loss alone (fixed hidden states in, gradients of hidden states and head out; IRL loss):
     head_full, head_chunked    the part of a step the chunked path changes
 Sampling: generate() of max_new_tokens tokens for sample_batch prompts, with the key/value cache
-and recomputing the whole prefix for every token (use_cache=False), in tokens per second.
+and recomputing the whole prefix for every token (use_cache=False), in tokens per second; with
+--compile_decode=True also generate(compile=True), the fixed-shape decode step torch.compile'd
+(mode="reduce-overhead": one CUDA graph per token on a GPU), timed after its compilation.
 
 Memory is the peak of what the step allocates above what was allocated when it began (weights,
 optimizer state and the batch are there before and are the same for every variant). On CUDA:
@@ -54,6 +56,7 @@ temperature = 1.0  # sampling temperature; 0 = greedy (no random draw over the v
 device = ""  # '' = cuda if available else cpu
 dtype = "float32"  # float32 | bfloat16 (autocast)
 compile = False  # torch.compile the models (not the sampling)
+compile_decode = False  # also time generate(compile=True): the decode step compiled, a CUDA graph on a GPU
 peak_tflops = 0.0  # the GPU's peak for MFU; 0 = from its name (bf16 dense: A100 312, H100/H200 989)
 threads = 0  # CPU threads for torch; 0 = torch's default (1 is steadier when other jobs share the cores)
 seed = 0  # seed of weights and batch
@@ -210,16 +213,21 @@ def gpu_peak_flops():
 
 
 def sampling_tokens_per_s(vocab_size):
-    """generate() tokens/s with and without the key/value cache (interleaved, median of 3)."""
+    """generate() tokens/s recomputing the prefix, with the key/value cache, and (compile_decode)
+    with the compiled decode step, whose compilation is left out (interleaved, median of 3)."""
     model = new_model(vocab_size, block=PROMPT_LEN + max_new_tokens)
     prompts = torch.randint(vocab_size, (sample_batch, PROMPT_LEN), generator=torch.Generator().manual_seed(seed)).tolist()
-    times = {True: [], False: []}
+    decodings = {"recomputed": dict(use_cache=False), "cached": dict(use_cache=True)}
+    if compile_decode:
+        decodings["compiled"] = dict(compile=True)
+        with autocast:
+            model.generate(prompts, max_new_tokens, temperature, compile=True)  # compiles
+    times = {name: [] for name in decodings}
     for _ in range(3):
-        for use_cache in (True, False):
+        for name, kwargs in decodings.items():
             with autocast:
-                times[use_cache].append(timed(lambda: model.generate(prompts, max_new_tokens, temperature,
-                                                                     use_cache=use_cache)))
-    return {use_cache: sample_batch * max_new_tokens / median(t) for use_cache, t in times.items()}
+                times[name].append(timed(lambda: model.generate(prompts, max_new_tokens, temperature, **kwargs)))
+    return {name: sample_batch * max_new_tokens / median(t) for name, t in times.items()}
 
 
 def run(vocab_size):
@@ -247,10 +255,10 @@ def run(vocab_size):
             mfu = f" {100 * steps_of[variant].model.estimate_mfu(batch_size, ms[variant] / 1000, block_size, flops):5.1f}%"
         print(f"  {variant:13s} {ms[variant]:9.1f} {tokens / ms[variant] * 1000:10.0f} {memory[variant] / 2**20:9.1f}{mfu}")
     sampling = sampling_tokens_per_s(vocab_size)
-    print(f"  sampling {sample_batch} x {max_new_tokens} new tokens at temperature {temperature}: {sampling[True]:.0f} "
-          f"tokens/s with the key/value cache, {sampling[False]:.0f} recomputing the prefix")
+    print(f"  sampling {sample_batch} x {max_new_tokens} new tokens at temperature {temperature}, tokens/s: "
+          + ", ".join(f"{name} {tokens_per_s:.0f}" for name, tokens_per_s in sampling.items()))
     ratio = lambda d, a, b: d[a] / d[b]
-    return {
+    ratios = {
         "IRL/MLE time, full logits": (ratio(ms, "irl", "mle"), "<= 1.02"),
         "IRL/MLE memory, full logits": (ratio(memory, "irl", "mle"), "<= 1.00"),
         "IRL/MLE time, chunked": (ratio(ms, "irl_chunked", "mle_chunked"), "<= 1.02"),
@@ -260,8 +268,11 @@ def run(vocab_size):
         "chunked/full head+loss time": (ratio(ms, "head_chunked", "head_full"), "<= 1.05 at V=50304"),
         "chunked/full IRL step memory": (ratio(memory, "irl_chunked", "irl"), ""),
         "chunked/full IRL step time": (ratio(ms, "irl_chunked", "irl"), ""),
-        "sampling cached/recomputed tokens/s": (ratio(sampling, True, False), ">= 5"),
+        "sampling cached/recomputed tokens/s": (ratio(sampling, "cached", "recomputed"), ">= 5"),
     }
+    if compile_decode:
+        ratios["sampling compiled/recomputed tokens/s"] = (ratio(sampling, "compiled", "recomputed"), ">= 5")
+    return ratios
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """
 The GPT language model: nanoGPT's architecture with nanoGPT's parameter names, so its checkpoints
 load as they are. Beyond nanoGPT it exposes the final hidden states (the IRL loss reads every
-position) and has a batched generate() for prompts of different lengths, with a key/value cache.
+position) and has a batched generate() for prompts of different lengths, with a key/value cache
+and, for GPUs, a decode step of fixed shapes that torch.compile can capture as one CUDA graph.
 """
 import inspect
 import math
@@ -58,11 +59,17 @@ class CausalSelfAttention(nn.Module):
 
         attn_mask: bool (B, T, past + T), True where a query may attend to a key; None means
         plain causal attention. kv: this layer's cache (2, B, nh, max_length, hs), or None; it
-        holds the keys and values of the first `past` positions, and this call adds its own."""
+        holds the keys and values of the first `past` positions, and this call adds its own.
+        past may also be a 1-element tensor (GPT.decode_step): then the one new position is written
+        at that slot and the queries read the whole cache, attn_mask (B, 1, max_length) hiding the
+        slots not written yet, so that no shape depends on how far decoding has gone."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        if kv is not None:  # written in place after the earlier positions; the new queries see them all
+        if kv is not None and torch.is_tensor(past):  # one in-place write into the tensor itself, not a view
+            kv.index_copy_(3, past, torch.stack((k, v)))  # of it, so that a compiled step copies nothing
+            k, v = kv[0], kv[1]
+        elif kv is not None:  # written in place after the earlier positions; the new queries see them all
             kv[0, :, :, past:past + T], kv[1, :, :, past:past + T] = k, v
             k, v = kv[0, :, :, :past + T], kv[1, :, :, :past + T]
         T_all = k.size(2)
@@ -159,7 +166,7 @@ class GPT(nn.Module):
         past = 0  # positions already in the cache
         if kv_cache is not None:
             past = kv_cache["length"]
-            assert past + T <= kv_cache["kv"].size(-2), "the key/value cache is full"
+            assert past + T <= kv_cache["kv"][0].size(-2), "the key/value cache is full"
         if positions is None:
             assert past + T <= self.config.block_size, \
                 f"cannot run a sequence of length {past + T}, block_size is only {self.config.block_size}"
@@ -174,14 +181,46 @@ class GPT(nn.Module):
     def new_kv_cache(self, batch_size, max_length):
         """An empty key/value cache for hidden_states(): room for max_length positions of every
         layer, allocated once and filled in place, because appending with torch.cat would copy the
-        whole cache at every new token. Its dtype is what the attention runs in (bf16 under bf16
-        autocast)."""
-        device = self.lm_head.weight.device
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) \
-            else self.lm_head.weight.dtype
+        whole cache at every new token."""
         n_head, head_size = self.config.n_head, self.config.n_embd // self.config.n_head
-        kv = torch.empty(self.config.n_layer, 2, batch_size, n_head, max_length, head_size, device=device, dtype=dtype)
+        kv = [torch.empty(2, batch_size, n_head, max_length, head_size, device=self.lm_head.weight.device,
+                          dtype=self.attention_dtype()) for _ in range(self.config.n_layer)]  # one tensor per layer
         return {"kv": kv, "length": 0}
+
+    def attention_dtype(self):
+        """What keys and values are computed in: bf16 under bf16 autocast, else the weights' dtype."""
+        device_type = self.lm_head.weight.device.type
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) \
+            else self.lm_head.weight.dtype
+
+    def static_kv_cache(self, batch_size, max_length):
+        """The cache for decode_step(): kept on the model and handed out again while the batch size,
+        the length (rounded up to a multiple of 64, so that prompts of similar lengths share one),
+        dtype and device stay the same, because a compiled decode_step is specialised to the very
+        tensor (torch._dynamo.mark_static_address: a CUDA graph reads and writes it where it lies).
+        Zero-filled: decode_step's attention reads the slots not written yet, masked to weight 0,
+        and 0 * NaN from uninitialised memory would still be NaN."""
+        key = (batch_size, -(-max_length // 64) * 64, self.attention_dtype(), self.lm_head.weight.device)
+        if (getattr(self, "_static_kv_cache", None) or {}).get("key") != key:
+            self._static_kv_cache = None  # free the old one first
+            self._static_kv_cache = dict(self.new_kv_cache(batch_size, key[1]), key=key)
+            for kv in self._static_kv_cache["kv"]:
+                torch._dynamo.mark_static_address(kv.zero_())
+        self._static_kv_cache["length"] = 0
+        return self._static_kv_cache
+
+    def decode_step(self, token, position, attn_mask, kv, slot):
+        """Logits (B, vocab_size) of the next token after one new token per row, with shapes that stay
+        the same for a whole generation, so that torch.compile(mode="reduce-overhead") can capture
+        it once as a CUDA graph and replay it for every token (eager decoding on a GPU is bound by
+        launching a few hundred small kernels per token, not by their arithmetic).
+        token, position: (B, 1); kv: static_kv_cache()["kv"], of which this step writes slot `slot`
+        (a 1-element tensor: a Python int would be a new constant, and a new graph, every step);
+        attn_mask: bool (B, 1, max_length), True on the slots each row may attend to, this one included."""
+        x = self.transformer.wte(token) + self.transformer.wpe(position)  # no dropout: eval only
+        for block, layer_kv in zip(self.transformer.h, kv):
+            x = block(x, attn_mask, layer_kv, slot)
+        return self.lm_head(self.transformer.ln_f(x[:, -1]))
 
     def forward(self, idx, head=True):
         """Logits (B, T, vocab_size) at every position of idx (B, T). head=False returns the final
@@ -220,7 +259,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, eos_id=None,
-                 generator=None, use_cache=True):
+                 generator=None, use_cache=True, compile=False):
         """Continue each prompt (a non-empty list of token ids) by up to max_new_tokens tokens.
 
         Returns one list of new token ids per prompt. A row stops right after it emits eos_id, so a
@@ -233,12 +272,16 @@ class GPT(nn.Module):
         token and no real token attends to padding, so a row's output does not depend on the others.
         use_cache=True runs the padded prompts once, then one new position per step, reusing the
         keys and values of earlier positions; use_cache=False recomputes the whole prefix each step
-        (slower, same result)."""
+        (slower, same result). compile=True (with the cache) runs every token after the first through
+        decode_step, compiled with torch.compile(mode="reduce-overhead"): a CUDA graph on a GPU. It
+        compiles once per batch size and cache length (tens of seconds), so it pays off for long or
+        many generations."""
         device = self.lm_head.weight.device
         block_size = self.config.block_size
         B = len(prompts)
         assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
         assert all(len(p) <= block_size for p in prompts), f"a prompt is longer than block_size {block_size}"
+        assert use_cache or not compile, "compile=True decodes with the key/value cache: use_cache=True"
         lengths = torch.tensor([len(p) for p in prompts], device=device)
         T0 = int(lengths.max())
         n_pad = T0 - lengths
@@ -251,7 +294,15 @@ class GPT(nn.Module):
         new_tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
         n_new = torch.zeros(B, dtype=torch.long, device=device)
         finished = lengths >= block_size  # a full prompt has no room left
-        kv_cache = self.new_kv_cache(B, T0 + max_new_tokens) if use_cache else None
+        kv_cache = None
+        if compile:
+            kv_cache = self.static_kv_cache(B, T0 + max_new_tokens)
+            decode_step = torch.compile(self.decode_step, mode="reduce-overhead", fullgraph=True)
+            key_is_real = torch.zeros(B, 1, kv_cache["kv"][0].size(-2), dtype=torch.bool, device=device)
+            key_is_real[:, 0, :T0] = is_real  # decode_step's attn_mask: the slots written so far, minus padding
+            slot = torch.tensor([T0 - 1], device=device)  # the slot decode_step writes, before its += 1
+        elif use_cache:
+            kv_cache = self.new_kv_cache(B, T0 + max_new_tokens)
         step_idx, step_positions = idx, positions  # what the model reads this step
 
         was_training = self.training
@@ -260,9 +311,15 @@ class GPT(nn.Module):
             for step in range(max_new_tokens):
                 if finished.all():
                     break
-                mask = padded_causal_mask(is_real, step_idx.size(1))
-                h = self.hidden_states(step_idx, step_positions, mask, kv_cache)
-                logits = self.lm_head(h[:, -1, :])  # only the last position predicts the next token
+                if compile and step > 0:  # fixed shapes: one slot of the cache more
+                    key_is_real[:, 0, T0 + step - 1] = True
+                    slot += 1  # in place on the device: no copy from the host each step
+                    torch.compiler.cudagraph_mark_step_begin()  # the last step's logits are used up
+                    logits = decode_step(step_idx, step_positions, key_is_real, kv_cache["kv"], slot)
+                else:
+                    mask = padded_causal_mask(is_real, step_idx.size(1))
+                    h = self.hidden_states(step_idx, step_positions, mask, kv_cache)
+                    logits = self.lm_head(h[:, -1, :])  # only the last position predicts the next token
                 if temperature == 0:
                     next_token = logits.argmax(dim=-1)
                 else:
@@ -311,38 +368,3 @@ def padded_causal_mask(is_real, n_queries):
     causal = torch.ones(n_queries, T, dtype=torch.bool, device=is_real.device).tril(diagonal=T - n_queries)
     query_is_real = is_real[:, T - n_queries:]
     return causal & (is_real[:, None, :] | ~query_is_real[:, :, None])
-
-
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # 124M, 350M, 774M, 1558M parameters
-
-
-def gpt2_checkpoint(name_or_dir):
-    """OpenAI's GPT-2 weights, read by Hugging Face transformers, as a checkpoint of this
-    repository: dict(model=state_dict, model_args=...), which model_from_checkpoint (checkpoint.py)
-    turns into a GPT. name_or_dir is one of GPT2_NAMES (downloaded once, then cached by
-    transformers) or a folder that save_pretrained wrote (config.json and the weights). Raises
-    ValueError naming the fix when transformers is missing or the model is not a plain GPT-2."""
-    try:
-        from transformers import GPT2LMHeadModel  # imported lazily: only fine-tuning GPT-2 needs it
-    except ImportError:
-        raise ValueError(f"loading {name_or_dir} needs Hugging Face transformers: pip install transformers") from None
-    try:
-        hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir)
-    except Exception as err:  # no such folder, no network for a download, not a GPT-2 ...
-        raise ValueError(f"cannot load GPT-2 from {name_or_dir!r} ({type(err).__name__}: "
-                         f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
-    cfg = hf_model.config
-    gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}.get(cfg.activation_function)
-    if (gelu is None or cfg.n_inner not in (None, 4 * cfg.n_embd) or cfg.layer_norm_epsilon != 1e-5
-            or not getattr(cfg, "scale_attn_weights", True) or getattr(cfg, "scale_attn_by_inverse_layer_idx", False)
-            or getattr(cfg, "reorder_and_upcast_attn", False) or not getattr(cfg, "tie_word_embeddings", True)):
-        raise ValueError(f"{name_or_dir} is a GPT-2 variant this GPT does not implement (activation, "
-                         f"n_inner, layer_norm_epsilon, attention scaling or untied head differ from GPT-2's)")
-    model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.n_positions,
-                      bias=True, vocab_size=cfg.vocab_size, dropout=0.0, gelu_approximate=gelu)
-    # the names are nanoGPT's already; transformers keeps these four as Conv1D, weight (in, out),
-    # where nn.Linear's is (out, in); its causal-mask buffers (attn.bias, attn.masked_bias) are not weights
-    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    state = {k: (v.t() if k.endswith(transposed) else v).float() for k, v in hf_model.state_dict().items()
-             if not k.endswith((".attn.bias", ".attn.masked_bias"))}
-    return dict(model=state, model_args=model_args)

@@ -5,6 +5,7 @@ Sample from a trained checkpoint and score the samples: task metric and diversit
     python sample.py --out_dir=out --temperature=0 --num_samples=1   # greedy
     python sample.py --out_dir=out --start="12+7*3="         # one prompt of your own
     python sample.py --out_dir=out --start=FILE:prompts.txt  # one prompt per line of a file
+    python sample.py --out_dir=out --compile=True           # on a GPU: each new token one CUDA graph
 
 Writes out_dir/samples_<split>_t<temperature>.jsonl (prompt, sample, reference, per-sample
 metrics) and the same name .json with the averages: accuracy (tasks with a verifier) or
@@ -38,6 +39,7 @@ top_k = 0  # sample only from the k most likely tokens (0 = all)
 max_new_tokens = 128  # per sample (generation also stops at EOS and at block_size)
 batch_size = 256  # sequences generated together
 use_cache = True  # key/value cache (False recomputes the whole prefix for every token)
+compile = False  # torch.compile the decoding step: a CUDA graph per token on a GPU; compiles per batch shape
 out_file = ""  # '' = out_dir/samples_<split>_t<temperature>.jsonl
 seed = 1337  # seed of the sampling generator
 device = ""  # '' = cuda if available, else cpu
@@ -56,6 +58,8 @@ def fail(message):
 device = device or ("cuda" if torch.cuda.is_available() else "cpu")
 if device.startswith("cuda") and not torch.cuda.is_available():
     fail(f"--device={device} but no CUDA GPU is visible; use --device=cpu")
+if compile and not use_cache:
+    fail("--compile=True compiles the decoding step of the key/value cache; drop --use_cache=False")
 try:
     checkpoint = load_checkpoint(init_from or os.path.join(out_dir, "ckpt.pt"))
     tok = tokenizer_of(checkpoint, tokenizer)
@@ -94,7 +98,7 @@ t0 = time.time()
 for i in range(0, len(jobs), batch_size):
     chunk = [prompts[j] for j in jobs[i:i + batch_size]]
     completions += model.generate(chunk, max_new_tokens, temperature=temperature, top_k=top_k or None,
-                                  eos_id=tok.eos_id, generator=generator, use_cache=use_cache)
+                                  eos_id=tok.eos_id, generator=generator, use_cache=use_cache, compile=compile)
 seconds = time.time() - t0
 n_tokens = sum(len(c) for c in completions)
 print(f"generated {len(completions)} samples, {n_tokens} tokens in {seconds:.1f}s ({n_tokens / seconds:.0f} tok/s)")

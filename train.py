@@ -29,8 +29,9 @@ import torch
 from configurator import configure
 from dataset import encode_example, encode_split, load_dataset, make_batch, sample_examples
 from irl_loss import irl_loss, online_irl_loss, policy_stats, q_and_v
-from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, tokenizer_of, write_atomically
-from model import GPT, GPT2_NAMES, GPTConfig, gpt2_checkpoint
+from checkpoint import (GPT2_NAMES, gpt2_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint,
+                        tokenizer_of, write_atomically)
+from model import GPT, GPTConfig
 from chunked_head import chunked_irl_loss, chunked_policy_stats
 
 # -----------------------------------------------------------------------------

@@ -237,11 +237,52 @@ def test_padded_causal_mask_by_hand():
     assert padded_causal_mask(is_real, 1).tolist() == [[[x, x, o, o, o]], [[o, o, o, o, o]]]
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_greedy_batched_matches_reference(use_cache):
+# the three ways generate() decodes: recomputing the prefix, the growing cache, and the fixed-shape
+# decode_step (compile=True) -- run eagerly here, see no_compile
+DECODINGS = [dict(use_cache=False), dict(use_cache=True), dict(compile=True)]
+
+
+@pytest.fixture(autouse=True)
+def no_compile(monkeypatch):
+    """torch.compile costs tens of seconds per shape on a CPU; these tests check what decode_step
+    computes, which torch.compile must not change, so it is replaced by the identity here."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+
+
+@pytest.mark.parametrize("decoding", DECODINGS)
+def test_greedy_batched_matches_reference(decoding):
     model = tiny_model()
     expected = [greedy_by_forward(model, p, 12) for p in PROMPTS]
-    assert model.generate(PROMPTS, 12, temperature=0.0, use_cache=use_cache) == expected
+    assert model.generate(PROMPTS, 12, temperature=0.0, **decoding) == expected
+
+
+def test_decode_step_matches_forward():
+    """The cache filled by one prompt pass, then decode_step one position at a time over the
+    whole fixed-size cache: the logits of forward() on the full sequence, position by position."""
+    model = tiny_model()
+    idx = torch.randint(50, (2, 20))
+    expected = model(idx)
+    cache = model.static_kv_cache(2, 20)
+    max_length = cache["kv"][0].size(-2)
+    assert max_length == 64 and all(kv.shape == (2, 2, 2, 64, 16) for kv in cache["kv"])
+    model.hidden_states(idx[:, :8], kv_cache=cache)
+    for t in range(8, 20):
+        attn_mask = (torch.arange(max_length) <= t).expand(2, 1, max_length)
+        logits = model.decode_step(idx[:, t:t + 1], torch.full((2, 1), t), attn_mask, cache["kv"], torch.tensor([t]))
+        torch.testing.assert_close(logits, expected[:, t], rtol=1e-4, atol=1e-4)
+
+
+def test_static_cache_is_reused_while_the_shapes_stay():
+    """A compiled decode_step is specialised to its cache tensors: the same batch size and length
+    (rounded up to 64) must get the same tensors back, and stale keys from an earlier call must not
+    change what a later one generates."""
+    model = tiny_model()
+    first = model.generate(PROMPTS, 12, temperature=0.0, compile=True)
+    kv = model._static_kv_cache["kv"]
+    assert model.generate(PROMPTS[::-1], 10, temperature=0.0, compile=True) == [r[:10] for r in first[::-1]]
+    assert all(a is b for a, b in zip(model._static_kv_cache["kv"], kv))
+    model.generate(PROMPTS[:3], 12, temperature=0.0, compile=True)  # another batch size: a new cache
+    assert model._static_kv_cache["kv"][0].size(1) == 3
 
 
 def test_greedy_does_not_depend_on_the_batch():
@@ -262,6 +303,7 @@ def test_stops_after_eos():
         assert row == expected
     assert stopped[2][-1] == eos_id and len(stopped[2]) <= 5
     assert model.generate(PROMPTS, 15, temperature=0.0, eos_id=eos_id, use_cache=False) == stopped
+    assert model.generate(PROMPTS, 15, temperature=0.0, eos_id=eos_id, compile=True) == stopped
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -277,11 +319,11 @@ def test_sampling_stops_at_eos_when_eos_dominates(use_cache):
     assert out == [[eos_id]] * len(PROMPTS)
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_respects_block_size(use_cache):
+@pytest.mark.parametrize("decoding", DECODINGS)
+def test_respects_block_size(decoding):
     model = tiny_model()  # block_size 32
     prompts = [list(range(1, 31)), [3, 1, 4, 1, 5], list(range(32))]
-    out = model.generate(prompts, 100, temperature=0.0, use_cache=use_cache)
+    out = model.generate(prompts, 100, temperature=0.0, **decoding)
     assert [len(p) + len(c) for p, c in zip(prompts, out)] == [32, 32, 32]
     assert out[2] == []
     assert out[:2] == [greedy_by_forward(model, p, 100) for p in prompts[:2]]

@@ -95,6 +95,7 @@ BAD_INPUT = [  # (script, flags, words of the one-line message); {w} is the work
     ("sample.py", ["--out_dir={w}/run", "--start=FILE:{w}/missing.txt"], "missing.txt"),
     ("sample.py", ["--out_dir={w}/run", "--tokenizer=gpt2"], "drop --tokenizer=gpt2"),
     ("sample.py", ["--out_dir={w}/run", "--device=cuda"], "no CUDA GPU is visible"),
+    ("sample.py", ["--out_dir={w}/run", "--compile=True", "--use_cache=False"], "drop --use_cache=False"),
     ("sample.py", ["--out_dir={w}/run", "--dataset={w}/bad_json.jsonl"], "bad_json.jsonl:2: not valid JSON"),
     ("analyze_reward.py", ["--out_dir={w}/nothing_here"], "no checkpoint at"),
     ("analyze_reward.py", ["--out_dir={w}/run", "--samples=samples_test_t1.jsonl"], "run python sample.py"),
