@@ -87,8 +87,8 @@ GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # 124M, 350M, 774
 
 def gpt2_checkpoint(name_or_dir):
     """OpenAI's GPT-2 weights, read by Hugging Face transformers, as a checkpoint of this
-    repository: dict(model=state_dict, model_args=...), which model_from_checkpoint (checkpoint.py)
-    turns into a GPT. name_or_dir is one of GPT2_NAMES (downloaded once, then cached by
+    repository: dict(model=state_dict, model_args=...), which model_from_checkpoint turns into a
+    GPT. name_or_dir is one of GPT2_NAMES (downloaded once, then cached by
     transformers) or a folder that save_pretrained wrote (config.json and the weights). Raises
     ValueError naming the fix when transformers is missing or the model is not a plain GPT-2."""
     try:
