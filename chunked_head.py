@@ -23,9 +23,11 @@ earlier one. So, for each chunk:
     G = c * softmax(logits)                                          the part that needs the logits
     dL/dh += G @ W;  dL/dW += G^T @ h                                matmuls 2 and 3
 
+where the softmax is computed in place of one float32 copy of the logits (q_v_and_exp below), the
+one (chunk_size, V) float32 tensor of the chunk.
 and d_t, which needs v_{t+1} (perhaps in the next chunk), multiplies only onehot(y_t): its part,
 dL/dh_t += d_t W[y_t] and dL/dW[y_t] += d_t h_t, is a gather and a scatter of rows after the last
-chunk. Three head matmuls, like the full path, and at most a few (chunk_size, V) tensors alive.
+chunk. Three head matmuls, like the full path, and at most two (chunk_size, V) tensors alive.
 backward() only scales the stored gradients by the incoming one (the loss is a scalar).
 
 The price of computing the gradient inside forward: it is for this loss only (MLE = td_coef 0 and
@@ -36,7 +38,7 @@ is skipped).
 import torch
 import torch.nn.functional as F
 
-from irl_loss import implied_reward, masked_mean, policy_stats, soft_q_v, soft_q_v_grad, td_mask_of
+from irl_loss import implied_reward, masked_mean, policy_stats, td_mask_of
 
 
 def matmul_dtype(tensor):
@@ -48,6 +50,20 @@ def matmul_dtype(tensor):
 def chunks(n, chunk_size):
     """slice objects covering range(n) in pieces of chunk_size (the last one may be shorter)."""
     return [slice(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
+
+
+def q_v_and_exp(logits, targets):
+    """irl_loss.soft_q_v for one chunk, keeping what its gradient needs: q_t = logits_t[y_t] and
+    v_t = logsumexp(logits_t) in float32, and exps_t = exp(logits_t - max_t) with their sums, so
+    that softmax_t = exps_t / sums_t. exps is made in place of a float32 copy of the logits (of the
+    logits themselves when they are float32): torch.logsumexp and then a softmax would allocate
+    three (chunk_size, V) float32 tensors and pass over them twice as often."""
+    exps = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    q = exps.gather(-1, targets[:, None]).squeeze(-1)  # a copy, taken before exps is overwritten
+    row_max = exps.amax(dim=-1, keepdim=True)
+    sums = exps.sub_(row_max).exp_().sum(dim=-1, keepdim=True)
+    v = (row_max + sums.log()).squeeze(-1)  # logsumexp = max + log sum exp(logits - max)
+    return q, v, exps, sums.squeeze(-1)
 
 
 def accumulate_matmul(out, a, b):
@@ -86,14 +102,15 @@ class ChunkedIRLLoss(torch.autograd.Function):
         grad_w = torch.zeros(w.shape, dtype=float_type, device=h.device) if grad_needed else None
         for rows in chunks(h.size(0), chunk_size):
             logits = h[rows] @ w.T                                        # matmul 1
-            q[rows], v[rows] = soft_q_v(logits, y[rows])
+            q[rows], v[rows], exps, sums = q_v_and_exp(logits, y[rows])
+            del logits  # under bf16; in float32 exps is the logits, overwritten
             if not grad_needed:
                 continue
             prev = (torch.arange(rows.start, rows.stop, device=h.device) - 1).clamp(min=0)
             r_prev = q[prev] - gamma * (1 - done_f[prev]) * v[rows]       # r_{t-1} = q_{t-1} - g' v_t
             c = mask_f[rows] / n_mask - prev_coef[rows] * r_prev          # dL/dv_t
-            G = soft_q_v_grad(logits, y[rows], v[rows], torch.zeros_like(c), c).to(dtype)  # c_t softmax_t
-            del logits  # at most two (chunk_size, V) tensors alive at once
+            G = exps.mul_((c / sums)[:, None]).to(dtype)                  # c_t softmax_t, in place
+            del exps
             grad_h[rows] = G @ w                                          # matmul 2: dL/dh = G W
             accumulate_matmul(grad_w, G.T, h[rows])                       # matmul 3: dL/dW += G^T h
             del G

@@ -92,6 +92,31 @@ def test_never_makes_the_full_logits():
     assert record.numel == B * T * V
 
 
+def peak_bytes_of(fn):
+    """Peak of the bytes fn allocates above what was allocated before (the profiler records each
+    tensor allocation and free on the CPU; bench.py measures memory the same way)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    running = peak = 0
+    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                            if e.name() == "[memory]"):
+        running += nbytes
+        peak = max(peak, running)
+    return peak
+
+
+def test_a_chunk_holds_one_float32_copy_of_its_logits():
+    """Forward (where the gradient is computed) in float32: what stays allocated is dL/dW, dL/dh,
+    q and v and the masks; on top of it a chunk may hold one (chunk, V) tensor, its logits, which
+    become its softmax and then its gradient in place. Two would not fit in the budget."""
+    hidden, weight, targets, loss_mask, done = random_batch(B=4, T=32, C=8, V=4000, dtype=torch.float32)
+    (B, T, C), V, chunk_size = hidden.shape, weight.size(0), 64
+    hidden.requires_grad_(True), weight.requires_grad_(True)
+    peak = peak_bytes_of(lambda: chunked_irl_loss(hidden, weight, targets, loss_mask, done, 0.7, 0.9, chunk_size))
+    kept = 4 * (V * C + B * T * C) + 4 * 64 * B * T  # dL/dW, dL/dh, and (B, T) vectors with room to spare
+    assert 4 * chunk_size * V < peak <= kept + 1.25 * 4 * chunk_size * V, (peak, kept)
+
+
 def test_bfloat16_autocast_keeps_v_float32():
     hidden, weight, targets, loss_mask, done = random_batch(B=3, T=16, C=32, V=300, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
