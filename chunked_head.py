@@ -23,11 +23,10 @@ earlier one. So, for each chunk:
     G = c * softmax(logits)                                          the part that needs the logits
     dL/dh += G @ W;  dL/dW += G^T @ h                                matmuls 2 and 3
 
-where the softmax is computed in place of one float32 copy of the logits (q_v_and_exp below), the
-one (chunk_size, V) float32 tensor of the chunk.
 and d_t, which needs v_{t+1} (perhaps in the next chunk), multiplies only onehot(y_t): its part,
 dL/dh_t += d_t W[y_t] and dL/dW[y_t] += d_t h_t, is a gather and a scatter of rows after the last
-chunk. Three head matmuls, like the full path, and at most two (chunk_size, V) tensors alive.
+chunk. Three head matmuls, like the full path, and at most two (chunk_size, V) tensors alive:
+the logits, and one float32 copy of them in which q_v_and_exp computes the softmax in place.
 backward() only scales the stored gradients by the incoming one (the loss is a scalar).
 
 The price of computing the gradient inside forward: it is for this loss only (MLE = td_coef 0 and
@@ -39,12 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from irl_loss import implied_reward, masked_mean, policy_stats, td_mask_of
-
-
-def matmul_dtype(tensor):
-    """The dtype autocast would run a matmul in (bf16 under bf16 autocast), else the tensor's own."""
-    device_type = tensor.device.type
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else tensor.dtype
+from model import matmul_dtype
 
 
 def chunks(n, chunk_size):
@@ -56,8 +50,8 @@ def q_v_and_exp(logits, targets):
     """irl_loss.soft_q_v for one chunk, keeping what its gradient needs: q_t = logits_t[y_t] and
     v_t = logsumexp(logits_t) in float32, and exps_t = exp(logits_t - max_t) with their sums, so
     that softmax_t = exps_t / sums_t. exps is made in place of a float32 copy of the logits (of the
-    logits themselves when they are float32): torch.logsumexp and then a softmax would allocate
-    three (chunk_size, V) float32 tensors and pass over them twice as often."""
+    logits themselves when they are float32), where torch.logsumexp on a float32 copy and then a
+    separate softmax allocate two or three (chunk_size, V) float32 tensors and pass over more."""
     exps = logits.to(torch.promote_types(logits.dtype, torch.float32))
     q = exps.gather(-1, targets[:, None]).squeeze(-1)  # a copy, taken before exps is overwritten
     row_max = exps.amax(dim=-1, keepdim=True)

@@ -25,6 +25,12 @@ class GPTConfig:
     gelu_approximate: str = "none"  # exact GELU as nanoGPT; 'tanh' for OpenAI's GPT-2 weights ("gelu_new")
 
 
+def matmul_dtype(tensor):
+    """The dtype autocast would run a matmul in (bf16 under bf16 autocast), else the tensor's own."""
+    device_type = tensor.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else tensor.dtype
+
+
 def strip_compile_prefix(state_dict):
     """torch.compile wraps the model, so its state dict names start with '_orig_mod.'; drop that."""
     prefix = "_orig_mod."
@@ -181,17 +187,11 @@ class GPT(nn.Module):
     def new_kv_cache(self, batch_size, max_length):
         """An empty key/value cache for hidden_states(): room for max_length positions of every
         layer, allocated once and filled in place, because appending with torch.cat would copy the
-        whole cache at every new token."""
+        whole cache at every new token. Keys and values are matmul outputs: bf16 under bf16 autocast."""
         n_head, head_size = self.config.n_head, self.config.n_embd // self.config.n_head
         kv = [torch.empty(2, batch_size, n_head, max_length, head_size, device=self.lm_head.weight.device,
-                          dtype=self.attention_dtype()) for _ in range(self.config.n_layer)]  # one tensor per layer
+                          dtype=matmul_dtype(self.lm_head.weight)) for _ in range(self.config.n_layer)]  # one per layer
         return {"kv": kv, "length": 0}
-
-    def attention_dtype(self):
-        """What keys and values are computed in: bf16 under bf16 autocast, else the weights' dtype."""
-        device_type = self.lm_head.weight.device.type
-        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) \
-            else self.lm_head.weight.dtype
 
     def static_kv_cache(self, batch_size, max_length):
         """The cache for decode_step(): kept on the model and handed out again while the batch size,
@@ -200,7 +200,7 @@ class GPT(nn.Module):
         tensor (torch._dynamo.mark_static_address: a CUDA graph reads and writes it where it lies).
         Zero-filled: decode_step's attention reads the slots not written yet, masked to weight 0,
         and 0 * NaN from uninitialised memory would still be NaN."""
-        key = (batch_size, -(-max_length // 64) * 64, self.attention_dtype(), self.lm_head.weight.device)
+        key = (batch_size, -(-max_length // 64) * 64, matmul_dtype(self.lm_head.weight), self.lm_head.weight.device)
         if (getattr(self, "_static_kv_cache", None) or {}).get("key") != key:
             self._static_kv_cache = None  # free the old one first
             self._static_kv_cache = dict(self.new_kv_cache(batch_size, key[1]), key=key)
