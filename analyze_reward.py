@@ -50,9 +50,9 @@ import sys
 import numpy as np
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint, save_figure, tokenizer_of, write_atomically
-from configurator import configure
-from dataset import encode_example, fit_to_block, load_dataset, make_batch
+from checkpoint import check_out_dir, load_checkpoint, model_from_checkpoint, save_figure, tokenizer_of, write_atomically
+from configurator import check_device, configure
+from dataset import encode_example, fit_to_block, jsonl_rows, load_dataset, make_batch
 from features import feature_matrix, is_eos, least_squares, load_features, token_texts
 from irl_loss import q_and_v, token_rewards
 import metrics
@@ -69,7 +69,7 @@ features = ""  # a .py file of feature functions (see features.py); '' = the tas
 heatmap_rows = 4  # expert completions and samples, each, drawn in the heatmaps
 batch_size = 64  # completions scored together
 seed = 1337  # seed of the corruptions
-device = ""  # '' = cuda if available, else cpu
+device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:1 | mps
 # -----------------------------------------------------------------------------
 settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
@@ -183,10 +183,29 @@ for path in [p for p in out_dir.split(",") if p]:
 if not runs:
     fail("--out_dir names no run; give a folder with ckpt.pt, or several: --out_dir=out/irl,out/mle")
 samples_name = "" if samples == "none" else samples or f"samples_{split}_t1.jsonl"
-device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-if device.startswith("cuda") and not torch.cuda.is_available():
-    fail(f"--device={device} but no CUDA GPU is visible; use --device=cpu")
+results = results or runs[0]["folder"]
+
+
+def read_samples(path, folder, source):
+    """sample.py's rows in path as completions to score; ValueError naming the line of a bad one."""
+    rows = []
+    for line_no, row in jsonl_rows(path, "samples file"):
+        metric = row.get("correct", row.get("rougeL")) if isinstance(row, dict) else None  # arith: 0/1; text: ROUGE-L
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(row.get("sample"), str) \
+                or not (metric is None or isinstance(metric, (bool, int, float)) and math.isfinite(metric)):
+            raise ValueError(f"{path}:{line_no} is not a sample.py row; write the file again with python sample.py "
+                             f"--out_dir={folder}")
+        if row["sample"] or row.get("terminated"):  # an empty, unfinished sample has no tokens
+            rows.append(dict(kind="sample", source=source, prompt=row["prompt"],
+                             completion=row["sample"], terminated=bool(row.get("terminated", True)),
+                             metric=None if metric is None else float(metric)))
+    return rows
+
+
+samples_of = {}  # run name -> its samples (prompt, completion, terminated, metric), read once
 try:
+    device = check_device(device)
+    check_out_dir(results, "results")
     for run in runs:
         checkpoint = load_checkpoint(run["ckpt"])
         run.update(tok=tokenizer_of(checkpoint, tokenizer), model=model_from_checkpoint(checkpoint).to(device).eval(),
@@ -195,37 +214,22 @@ try:
         if samples_name and not os.path.exists(os.path.join(run["folder"], samples_name)):
             raise ValueError(f"no {samples_name} in {run['folder']}; run python sample.py --out_dir={run['folder']} "
                              f"first, or pass --samples=none")
+        samples_of[run["name"]] = read_samples(os.path.join(run["folder"], samples_name), run["folder"],
+                                               run["name"]) if samples_name else []
     checkpoint = None
     data = load_dataset(dataset or runs[0]["config"].get("dataset", "arith"), runs[0]["tok"])
     if not data["splits"].get(split):
         raise ValueError(f"the dataset has no {split!r} split; use --split=val or --split=test")
     feature_set = load_features(features, data["task"])
     pairs = data["splits"][split][:max_prompts or None]
-    for run in runs:
-        for prompt, completion in pairs:
-            encode_example(run["tok"], prompt, completion)  # a tokenizer that cannot encode the data fails here
+    every_sample = [(r["prompt"], r["completion"]) for rows in samples_of.values() for r in rows]
+    for run in runs:  # every run scores the data and every run's samples (pooled)
+        for prompt, completion in pairs + every_sample:
+            encode_example(run["tok"], prompt, completion)  # a tokenizer that cannot encode them fails here
 except (ValueError, OSError, SyntaxError) as err:
     fail(err)
 task_module = importlib.import_module(f"data.{data['task']}.prepare") if data["task"] != "text" else None
 corrupt = getattr(task_module, "corrupt", shuffle_words)
-samples_of = {}  # run name -> its samples (prompt, completion, terminated, metric), read once
-for run in runs:
-    samples_of[run["name"]] = []
-    if samples_name:
-        path = os.path.join(run["folder"], samples_name)
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                try:
-                    row = json.loads(line)
-                    row["prompt"], row["sample"]
-                except (ValueError, TypeError, KeyError):
-                    fail(f"{path}:{line_no} is not a sample.py row; write the file again with python sample.py "
-                         f"--out_dir={run['folder']}")
-                metric = row.get("correct", row.get("rougeL"))  # arith: 0/1 correct; text: ROUGE-L
-                if row["sample"] or row.get("terminated"):        # an empty, unfinished sample has no tokens
-                    samples_of[run["name"]].append(dict(
-                        kind="sample", source=run["name"], prompt=row["prompt"], completion=row["sample"],
-                        terminated=bool(row.get("terminated", True)), metric=None if metric is None else float(metric)))
 rng = random.Random(seed)
 corrupted = []
 for prompt, completion in pairs:
@@ -278,9 +282,9 @@ for run in runs:
 
     # instructed features: r_t of the expert completions' tokens (those that have a reward)
     has_reward = np.array([x is not None for r in experts for x in r["rewards"]], dtype=bool)
-    X = feature_matrix([r["tokens"] for r in experts], feature_set)[has_reward]
     y = np.array([x for r in experts for x in r["rewards"] if x is not None])
     try:
+        X = feature_matrix([r["tokens"] for r in experts], feature_set)[has_reward]
         fit = least_squares(X, y)
     except ValueError as err:
         fail(f"{err} (features of run {run['name']})")
@@ -294,14 +298,21 @@ for run in runs:
     print(f"{run['name']} ({s['loss']}, td_coef {s['td_coef']}): return expert {fmt(s['expert_return_mean'])}, "
           f"sample {fmt(s['sample_return_mean'])}, corrupted {fmt(s['corrupt_return_mean'])}; "
           f"expert > corrupted {fmt(s['expert_above_corrupt'])} of {s['corrupt_pairs']}")
-    print(f"  return vs {s['metric']}: Spearman {fmt(rho)} +- {fmt(rho_se)} (log p alone: "
-          f"{fmt(s['spearman_log_prob_metric'])}) over its {len(with_metric)} samples"
+    if len({r["metric"] for r in with_metric}) == 1:  # nothing to rank: say so rather than print n/a
+        correlation = f"constant ({with_metric[0]['metric']:g}) over its {len(with_metric)} samples, no rank correlation"
+    else:
+        correlation = (f"Spearman {fmt(rho)} +- {fmt(rho_se)} (log p alone: {fmt(s['spearman_log_prob_metric'])}) "
+                       f"over its {len(with_metric)} samples")
+    print(f"  return vs {s['metric']}: {correlation}"
           + (f", {fmt(rho_pooled)} +- {fmt(rho_pooled_se)} over all runs' {len(pooled)}" if pooled else "")
           + f"; pick rate {fmt(rate)} vs chance {fmt(chance)} on {n_pick} prompts")
     print(f"  v0 {s['v0_mean']:.3f} +- {s['v0_std']:.3f}; Spearman(v0, expert surprisal) "
           f"{fmt(s['spearman_v0_expert_surprisal'])}; features R^2 {fmt(s['feature_r2'])} on {fit['n']} tokens")
-    for (name, _, _), w, lo, hi in zip(feature_set, fit["weights"], fit["ci_low"], fit["ci_high"]):
-        print(f"    {name:20s} {w:+.3f}  [{lo:+.3f}, {hi:+.3f}]")
+    for (name, _, _), column, w, lo, hi in zip(feature_set, X.T, fit["weights"], fit["ci_low"], fit["ci_high"]):
+        if math.isnan(w):  # a constant feature has no weight of its own (least_squares): say why
+            print(f"    {name:20s} " + ("never fires" if not column.any() else f"constant ({column[0]:g} on every token)"))
+        else:
+            print(f"    {name:20s} {w:+.3f}  [{lo:+.3f}, {hi:+.3f}]")
 telescoping = ("return = sum_k gamma^k log pi_k + v0 on terminated completions: max abs error "
                + ", ".join(f"{fmt(r['summary']['telescoping_max_abs_error'], '.2e')} ({r['name']}, "
                            f"{r['summary']['telescoping_checked']} completions)" for r in runs))
@@ -316,13 +327,18 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
 
-results = results or runs[0]["folder"]
-os.makedirs(results, exist_ok=True)
+try:
+    os.makedirs(results, exist_ok=True)
+except OSError as err:
+    fail(f"cannot make --results={results} ({err.strerror})")
 figures = []
 
 
 def save(fig, name):
-    save_figure(fig, os.path.join(results, name), dpi=120, bbox_inches="tight")
+    try:
+        save_figure(fig, os.path.join(results, name), dpi=120, bbox_inches="tight")
+    except ValueError as err:
+        fail(err)
     plt.close(fig)
     figures.append(name)
 
@@ -452,5 +468,8 @@ for run in runs:
     outputs[f"reward_tokens_{run['name']}.jsonl"] = "".join(  # 5 decimals: float32 has about 7 digits
         json.dumps({k: short(r[k]) for k in keep if k in r}) + "\n" for r in run["rows"])
 for name, text in outputs.items():
-    write_atomically(os.path.join(results, name), text)
+    try:
+        write_atomically(os.path.join(results, name), text)
+    except ValueError as err:
+        fail(err)
 print(f"wrote {', '.join(figures + list(outputs))} to {results}")

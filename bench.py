@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from chunked_head import chunked_irl_loss
-from configurator import configure
+from configurator import check_device, configure, parse_list, stop_on_interrupt
 from irl_loss import irl_loss, q_and_v
 from model import GPT, GPTConfig
 
@@ -53,7 +53,7 @@ warmup = 3  # untimed steps per variant
 max_new_tokens = 256  # sampling: new tokens per prompt
 sample_batch = 8  # sampling: prompts generated together (16 tokens each)
 temperature = 1.0  # sampling temperature; 0 = greedy (no random draw over the vocabulary)
-device = ""  # '' = cuda if available else cpu
+device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:1 | mps
 dtype = "float32"  # float32 | bfloat16 (autocast)
 compile = False  # torch.compile the models (not the sampling)
 compile_decode = False  # also time generate(compile=True): the decode step compiled, a CUDA graph on a GPU
@@ -67,13 +67,14 @@ RANGES = {k: (1, None) for k in ("batch_size", "block_size", "n_layer", "n_head"
                                   "max_new_tokens", "sample_batch")}
 RANGES.update(td_coef=(0, None), warmup=(0, None), temperature=(0, None), threads=(0, None))
 globals().update(configure(settings, __file__, ranges=RANGES))
-device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-if device.startswith("cuda") and not torch.cuda.is_available():
-    raise SystemExit(f"bench.py: error: --device={device} but no CUDA GPU is visible; use --device=cpu")
+stop_on_interrupt("bench.py", "it writes no files")
+try:
+    device = check_device(device)
+    vocabs = parse_list("vocab_sizes", vocab_sizes, int, low=2)
+except ValueError as err:
+    raise SystemExit(f"bench.py: error: {err}")
 if dtype not in ("float32", "bfloat16"):
     raise SystemExit(f"bench.py: error: --dtype={dtype!r}; use float32 or bfloat16")
-if not all(v.strip().isdigit() and int(v) > 1 for v in vocab_sizes.split(",")):
-    raise SystemExit(f"bench.py: error: --vocab_sizes={vocab_sizes!r}; give whole numbers > 1, e.g. 32,50304")
 if n_embd % n_head:
     raise SystemExit(f"bench.py: error: --n_embd={n_embd} must be a multiple of --n_head={n_head}")
 cuda = device.startswith("cuda")
@@ -276,7 +277,6 @@ def run(vocab_size):
 
 
 if __name__ == "__main__":
-    vocabs = [int(v) for v in vocab_sizes.split(",")]
     results = {vocab: run(vocab) for vocab in vocabs}
     print(f"\nratios ({device} {dtype}; memory = peak above the step's start)")
     print(f"  {'':37s}" + "".join(f"{'V=' + str(v):>10s}" for v in vocabs) + "  target")

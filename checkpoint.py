@@ -1,57 +1,257 @@
 """
-Checkpoints: written atomically, read safely, turned back into a model and its tokenizer, or made
-from OpenAI's GPT-2 weights; and write_atomically() and save_figure() for the other files the
-scripts write (logs, samples, results).
+Checkpoints: written atomically, read safely and checked field by field, turned back into a model
+and its tokenizer, or made from OpenAI's GPT-2 weights; and the other files the scripts write
+(logs, samples, results): write_atomically(), save_figure(), and check_out_dir() /
+check_output_path() / lock_out_dir() for where they go.
 
 A train.py checkpoint is a dict: model (state dict), optimizer, model_args, config, iter_num,
 best_val_loss, tokenizer (tokenizer.py state), rng. A nanoGPT ckpt.pt has the same model,
 model_args and optimizer keys but no tokenizer. Loading uses weights_only=True: a downloaded
-file cannot run code.
+file cannot run code. Every field the scripts read is checked when it is loaded, so that a bad
+file stops with one line naming the file and the field, not a traceback later.
+
+Every file is written to a temporary file in the same folder, with a name no other process
+shares (tempfile.mkstemp), fsynced, then renamed over the old one: a crash, Ctrl-C or a full
+disk leaves either the old file or the new one, whole, and no temporary file behind.
 """
+import fcntl
 import os
+import tempfile
 
 import torch
 
 from model import GPT, GPTConfig, strip_compile_prefix
-from tokenizer import tokenizer_from_state
+from tokenizer import check_tokenizer_state, tokenizer_from_state
+
+LOCK_FILE = "run.lock"  # in an out_dir: held (flock) by the process that trains into it
+UMASK = os.umask(0o022)  # mkstemp makes files only the owner can read; renamed files get the usual mode
+os.umask(UMASK)
+held_locks = []  # the open lock files: a lock lasts as long as the process (the kernel drops it at exit)
+
+
+def replace_atomically(path, write, suffix=".tmp"):
+    """write(tmp_path) a temporary file next to path, fsync it, rename it to path. ValueError with
+    one line when the write fails (a full disk, a read-only folder); path is then untouched."""
+    folder = os.path.dirname(path) or "."
+    try:
+        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=suffix)
+    except OSError as err:
+        raise ValueError(f"cannot write {path} ({err.strerror})") from None
+    try:
+        os.close(fd)
+        write(tmp_path)
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~UMASK)
+        os.replace(tmp_path, path)
+    except BaseException as err:  # an error, a full disk, Ctrl-C: no temporary file stays behind
+        try:
+            os.remove(tmp_path)
+        except OSError:
+            pass
+        if isinstance(err, (OSError, RuntimeError)):  # torch.save reports a failed write as a RuntimeError
+            message = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+            kept = "the previous file is kept" if os.path.exists(path) else "nothing was written"
+            raise ValueError(f"cannot write {path} ({message}); {kept}") from None
+        raise
 
 
 def write_atomically(path, text):
     """Write a text file (a log, results) through a temporary file and a rename: never half a file."""
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
+    def write(tmp_path):
+        with open(tmp_path, "w", encoding="utf-8") as f:
+            f.write(text)
+    replace_atomically(path, write)
 
 
 def save_figure(fig, path, **savefig_args):
     """A matplotlib figure saved the same way: a temporary file, then a rename."""
-    fig.savefig(path + ".tmp.png", **savefig_args)  # the .png ending tells matplotlib the format
-    os.replace(path + ".tmp.png", path)
+    replace_atomically(path, lambda tmp_path: fig.savefig(tmp_path, **savefig_args),
+                       suffix=os.path.splitext(path)[1])  # the ending (.png) tells matplotlib the format
 
 
 def save_checkpoint(checkpoint, path):
     """torch.save to a temporary file, fsync, then rename: a crash never leaves half a ckpt.pt."""
-    tmp_path = path + ".tmp"
-    torch.save(checkpoint, tmp_path)
-    with open(tmp_path, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp_path, path)
+    replace_atomically(path, lambda tmp_path: torch.save(checkpoint, tmp_path))
 
 
-def load_checkpoint(path):
-    """The checkpoint dict at path; ValueError with the fix when it is missing or unreadable."""
+def check_out_dir(folder, flag="out_dir"):
+    """ValueError with one line unless folder exists as a writable folder or can be made: checked
+    before any data or model is loaded, and without creating anything."""
+    if not folder:
+        raise ValueError(f"--{flag}='' names no folder; give one, e.g. --{flag}=out")
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):  # the nearest folder that exists is where the rest is made
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"--{flag}={folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--{flag}={folder}: {existing} is read-only; give a folder you can write")
+
+
+def check_output_path(path, flag="out_file"):
+    """check_out_dir() for the folder of an output file, and the file must not be a folder."""
+    if os.path.isdir(path):
+        raise ValueError(f"--{flag}={path} is a folder; give a file name")
+    check_out_dir(os.path.dirname(path) or ".", flag)
+
+
+def lock_out_dir(folder):
+    """Make folder and lock it for this process (flock on folder/LOCK_FILE, held until the process
+    ends, a kill included: the kernel drops the lock, so it is never stale). A second process
+    on the same folder gets ValueError at once."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise ValueError(f"{folder} is in use by another process{f' (pid {owner})' if owner else ''}; "
+                         f"wait for it to finish, or use another folder") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for the message above
+    held_locks.append(fd)
+    return fd
+
+
+MODEL_ARGS = dict(n_layer=int, n_head=int, n_embd=int, block_size=int, vocab_size=int, bias=bool)  # required
+RESUME_FIELDS = dict(optimizer=dict, config=dict, iter_num=int, best_val_loss=(int, float), rng=dict)
+
+
+def load_checkpoint(path, for_resume=False):
+    """The checkpoint dict at path, every field the scripts read checked: ValueError with one line
+    naming the file and the field otherwise. for_resume: also what --init_from=resume reads (the
+    optimizer, config, iter_num, best_val_loss, rng and, for GAIL, its models)."""
     if not os.path.exists(path):
         raise ValueError(f"no checkpoint at {path}; train one with train.py or fix the path")
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise ValueError(f"cannot read checkpoint {path}: it is {'empty' if os.path.isfile(path) else 'not a file'}; "
+                         f"it must be a ckpt.pt written by train.py or nanoGPT")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        checkpoint["model"] = strip_compile_prefix(checkpoint["model"])
-        checkpoint["model_args"]
     except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+        first = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:120]  # torch's are paragraphs long
+        raise ValueError(f"cannot read checkpoint {path} ({type(err).__name__}: {first}); "
                          f"it must be a ckpt.pt written by train.py or nanoGPT") from None
+    check_checkpoint(checkpoint, path, for_resume)
+    checkpoint["model"] = strip_compile_prefix(checkpoint["model"])
     return checkpoint
+
+
+def check_checkpoint(checkpoint, path, for_resume=False):
+    """ValueError naming path and the first field of checkpoint that is missing or wrong."""
+    def bad(field, problem):
+        raise ValueError(f"checkpoint {path}: {field} {problem}; it must be a ckpt.pt written by train.py or nanoGPT")
+
+    def kind_of(value):
+        return type(value).__name__
+    if not isinstance(checkpoint, dict):
+        bad("the file", f"holds a {kind_of(checkpoint)}, not a checkpoint dict")
+    for field in ("model", "model_args") + (tuple(RESUME_FIELDS) if for_resume else ()):
+        if field not in checkpoint:
+            bad(field, "is missing")
+        if field in RESUME_FIELDS and not isinstance(checkpoint[field], RESUME_FIELDS[field]):
+            bad(field, f"is a {kind_of(checkpoint[field])}")
+    args = checkpoint["model_args"]
+    if not isinstance(args, dict):
+        bad("model_args", f"is a {kind_of(args)}, not a dict")
+    for key, kind in MODEL_ARGS.items():
+        value = args.get(key)
+        if key not in args or not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 1)):
+            bad(f"model_args[{key!r}]", f"is {value!r}, not {'a whole number >= 1' if kind is int else 'True or False'}")
+    if args["n_embd"] % args["n_head"]:
+        bad("model_args", f"has n_embd={args['n_embd']}, not a multiple of n_head={args['n_head']}")
+    if not isinstance(args.get("dropout", 0.0), (int, float)) or not 0 <= args.get("dropout", 0.0) < 1:
+        bad("model_args['dropout']", f"is {args['dropout']!r}, not a number in [0, 1)")
+    if args.get("gelu_approximate", "none") not in ("none", "tanh"):
+        bad("model_args['gelu_approximate']", f"is {args['gelu_approximate']!r}, not 'none' or 'tanh'")
+    model = meta_model(args)
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    check_weights(checkpoint["model"], expected, path, "model")
+    if "tokenizer" in checkpoint:
+        try:
+            vocab_size = check_tokenizer_state(checkpoint["tokenizer"])
+        except ValueError as err:
+            bad("tokenizer", f"is not a tokenizer state ({err})")
+        if vocab_size > args["vocab_size"]:
+            bad("tokenizer", f"has {vocab_size} tokens, more than model_args['vocab_size']={args['vocab_size']}")
+    config = checkpoint.get("config", {})
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        bad("config", f"is a {kind_of(config)}, not a dict of settings")
+    for key, kinds in (("dataset", str), ("loss", str), ("tokenizer", str), ("gamma", (int, float)),
+                       ("td_coef", (int, float))):  # what sample.py and analyze_reward.py read
+        if key in config and (not isinstance(config[key], kinds) or isinstance(config[key], bool)):
+            bad(f"config[{key!r}]", f"is {config[key]!r}, of the wrong type")
+    iter_num = checkpoint.get("iter_num", 0)
+    if not isinstance(iter_num, int) or isinstance(iter_num, bool) or iter_num < 0:
+        bad("iter_num", f"is {iter_num!r}, not a whole number >= 0")
+    if not for_resume:
+        return
+    check_optimizer(checkpoint["optimizer"], model, "optimizer", bad)
+    rng, size = checkpoint["rng"], torch.get_rng_state().numel()
+    if not isinstance(rng.get("data"), list) or not rng["data"]:
+        bad("rng['data']", "is not a list of data generator states")
+    states = [("rng['torch']", rng.get("torch"))] + [(f"rng['data'][{i}]", s) for i, s in enumerate(rng["data"])]
+    for field, state in states:  # what torch.set_rng_state and Generator.set_state accept
+        if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8 or state.numel() != size:
+            bad(field, f"is not a random generator state ({size} bytes)")
+    if rng.get("cuda") is not None and (not isinstance(rng["cuda"], torch.Tensor) or rng["cuda"].dtype != torch.uint8):
+        bad("rng['cuda']", "is not a CUDA random generator state")
+    if not isinstance(checkpoint.get("samples", []), list):
+        bad("samples", f"is a {kind_of(checkpoint['samples'])}, not a list")
+    if config.get("loss") == "gail":
+        parts = checkpoint.get("gail")
+        if not isinstance(parts, dict) or not all(isinstance(parts.get(k), dict) for k in
+                                                  ("discriminator", "disc_optimizer", "reference")):
+            bad("gail", "is missing or lacks discriminator, disc_optimizer or reference")
+        check_weights(parts["reference"], expected, path, "gail['reference']")
+
+
+def meta_model(model_args):
+    """The GPT model_args describe, on the meta device: its shapes without its memory."""
+    with torch.device("meta"):
+        return GPT(GPTConfig(**{k: model_args[k] for k in GPTConfig.__dataclass_fields__ if k in model_args}))
+
+
+def check_weights(state_dict, expected, path, field):
+    """ValueError unless state_dict has exactly the expected {name: shape} floating-point, finite tensors."""
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"checkpoint {path}: {field} is a {type(state_dict).__name__}, not a state dict")
+    state_dict = strip_compile_prefix(state_dict)
+    missing, extra = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
+    if missing or extra:
+        raise ValueError(f"checkpoint weights do not fit its model_args ({path}: {field} "
+                         + (f"lacks {missing[0]})" if missing else f"has an unexpected {extra[0]})"))
+    for name, tensor in state_dict.items():
+        problem = ("is not a tensor" if not isinstance(tensor, torch.Tensor) else
+                   f"has dtype {tensor.dtype}, not floating point" if not tensor.is_floating_point() else
+                   f"has shape {tuple(tensor.shape)}, model_args make {expected[name]}"
+                   if tuple(tensor.shape) != expected[name] else
+                   "has NaN or infinite values" if not torch.isfinite(tensor).all() else "")
+        if problem:
+            raise ValueError(f"checkpoint weights do not fit its model_args ({path}: {field}[{name!r}] {problem})")
+
+
+def check_optimizer(state, model, field, bad):
+    """The AdamW state dict that model.configure_optimizers' optimizer would load: its groups hold
+    the model's parameters, in order, and each moment has its parameter's shape."""
+    reference = model.configure_optimizers(0.0, 1.0, (0.9, 0.9), "cpu")
+    shapes = [tuple(p.shape) for group in reference.param_groups for p in group["params"]]
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    if not isinstance(groups, list) or not isinstance(state.get("state"), dict) or \
+            [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups] != \
+            [len(g["params"]) for g in reference.param_groups]:
+        bad(field, "does not hold the optimizer state of this model's parameters")
+    for index, moments in state["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(shapes) or not isinstance(moments, dict):
+            bad(field, f"has state for a parameter {index!r} the model does not have")
+        for name, tensor in moments.items():
+            if not isinstance(tensor, torch.Tensor) or (name != "step" and tuple(tensor.shape) != shapes[index]):
+                bad(f"{field}['state'][{index}][{name!r}]", f"does not fit parameter {index} of shape {shapes[index]}")
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                bad(f"{field}['state'][{index}][{name!r}]", "has NaN or infinite values")
 
 
 def model_from_checkpoint(checkpoint, dropout=None):

@@ -37,7 +37,7 @@ is skipped).
 import torch
 import torch.nn.functional as F
 
-from irl_loss import implied_reward, masked_mean, policy_stats, td_mask_of
+from irl_loss import implied_reward, irl_loss, policy_stats, td_mask_of
 from model import matmul_dtype
 
 
@@ -73,12 +73,11 @@ def accumulate_matmul(out, a, b):
 
 
 class ChunkedIRLLoss(torch.autograd.Function):
-    """irl_loss(q_and_v(hidden @ weight^T, targets), ...) and its gradient, chunk by chunk.
-    Returns (loss, q, v); q and v (B, T) carry no gradient: they are for the statistics."""
+    """irl_loss(q_and_v(hidden @ weight^T, targets), ...) and its gradient, chunk by chunk. Returns
+    the loss; irl_loss's statistics go into the dict `stats` (an autograd Function returns tensors only)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, loss_mask, done, td_coef, gamma, chunk_size, stop_grad_next_v,
-                grad_needed):
+    def forward(ctx, hidden, weight, targets, loss_mask, done, td_coef, gamma, chunk_size, grad_needed, stats):
         dtype = matmul_dtype(hidden)  # the matmuls in bf16 under autocast, as the full path's lm_head
         h, w, y = hidden.flatten(0, 1).to(dtype), weight.to(dtype), targets.flatten()
         float_type = torch.promote_types(dtype, torch.float32)
@@ -87,8 +86,6 @@ class ChunkedIRLLoss(torch.autograd.Function):
         n_mask, n_td = mask.sum().clamp(min=1.0), td_mask.sum().clamp(min=1.0)  # N, M
         # c_t = mask_t / N - prev_coef_t r_{t-1}; prev_coef is 0 at a row's first position
         prev_coef = F.pad(2 * td_coef * gamma * td_mask * (1 - done) / n_td, (1, 0))[:, :-1]
-        if stop_grad_next_v:  # no gradient through v_{t+1}: c_t = mask_t / N
-            prev_coef = torch.zeros_like(prev_coef)
         mask_f, done_f, prev_coef = mask.flatten(), done.flatten(), prev_coef.flatten()
         q = torch.zeros(h.size(0), dtype=float_type, device=h.device)  # zeros: q[-1] is read (times 0)
         v = torch.zeros_like(q)
@@ -109,37 +106,37 @@ class ChunkedIRLLoss(torch.autograd.Function):
             accumulate_matmul(grad_w, G.T, h[rows])                       # matmul 3: dL/dW += G^T h
             del G
         q, v = q.view_as(targets), v.view_as(targets)
-        reward = implied_reward(q, v, done, gamma)                       # r_t = q_t - g' v_{t+1}
-        loss = masked_mean(v - q, mask) + td_coef * masked_mean(reward.square(), td_mask)
-        if grad_needed:  # the onehot part: d_t onehot(y_t) through the matmul is a gather and a scatter
+        loss, loss_stats = irl_loss(q, v, mask, done, td_coef, gamma)  # the loss and its statistics, once
+        stats.update(loss_stats)
+        if grad_needed:
+            reward = implied_reward(q, v, done, gamma)                   # r_t = q_t - g' v_{t+1}  # the onehot part: d_t onehot(y_t) through the matmul is a gather and a scatter
             d = (-mask / n_mask + 2 * td_coef * td_mask * reward / n_td).flatten()  # dL/dq_t
             grad_h += d[:, None] * w[y].to(float_type)                    # dL/dh_t += d_t W[y_t]
             grad_w.index_add_(0, y, d[:, None] * h.to(float_type))        # dL/dW[y_t] += d_t h_t
             ctx.save_for_backward(grad_h, grad_w)
-        ctx.mark_non_differentiable(q, v)
         ctx.hidden_shape, ctx.dtypes = hidden.shape, (hidden.dtype, weight.dtype)
-        return loss, q, v
+        return loss
 
     @staticmethod
-    def backward(ctx, grad_loss, grad_q, grad_v):
+    def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
         hidden_dtype, weight_dtype = ctx.dtypes
         return ((grad_h * grad_loss).to(hidden_dtype).view(ctx.hidden_shape), (grad_w * grad_loss).to(weight_dtype),
                 None, None, None, None, None, None, None, None)
 
 
-def chunked_irl_loss(hidden, weight, targets, loss_mask, done, td_coef, gamma=1.0, chunk_size=1024,
-                     stop_grad_next_v=False):
-    """(loss, q, v): the loss of irl_loss.irl_loss on the logits hidden @ weight^T, chunk_size
-    positions at a time, with the same value and gradient as the full path. hidden (B, T, C) final
+def chunked_irl_loss(hidden, weight, targets, loss_mask, done, td_coef, gamma=1.0, chunk_size=1024):
+    """(loss, stats) of irl_loss.irl_loss on the logits hidden @ weight^T, chunk_size positions at
+    a time, with the same value, statistics and gradient as the full path. hidden (B, T, C) final
     hidden states, weight (V, C) the tied head; padding targets (-1) read index 0, the masks remove
-    them. q and v are detached, for irl_loss's statistics. Call it inside the autocast context the
-    model ran in."""
+    them. Call it inside the autocast context the model ran in."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1")
     grad_needed = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)  # not in eval
-    return ChunkedIRLLoss.apply(hidden, weight, targets.clamp(min=0), loss_mask, done, td_coef, gamma,
-                                chunk_size, stop_grad_next_v, grad_needed)
+    stats = {}
+    loss = ChunkedIRLLoss.apply(hidden, weight, targets.clamp(min=0), loss_mask, done, td_coef, gamma,
+                                chunk_size, grad_needed, stats)
+    return loss, stats
 
 
 @torch.no_grad()

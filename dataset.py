@@ -22,34 +22,63 @@ import importlib
 import json
 import os
 import random
+import sys
 
 import torch
 
-from tokenizer import CharTokenizer, GPT2Tokenizer, tokenizer_from_state
+from checkpoint import check_out_dir
+from configurator import configure, read_text
+from tokenizer import CharTokenizer, GPT2Tokenizer, check_tokenizer_state, tokenizer_from_state
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 SPLITS = ("train", "val", "test")
 
 
+def jsonl_rows(path, what="JSONL file"):
+    """(line number, row) for each non-blank line of a JSONL file; ValueError naming the file and
+    the line that is not UTF-8 or not JSON."""
+    for line_no, line in enumerate(read_text(path, what).split("\n"), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as err:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({getattr(err, 'msg', err)})") from None
+            yield line_no, row
+
+
 def read_jsonl(path):
     """The rows of a JSONL file as (prompt, completion) pairs; one clear error per bad line."""
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg}); "
-                                 f'each line must be {{"prompt": ..., "completion": ...}}') from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
-                    or not isinstance(row.get("completion"), str):
-                raise ValueError(f'{path}:{line_no}: needs string fields "prompt" and "completion"')
-            pairs.append((row["prompt"], row["completion"]))
+    for line_no, row in jsonl_rows(path):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
+                or not isinstance(row.get("completion"), str):
+            raise ValueError(f'{path}:{line_no}: needs string fields "prompt" and "completion"')
+        pairs.append((row["prompt"], row["completion"]))
     if not pairs:
         raise ValueError(f"{path} has no examples; add JSONL rows with prompt and completion")
     return pairs
+
+
+def read_meta(path):
+    """A dataset's meta.json: {name, task, tokenizer}, each optional, each checked (file and line)."""
+    try:
+        meta = json.loads(read_text(path, "meta.json"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f'{path}: must be a JSON object like {{"name": ..., "task": ..., "tokenizer": ...}}')
+    if not isinstance(meta.get("name", ""), str):
+        raise ValueError(f"{path}: name is {meta['name']!r}, not a string")
+    task = meta.get("task", "text")
+    if task != "text" and not (isinstance(task, str) and task.isidentifier()
+                               and os.path.exists(os.path.join(DATA_DIR, task, "prepare.py"))):
+        raise ValueError(f"{path}: task {task!r} has no verifier (data/<task>/prepare.py); use text or arith")
+    if "tokenizer" in meta:
+        try:
+            check_tokenizer_state(meta["tokenizer"])
+        except ValueError as err:
+            raise ValueError(f"{path}: tokenizer: {err}") from None
+    return meta
 
 
 def load_dataset(dataset, tokenizer=""):
@@ -77,8 +106,11 @@ def load_dataset(dataset, tokenizer=""):
             print(f"preparing data/{dataset} (first use) ...")
             importlib.import_module(f"data.{dataset}.prepare").prepare()
         if os.path.exists(os.path.join(folder, "meta.json")):
-            with open(os.path.join(folder, "meta.json")) as f:
-                meta = json.load(f)
+            meta = read_meta(os.path.join(folder, "meta.json"))
+        for s in ("train", "val"):
+            if not os.path.exists(os.path.join(folder, f"{s}.jsonl")):
+                raise ValueError(f"{folder} has no {s}.jsonl; a dataset folder needs train.jsonl and val.jsonl "
+                                 f"(test.jsonl is optional)")
         splits = {s: read_jsonl(os.path.join(folder, f"{s}.jsonl")) for s in SPLITS
                   if os.path.exists(os.path.join(folder, f"{s}.jsonl")) or s != "test"}
         name = meta.get("name", os.path.basename(os.path.normpath(folder)))
@@ -97,6 +129,19 @@ def load_dataset(dataset, tokenizer=""):
     task = meta.get("task", "text")
     verify = importlib.import_module(f"data.{task}.prepare").verify if task != "text" else None
     return dict(name=name, task=task, splits=splits, tokenizer=tok, verify=verify)
+
+
+def prepare_main(prepare, script_path):
+    """`python data/<name>/prepare.py [--out_dir=folder]`: prepare(folder) (default: the script's
+    own), with one line for a bad flag, a folder that cannot be written or a failed write."""
+    out_dir = configure(dict(out_dir=""), script_path)["out_dir"] or os.path.dirname(os.path.abspath(script_path))
+    try:
+        check_out_dir(out_dir)
+        prepare(out_dir)
+    except (ValueError, OSError) as err:
+        sys.exit(f"prepare.py: error: {err}")
+    counts = {split: read_text(os.path.join(out_dir, f"{split}.jsonl")).count("\n") for split in SPLITS}
+    print(f"wrote {out_dir}: " + ", ".join(f"{split} {n}" for split, n in counts.items()))
 
 
 def encode_example(tok, prompt, completion=None):

@@ -10,7 +10,8 @@ per (system, temperature) with standard-error bars.
 
 Every run goes to results/<task>/<run>/ and is skipped when its files already exist, so an
 interrupted experiment continues where it stopped (small_data reuses arith's 100% runs when they
-are there). Writes results/<task>/figure.png and table.md.
+are there). Writes results/<task>/figure.png and table.md. Ctrl-C (or a run that fails) stops the
+runs in progress at once; what they saved is kept, and the same command continues from there.
 
 Runs go `jobs` at a time, each on one thread: on a 2-core CPU two one-thread runs finish ~1.4x
 sooner than the same two runs one after another on two threads (the model is too small for two
@@ -20,11 +21,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from checkpoint import save_figure, write_atomically
-from configurator import configure
+from checkpoint import check_out_dir, lock_out_dir, save_figure, write_atomically
+from configurator import configure, parse_list, stop_on_interrupt
 from metrics import mean_se
 
 # -----------------------------------------------------------------------------
@@ -43,8 +45,14 @@ settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
 globals().update(configure(settings, __file__, ranges=dict(
     seeds=(1, None), jobs=(1, None), num_samples=(2, None), max_prompts=(1, None))))  # Self-BLEU needs 2 samples
+
+
+def fail(message):
+    sys.exit(f"experiment.py: error: {message}")
+
+
 if task not in ("arith", "shakespeare", "small_data"):
-    sys.exit(f"experiment.py: error: --task={task!r}; use arith, shakespeare or small_data")
+    fail(f"--task={task!r}; use arith, shakespeare or small_data")
 
 TASKS = {  # per task: train.py flags, the task metric sample.py reports, td_coefs by default
     "arith": (["--dataset=arith", "--eval_interval=250"], "accuracy", "0,0.01,0.1,1"),
@@ -52,7 +60,6 @@ TASKS = {  # per task: train.py flags, the task metric sample.py reports, td_coe
     "shakespeare": (["config/shakespeare_char.py"], "rougeL", "0,0.1"),
 }
 flags, metric, default_td_coefs = TASKS[task]
-td_values = [float(t) for t in (td_coefs or default_td_coefs).split(",")]
 root = os.path.join(results, task)
 # online IQ-Learn (SPEC section 4) at the td_coef of the default run, and GAIL (section 5) fine-tuning
 # each seed's MLE run for 300 steps; "MLE +300" continues MLE on the same schedule: GAIL's control
@@ -64,18 +71,56 @@ SYSTEMS = {
     "gail": ("GAIL (MLE +300 steps)", ["--loss=gail", "--max_new_tokens=40"] + FINE_TUNE, "td0"),
     "mle300": ("MLE +300 steps (GAIL's control)", ["--loss=mle"] + FINE_TUNE, "td0"),
 }
+# every flag is checked before the first run trains, and where the results go
+try:
+    td_values = parse_list("td_coefs", td_coefs or default_td_coefs, float, low=0)
+    temperature_values = parse_list("temperatures", temperatures, float, low=0)
+    extra = [s for s in systems.split(",") if s] if task == "arith" else []
+    for system in extra:
+        if system not in SYSTEMS:
+            raise ValueError(f"--systems={systems!r}: unknown system {system!r}; use {', '.join(SYSTEMS)}")
+    check_out_dir(results, "results")
+except ValueError as err:
+    fail(err)
+stop_on_interrupt("experiment.py", f"the runs in progress were stopped; finished runs and the checkpoints of "
+                                   f"the others are kept in {root}: run the same command to continue")
+children, children_lock = set(), threading.Lock()  # the train.py / sample.py processes now running
+stopping = threading.Event()  # set once the experiment stops: no new run starts
+
+
+def stop_children():
+    """End the runs in progress (their last checkpoint stays: saves are atomic) and start no new one."""
+    with children_lock:
+        stopping.set()
+        running = list(children)
+    for process in running:
+        process.terminate()
+    for process in running:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def run(command, done_file):
     """Run a script on one thread unless done_file exists; returns seconds spent (0 when skipped)."""
     if done_file is not None and os.path.exists(done_file):
         return 0.0
-    print("$", " ".join(command), flush=True)
-    t0 = time.time()
-    result = subprocess.run([sys.executable] + command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    if result.returncode != 0:
-        sys.exit(f"experiment.py: error: {' '.join(command)} failed: {result.stderr.strip().splitlines()[-1]}")
+    with children_lock:  # no new process once stop_children() began
+        if stopping.is_set():
+            sys.exit("experiment.py: stopped")
+        print("$", " ".join(command), flush=True)
+        t0 = time.time()
+        process = subprocess.Popen([sys.executable] + command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        children.add(process)
+    _, stderr = process.communicate()
+    with children_lock:
+        children.discard(process)
+    if process.returncode != 0:
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {process.returncode}"
+        fail(f"{' '.join(command)} failed: {last}")
     return time.time() - t0
 
 
@@ -92,7 +137,7 @@ def train_and_sample(out_dir, train_flags, seed, sample=True):
     seconds = run(command, trained)
     open(trained, "w").close()
     summaries = {}
-    for temperature in [float(t) for t in temperatures.split(",")] if sample else []:
+    for temperature in temperature_values if sample else []:
         out_file = os.path.join(out_dir, f"samples_t{temperature:g}.jsonl")
         seconds += run(["sample.py", f"--out_dir={out_dir}", f"--temperature={temperature}",
                         f"--num_samples={num_samples}", f"--max_prompts={max_prompts}",
@@ -105,10 +150,17 @@ def train_and_sample(out_dir, train_flags, seed, sample=True):
 def run_all(runs):
     """runs: {(system, seed): (out_dir, train flags, sample?)}, run `jobs` at a time.
     Returns {(system, seed): (out_dir, summaries, seconds)}."""
-    with ThreadPoolExecutor(jobs) as pool:
+    pool = ThreadPoolExecutor(jobs)
+    try:
         futures = {key: pool.submit(train_and_sample, out_dir, train_flags, key[1], sample)
                    for key, (out_dir, train_flags, sample) in runs.items()}
-        return {key: future.result() for key, future in futures.items()}
+        done = {key: future.result() for key, future in futures.items()}
+    except BaseException:  # a failed run or Ctrl-C: stop the others now, not after every queued run
+        stop_children()
+        pool.shutdown(cancel_futures=True)
+        raise
+    pool.shutdown()
+    return done
 
 
 def td_runs(folder, td_values, suffix="", extra=(), sample=True):
@@ -141,10 +193,6 @@ def pyplot():
 def score_vs_diversity():
     """Figures 2-3: one point per (system, temperature), mean +- s.e. over seeds; and a table."""
     done = run_all(td_runs(root, td_values))
-    extra = [s for s in systems.split(",") if s] if task == "arith" else []
-    unknown = [s for s in extra if s not in SYSTEMS]
-    if unknown:
-        sys.exit(f"experiment.py: error: unknown system {unknown[0]!r}; use {', '.join(SYSTEMS)}")
     fine_tuned = {}
     for system in extra:  # GAIL and its control start from each seed's MLE checkpoint
         _, system_flags, parent = SYSTEMS[system]
@@ -161,7 +209,7 @@ def score_vs_diversity():
     rows = [header, "|---" * 8 + "|"]
     fig, ax = plt.subplots(figsize=(7, 5))
     order = [f"td{td:g}" for td in td_values] + extra
-    markers = dict(zip(sorted({float(t) for t in temperatures.split(",")}), "s^ovD"))
+    markers = dict(zip(sorted(set(temperature_values)), "s^ovD"))
     for i, system in enumerate(order):
         seed_runs = [done[(system, seed)] for seed in range(seeds)]
         logs = [read_log(out_dir) for out_dir, _, _ in seed_runs]
@@ -232,8 +280,7 @@ def small_data():
     return rows, total_seconds
 
 
-if __name__ == "__main__":
-    os.makedirs(root, exist_ok=True)
+def main():
     t0 = time.time()
     rows, run_seconds = small_data() if task == "small_data" else score_vs_diversity()
     command = ("python experiment.py " + " ".join(sys.argv[1:])).strip()
@@ -250,3 +297,11 @@ if __name__ == "__main__":
     write_atomically(table_file, table)
     print(table)
     print(f"wrote {root}/figure.png and {root}/table.md")
+
+
+if __name__ == "__main__":
+    try:
+        lock_out_dir(root)  # one experiment at a time on a results folder
+        main()
+    except (ValueError, OSError) as err:  # a folder in use, a file that cannot be written (a full disk)
+        fail(err)

@@ -26,11 +26,13 @@ is that kind's reward and each weight is the difference from it: with every kind
 the columns would sum to the intercept and no weight would be identifiable.
 """
 import inspect
+import math
 import os
-import runpy
 import string
 
 import numpy as np
+
+from configurator import read_text
 
 EOS = "<|endoftext|>"  # the text of the EOS token in `tokens` (no single BPE or char token decodes to it)
 Z_95 = 1.959964  # two-sided 95% quantile of the normal distribution
@@ -135,9 +137,11 @@ def load_features(path="", task="text"):
     if path:
         if not os.path.isfile(path):
             raise ValueError(f"no feature file {path}; write one (see features.py) or leave --features out")
+        namespace = {"__name__": "<features>", "__file__": path}  # the analyst's own code: run it as a script
+        code = read_text(path, "feature file")  # bad bytes: the file and line, not Python's decoding rules
         try:
-            namespace = runpy.run_path(path)  # the analyst's own code: run it as a script would be
-        except Exception as err:
+            exec(compile(code, path, "exec"), namespace)
+        except (Exception, SystemExit) as err:  # sys.exit() in the file too: it must not end analyze_reward.py
             raise ValueError(f"{path} does not run ({type(err).__name__}: {err}); fix it or leave --features out") from None
         functions = [f for name, f in namespace.items() if inspect.isfunction(f) and not name.startswith("_")
                      and f.__module__ == namespace["__name__"]]
@@ -149,10 +153,25 @@ def load_features(path="", task="text"):
     return [(f.__name__, (inspect.getdoc(f) or "").split("\n")[0], f) for f in functions]
 
 
+def feature_value(feature, tokens, t):
+    """feature(tokens, t) as a float; ValueError naming the feature and its file when it raises
+    (or calls sys.exit) or returns anything but a finite bool or number."""
+    try:
+        value = feature(tokens, t)
+    except (Exception, SystemExit) as err:
+        problem = f"raises {type(err).__name__}: {err}"
+    else:
+        if isinstance(value, (bool, int, float, np.number, np.bool_)) and math.isfinite(value):
+            return float(value)
+        problem = f"returns {value!r:.40}, not a bool or a finite number"
+    raise ValueError(f"{feature.__code__.co_filename}: feature {feature.__name__}(tokens, t={t}) {problem} "
+                     f"(tokens {tokens[:8]!r:.60})")
+
+
 def feature_matrix(completions, features):
     """(n_tokens, n_features) float array: one row per token of each completion (lists of token
     texts), in order."""
-    return np.array([[float(f(tokens, t)) for _, _, f in features]
+    return np.array([[feature_value(f, tokens, t) for _, _, f in features]
                      for tokens in completions for t in range(len(tokens))], dtype=float).reshape(-1, len(features))
 
 

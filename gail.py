@@ -1,6 +1,8 @@
 """
-GAIL for language models (Ho & Ermon 2016): the adversarial-IRL baseline of SPEC.md section 5.
-It fine-tunes an MLE policy:  python train.py --loss=gail --init_from=path/to/mle/ckpt.pt
+GAIL for language models (Ho & Ermon 2016): the adversarial-IRL baseline of docs/method.md section 5.
+It fine-tunes a trained (MLE) policy:  python train.py --loss=gail --init_from=path/to/mle/ckpt.pt
+train.py holds one GAIL object: the discriminator, its optimizer, the frozen starting policy, the
+loss, and their state for the checkpoint.
 
 The discriminator D(s_t, a_t) = sigmoid(d_t) is a separate small GPT (model.GPT with the policy's
 width, vocabulary and window, disc_n_layer blocks, freshly initialised). Its output over the
@@ -8,10 +10,7 @@ vocabulary at position t is read, as the policy's logits are read as Q(s_t, .), 
 D(s_t, a) for every next token a:  d_t = disc(idx)_t[y_t]. One forward pass scores every
 (state, action) pair of a row and needs no extra head. A separate network rather than a head on the
 policy's trunk: the discriminator's loss does not pull on the policy's features, and the policy
-cannot fool the discriminator by moving features the two share. (On arith, against an MLE policy
-at 0.49 greedy accuracy, this discriminator, and a copy of the policy with a fresh output layer
-tried instead, stayed at chance, BCE ~ 2 log 2, for 150 steps at lr 1e-3: the policy's wrong
-tokens are wrong digits, and telling them apart takes the arithmetic itself.)
+cannot fool the discriminator by moving features the two share.
 
 Each step the policy samples completions for the batch's prompts (the first sample_fraction of
 them; dataset.sample_examples: temperature 1, fresh every step because REINFORCE is on-policy), and
@@ -22,7 +21,7 @@ then, over completion tokens:
     A_t  = (G_t - b_t) / max(1, rms(G - b))                    b_t: mean G of the *other* samples at the
                                                                same completion step (leave-one-out)
     L_PG = -mean_pi(A_t log pi(a_t | s_t))                     REINFORCE with a baseline
-and the policy minimises, with the two stabilisers the paper needed,
+and the policy minimises, with two stabilisers,
     L_pi = L_PG + mle_weight mean_E(-log pi) + kl_coef mean_pi KL(pi(.|s_t) || pi_ref(.|s_t))
 where pi_ref is the frozen starting model and the KL is exact at each sampled state (a sum over the
 vocabulary), not estimated from the sampled token. train.py minimises L_pi + L_D in one backward:
@@ -31,13 +30,12 @@ the two networks share no parameters, and r_t is detached, so each gets exactly 
 Why these choices: the leave-one-out baseline does not depend on a sample's own actions, so the
 gradient stays unbiased. Dividing by the rms once it exceeds 1 keeps the policy-gradient term from
 outgrowing the MLE term as D wins and its logits grow; unlike full whitening it does not blow the
-noise of a discriminator that has learnt little up to unit size. The stabilisers are not optional:
-on arith, from an MLE policy at 0.49 greedy accuracy, GAIL with mle_weight = kl_coef = 0 fell below
-0.05 within 100 steps (malformed samples; the entropy on the data doubled), whichever way the
-advantages were scaled; kl_coef = 0.1 alone slowed the fall (0.24 after 100 steps), mle_weight = 1
-held it (0.46-0.48). A sample cut by max_new_tokens or the window is truncated: its
-return counts only the tokens it has. The rewards come from D before this step's update (one
-forward serves both losses).
+noise of a discriminator that has learnt little up to unit size. The stabilisers keep the policy
+near the data while the discriminator is still weak: a pure policy gradient on a near-chance
+reward is mostly noise, and without mle_weight and kl_coef it drifts to malformed samples, which
+the next discriminator step then rewards no better (try --mle_weight=0 --kl_coef=0). A sample cut
+by max_new_tokens or the window is truncated: its return counts only the tokens it has. The rewards
+come from D before this step's update (one forward serves both losses).
 """
 import copy
 
@@ -46,6 +44,36 @@ import torch.nn.functional as F
 
 from irl_loss import masked_mean, policy_stats, q_and_v
 from model import GPT, GPTConfig
+
+
+class GAIL:
+    """What GAIL adds to a run: the discriminator and its AdamW optimizer (trained beside the
+    policy), the frozen reference policy pi_ref, and the settings of its loss."""
+
+    def __init__(self, policy, model_args, n_layer, weight_decay, learning_rate, betas, device_type,
+                 mle_weight, kl_coef, gamma):
+        self.discriminator, self.optimizer, self.reference = make_models(
+            policy, model_args, n_layer, weight_decay, learning_rate, betas, device_type)
+        self.mle_weight, self.kl_coef, self.gamma = mle_weight, kl_coef, gamma
+
+    def loss(self, policy, batch, n_expert, autocast):
+        """(L_pi + L_D, stats) for a batch whose first n_expert rows are demonstrations and the rest
+        the policy's samples for the same prompts; every network reads the batch once."""
+        with autocast:
+            logits = policy(batch["idx"])
+            d = discriminator_scores(self.discriminator, batch)
+            with torch.no_grad():
+                reference_logits = self.reference(batch["idx"][n_expert:])
+        return gail_loss(logits, reference_logits, d, batch, n_expert, self.mle_weight, self.kl_coef, self.gamma)
+
+    def state_dict(self):
+        return dict(discriminator=self.discriminator.state_dict(), disc_optimizer=self.optimizer.state_dict(),
+                    reference=self.reference.state_dict())
+
+    def load_state_dict(self, state):
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.optimizer.load_state_dict(state["disc_optimizer"])
+        self.reference.load_state_dict(state["reference"])
 
 
 def make_models(policy, model_args, n_layer, weight_decay, learning_rate, betas, device_type):

@@ -26,7 +26,6 @@ Gradient (the chunked head in chunked_head.py uses it): with N = sum(mask), M = 
     c_t = dL/dv_t =  mask_t / N - 2 td_coef gamma td_mask_{t-1} (1 - done_{t-1}) r_{t-1} / M
 and since dq_t/dlogits_t = onehot(y_t), dv_t/dlogits_t = softmax(logits_t):
     dL/dlogits_t = c_t softmax(logits_t) + d_t onehot(y_t).
-(With stop_grad_next_v the second part of c_t is gone.)
 
 Masks (SPEC.md section 2): mask_t marks completion tokens, EOS included; done_t marks the EOS
 target. A completion cut by the window has no next state for its last token, so
@@ -83,11 +82,9 @@ def td_mask_of(loss_mask, done):
     return loss_mask * torch.maximum(done, next_mask)
 
 
-def implied_reward(q, v, done, gamma=1.0, stop_grad_next_v=False):
+def implied_reward(q, v, done, gamma=1.0):
     """r_t = q_t - gamma (1 - done_t) v_{t+1}; v_{t+1} is read from the same row."""
     v_next = F.pad(v[:, 1:], (0, 1))  # beyond the window: 0, and td_mask drops those positions
-    if stop_grad_next_v:
-        v_next = v_next.detach()
     return q - gamma * (1.0 - done) * v_next
 
 
@@ -96,12 +93,12 @@ def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def irl_loss(q, v, loss_mask, done, td_coef, gamma=1.0, stop_grad_next_v=False):
+def irl_loss(q, v, loss_mask, done, td_coef, gamma=1.0):
     """L = mean_mask(-log pi) + td_coef * mean_td_mask(r^2). Returns (loss, stats), where stats
     are detached floats for the log: nll, td (mean r^2), reward_mean, reward_std, v_mean."""
     td_mask = td_mask_of(loss_mask, done)
     nll = masked_mean(v - q, loss_mask)                       # -log pi_t = v_t - q_t
-    reward = implied_reward(q, v, done, gamma, stop_grad_next_v)
+    reward = implied_reward(q, v, done, gamma)
     td = masked_mean(reward.square(), td_mask)                # (r_t)^2, the chi^2 regulariser
     loss = nll + td_coef * td
     with torch.no_grad():
@@ -112,8 +109,7 @@ def irl_loss(q, v, loss_mask, done, td_coef, gamma=1.0, stop_grad_next_v=False):
     return loss, stats
 
 
-def online_irl_loss(q, v, loss_mask, done, policy_v, policy_mask, policy_done, mix_in, td_coef,
-                    gamma=1.0, stop_grad_next_v=False):
+def online_irl_loss(q, v, loss_mask, done, policy_v, policy_mask, policy_done, mix_in, td_coef, gamma=1.0):
     """Online IQ-Learn (SPEC.md section 4): IQ-Learn's value term E_rho[V - gamma V'] estimated on
     the mixture rho = (1 - mix_in) expert + mix_in policy transitions (the policy's own samples):
         L = -mean_E(q - g v') + (1 - a) mean_E(v - g v') + a mean_pi(v - g v') + td_coef mean_E(r^2)
@@ -122,14 +118,13 @@ def online_irl_loss(q, v, loss_mask, done, policy_v, policy_mask, policy_done, m
     Masks: -mean_E(q - g v') + mean_E(v - g v') telescope into the nll over loss_mask (v' cancels,
     so a truncated last token keeps its likelihood term, as offline). The mix_in part needs v', so
     both its means are over td_mask (SPEC.md section 2): a truncated last transition has no next
-    state in the window, on either side. v' is never stopped here (stop_grad_next_v is the TD
-    term's ablation). mix_in = 0 adds exactly 0: the offline loss and its gradient.
+    state in the window, on either side. mix_in = 0 adds exactly 0: the offline loss and its gradient.
     Gradient of the new part, with M = sum(td_mask) of each side: dL/dv_t = +-a (td_t - g (1 -
     done_{t-1}) td_{t-1}) / M, + on policy rows, - on expert rows, >= 0 in size wherever td_t = 1:
     minimising lowers V on the policy's states and raises it on the expert's.
     With gamma = 1 the sum along a row telescopes to the value of its first state (the prompt's,
     shared by both sides when the prompts are the same), so the term mostly reweights v_0."""
-    loss, stats = irl_loss(q, v, loss_mask, done, td_coef, gamma, stop_grad_next_v)
+    loss, stats = irl_loss(q, v, loss_mask, done, td_coef, gamma)
     expert_value = masked_mean(implied_reward(v, v, done, gamma), td_mask_of(loss_mask, done))  # v - g v'
     policy_value = masked_mean(implied_reward(policy_v, policy_v, policy_done, gamma),
                                td_mask_of(policy_mask, policy_done))
@@ -138,13 +133,19 @@ def online_irl_loss(q, v, loss_mask, done, policy_v, policy_mask, policy_done, m
     return loss + mix_in * value_gap, stats
 
 
+def mean_entropy(logits, loss_mask):
+    """mean_mask H(pi(.|s_t)), H = -sum_a pi(a|s_t) log pi(a|s_t), with its gradient: train.py's
+    --entropy_coef subtracts beta times it from any loss (MLE with an entropy bonus, the paper's
+    baseline). In float32 whatever the logits' dtype."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return masked_mean(-(logp.exp() * logp).sum(-1), loss_mask)
+
+
 @torch.no_grad()
 def policy_stats(logits, targets, loss_mask):
     """Mean per-token entropy of softmax(logits) and argmax accuracy, over the mask."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1)
     correct = (logits.argmax(-1) == targets).float()
-    return dict(entropy=masked_mean(entropy, loss_mask).item(),
+    return dict(entropy=mean_entropy(logits, loss_mask).item(),
                 token_accuracy=masked_mean(correct, loss_mask).item())
 
 

@@ -1,12 +1,20 @@
 """
 Text metrics for evaluating generations (SPEC.md section 8). Standard library + numpy only.
 
-Every metric sees text through words(): the regex \\w+|[^\\w\\s], case kept, so "17+23=40" is
-five tokens and "cat." is two. One tokenisation for all metrics keeps the numbers comparable.
+Two tokenisations. ROUGE uses rouge_tokens(), the rule of Google's rouge-score package
+(rouge_score.rouge_scorer.RougeScorer with its defaults, use_stemmer=False), so that our ROUGE numbers
+are the ones papers report: lowercase, every run of characters other than a-z and 0-9 is a separator,
+no stemming. So "Hello, world!" is [hello, world], "17+23=40" is [17, 23, 40], and accented or
+non-Latin letters vanish (as in rouge-score). Self-BLEU and distinct-n use words(): the regex
+\\w+|[^\\w\\s], case kept, so "17+23=40" is five tokens and "cat." is two: for arithmetic
+answers and for diversity the operators and punctuation are tokens too.
 
-Quality against a reference:
-    rouge_n(c, r, n)   F1 of clipped n-gram overlap (ROUGE-1, ROUGE-2).
-    rouge_l(c, r)      F1 of longest-common-subsequence precision and recall (beta = 1).
+Quality against a reference (F-measure, beta = 1, as rouge-score's fmeasure):
+    rouge_n(c, r, n)   clipped n-gram overlap (ROUGE-1, ROUGE-2).
+    rouge_l(c, r)      longest common subsequence of the two whole texts (rougeL).
+    rouge_lsum(c, r)   summary-level LCS (rougeLsum): the texts split into sentences on newlines,
+                       each reference sentence matched by the union of its LCSs with every candidate
+                       sentence (Lin 2004, section 3.2). One-line texts: the same as rouge_l.
 Diversity of the K samples drawn for one prompt (the caller averages over prompts):
     self_bleu(samples) mean BLEU-4 of each sample against the other K - 1; lower = more diverse.
     distinct_n(s, n)   unique n-grams / total n-grams pooled over the K samples; higher = more diverse.
@@ -21,6 +29,7 @@ Chen & Cherry (2014) smoothing method 1: a zero match count becomes epsilon = 0.
 candidate with no unigram match at all scores exactly 0 (smoothing cannot invent similarity), so
 samples with disjoint vocabularies give Self-BLEU 0. Identical samples give 1 only if they are at
 least 4 tokens long; shorter ones have no 4-grams and pay the smoothed 0.1 precision.
+tests/test_metrics.py checks ROUGE against rouge-score and Self-BLEU against nltk.
 """
 import math
 import re
@@ -29,13 +38,21 @@ from collections import Counter
 import numpy as np
 
 WORD_RE = re.compile(r"\w+|[^\w\s]")
+ROUGE_TOKEN_RE = re.compile(r"[a-z0-9]+")
 BLEU_MAX_N = 4
 BLEU_EPSILON = 0.1
 
 
 def words(text):
-    """Split text into word runs and single punctuation marks, keeping case."""
+    """Split text into word runs and single punctuation marks, keeping case (BLEU, distinct-n)."""
     return WORD_RE.findall(text)
+
+
+def rouge_tokens(text):
+    """rouge-score's default tokeniser without the stemmer: the runs of a-z / 0-9 of the lowercased
+    text. Lowercase first, as rouge-score does: a few non-ASCII letters lowercase to ASCII ones
+    (Kelvin sign K -> k, dotted I -> i + a combining dot)."""
+    return ROUGE_TOKEN_RE.findall(text.lower())
 
 
 def ngram_counts(tokens, n):
@@ -55,31 +72,67 @@ def f1(precision, recall):
 def rouge_n(candidate, reference, n):
     """ROUGE-n F-measure: n-gram overlap with counts clipped, so a repeated n-gram only matches as
     often as it appears on the other side."""
-    cand, ref = ngram_counts(words(candidate), n), ngram_counts(words(reference), n)
+    cand, ref = ngram_counts(rouge_tokens(candidate), n), ngram_counts(rouge_tokens(reference), n)
     if not cand or not ref:
         return 0.0
     overlap = sum((cand & ref).values())     # Counter & takes the min count per n-gram
     return f1(overlap / sum(cand.values()), overlap / sum(ref.values()))
 
 
-def lcs_length(a, b):
-    """Length of the longest common subsequence, by the usual dynamic programme kept to one row."""
-    prev = [0] * (len(b) + 1)
+def lcs_table(a, b):
+    """table[i][j] = length of the longest common subsequence of a[:i] and b[:j]:
+    table[i][j] = table[i-1][j-1] + 1 if a[i-1] == b[j-1] else max(table[i-1][j], table[i][j-1])."""
+    table = [[0] * (len(b) + 1)]
     for x in a:
-        row = [0]
+        prev, row = table[-1], [0]
         for j, y in enumerate(b):
             row.append(prev[j] + 1 if x == y else max(prev[j + 1], row[j]))
-        prev = row
-    return prev[-1]
+        table.append(row)
+    return table
+
+
+def lcs_positions(a, b):
+    """The positions in a of one longest common subsequence with b. Which one matters to union-LCS;
+    this is rouge-score's: walk back from the end, take a match, else step back along b only if that
+    keeps a strictly longer LCS, and on a tie along a."""
+    table, i, j, positions = lcs_table(a, b), len(a), len(b), []
+    while i > 0 and j > 0:
+        if a[i - 1] == b[j - 1]:
+            positions.append(i - 1)
+            i, j = i - 1, j - 1
+        elif table[i][j - 1] > table[i - 1][j]:
+            j -= 1
+        else:
+            i -= 1
+    return positions[::-1]
 
 
 def rouge_l(candidate, reference):
     """ROUGE-L F-measure: LCS rewards in-order matches that need not be contiguous."""
-    cand, ref = words(candidate), words(reference)
-    lcs = lcs_length(cand, ref)
+    cand, ref = rouge_tokens(candidate), rouge_tokens(reference)
+    lcs = lcs_table(cand, ref)[-1][-1]
     if lcs == 0:
         return 0.0
     return f1(lcs / len(cand), lcs / len(ref))
+
+
+def rouge_lsum(candidate, reference):
+    """ROUGE-Lsum F-measure (rouge-score's rougeLsum): sentences are the lines of the text. Each
+    reference sentence r scores the union, over candidate sentences c, of the tokens of r on an LCS
+    of (r, c); a token is credited at most as often as it occurs in the candidate (ROUGE-1.5.5's rule
+    against counting one candidate word for several reference words). P = hits / candidate tokens,
+    R = hits / reference tokens."""
+    cand = [rouge_tokens(line) for line in candidate.split("\n")]
+    ref = [rouge_tokens(line) for line in reference.split("\n")]
+    union_counts = Counter()
+    for r in ref:
+        union = set().union(*(lcs_positions(r, c) for c in cand))
+        union_counts.update(r[i] for i in union)
+    cand_counts = Counter(t for c in cand for t in c)
+    hits = sum((union_counts & cand_counts).values())   # the clip: min(union count, candidate count)
+    if hits == 0:
+        return 0.0
+    return f1(hits / sum(cand_counts.values()), hits / sum(map(len, ref)))
 
 
 # ----------------------------------------------------------------------------- BLEU

@@ -348,6 +348,87 @@ class GPT(nn.Module):
         new_tokens, n_new = new_tokens.tolist(), n_new.tolist()
         return [row[:n] for row, n in zip(new_tokens, n_new)]
 
+    @torch.no_grad()
+    def beam_search(self, prompts, max_new_tokens, beam_size, eos_id=None, length_penalty=1.0,
+                    return_scores=False):
+        """The completion of each prompt with the best length-normalised log-probability found by beam
+        search, as generate()'s: one list of new token ids per prompt, ending with eos_id if it
+        terminated, else cut at max_new_tokens or where prompt + completion fills block_size.
+
+            score(y) = sum_t log p(y_t | x, y_<t) / len(y) ** length_penalty
+
+        with len(y) the completion's tokens, EOS included (Hugging Face's normalisation: 0 ranks by the
+        plain sum, > 0 favours longer completions). return_scores=True also returns each one's score.
+
+        Each step extends every live beam by every token and keeps, per prompt, the beam_size highest
+        sums of log p, one batch of prompts x beams whose key/value cache rows follow their beams. An
+        EOS continuation that ranks among those beam_size ends a hypothesis; a prompt stops when it
+        has ended beam_size of them (Hugging Face's early_stopping=True) or is out of length, where
+        its live beams end as they are. So beam_size=1 is greedy generate(temperature=0), and a
+        beam_size above vocab_size ** (max_new_tokens - 1) keeps every prefix: the exact argmax.
+        The cache is beam_size times generate()'s and is copied each step, as the beams reorder."""
+        device, V, K, block_size = self.lm_head.weight.device, self.config.vocab_size, beam_size, self.config.block_size
+        B = len(prompts)
+        assert all(0 < len(p) <= block_size for p in prompts), f"prompts need 1 to block_size={block_size} tokens"
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        T0 = int(lengths.max())
+        # left-padded as in generate(): masked_scatter fills each row's last len(p) slots in order
+        is_real = torch.arange(T0, device=device)[None, :] >= (T0 - lengths)[:, None]  # (B, T0)
+        idx = torch.zeros(B, T0, dtype=torch.long, device=device).masked_scatter(
+            is_real, torch.tensor([t for p in prompts for t in p], device=device))
+        room = (block_size - lengths).clamp(max=max_new_tokens)  # completion tokens each prompt may have
+        kv_cache = self.new_kv_cache(B, T0 + max_new_tokens)
+        scores = torch.zeros(B, 1, device=device)  # (B, n) sum of log p of each live beam: one, empty
+        beams = torch.zeros(B, 1, 0, dtype=torch.long, device=device)  # (B, n, t) their tokens
+        best_score, best = torch.full((B,), float("-inf"), device=device), [[] for _ in prompts]
+        n_ended, done = torch.zeros(B, dtype=torch.long, device=device), torch.zeros(B, dtype=torch.bool, device=device)
+
+        def offer(candidate_scores, candidates, allowed):  # (B, n), (B, n, length), (B,): keep the best
+            value, k = candidate_scores.max(dim=1)
+            better = allowed & (value > best_score)
+            best_score[better] = value[better]
+            for b in better.nonzero().flatten().tolist():
+                best[b] = candidates[b, k[b]].tolist()
+
+        step_idx, step_positions = idx, (is_real.cumsum(1) - 1).clamp(min=0)  # positions from each first real token
+        mask = padded_causal_mask(is_real, T0)
+        was_training = self.training
+        self.eval()  # no dropout
+        try:
+            for t in range(max_new_tokens + 1):
+                cut = (room == t) & ~done  # out of length: the live beams end here, as generate() cuts
+                offer(scores / max(t, 1) ** length_penalty, beams, cut)  # max: an empty completion scores 0
+                done |= cut
+                if done.all():
+                    break
+                # n live beams; beam_size of them once there are enough candidates. A slot with no real prefix
+                # (more slots than prefixes: a wide beam's first steps) holds -inf and never wins
+                n, n_next = scores.size(1), min(K, scores.size(1) * V)
+                logits = self.lm_head(self.hidden_states(step_idx, step_positions, mask, kv_cache)[:, -1])
+                total = scores[:, :, None] + F.log_softmax(logits.float(), dim=-1).view(B, n, V)  # (B, n, V)
+                if eos_id is not None:
+                    # EOS ends a hypothesis of t + 1 tokens if it ranks among the beam_size best continuations
+                    # of all, EOS included: with beam_size=1, exactly where greedy emits EOS
+                    ended = total[:, :, eos_id].clone()
+                    in_top = (ended >= total.view(B, -1).topk(n_next).values[:, -1:]) & (ended > float("-inf"))
+                    n_ended += (in_top & ~done[:, None]).sum(dim=1)
+                    with_eos = torch.cat([beams, torch.full((B, n, 1), eos_id, device=device)], dim=2)
+                    offer(ended.masked_fill(~in_top, float("-inf")) / (t + 1) ** length_penalty, with_eos, ~done)
+                    done |= n_ended >= K  # early_stopping=True: a live beam might still score higher
+                    total[:, :, eos_id] = float("-inf")  # the live beams go on without EOS
+                scores, flat = total.view(B, -1).topk(n_next)  # the best sums of log p live on
+                origin, token = flat // V, flat % V  # the beam each new one extends, and by which token
+                beams = torch.cat([beams.gather(1, origin[:, :, None].expand(-1, -1, t)), token[:, :, None]], dim=2)
+                rows = (torch.arange(B, device=device)[:, None] * n + origin).flatten()  # in the (B * n) batch
+                kv_cache["kv"] = [kv.index_select(1, rows) for kv in kv_cache["kv"]]  # a copy: rows move
+                is_real = torch.cat([is_real, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
+                mask = padded_causal_mask(is_real.repeat_interleave(n_next, dim=0), 1)  # a prompt's beams share it
+                step_idx = token.view(B * n_next, 1)
+                step_positions = (lengths + t).clamp(max=block_size - 1).repeat_interleave(n_next)[:, None]
+        finally:
+            self.train(was_training)
+        return (best, best_score.tolist()) if return_scores else best
+
 
 def sample_from(probs, generator=None):
     """One token id per row of probs (B, V), by inversion: the first id whose cumulative probability

@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_of, write_atomically
-from configurator import configure
+from checkpoint import check_output_path, load_checkpoint, model_from_checkpoint, tokenizer_of, write_atomically
+from configurator import check_device, configure, read_text
 from dataset import encode_example, encode_split, load_dataset, make_batch
 from irl_loss import policy_stats
 import metrics
@@ -42,7 +42,7 @@ use_cache = True  # key/value cache (False recomputes the whole prefix for every
 compile = False  # torch.compile the decoding step: a CUDA graph per token on a GPU; compiles per batch shape
 out_file = ""  # '' = out_dir/samples_<split>_t<temperature>.jsonl
 seed = 1337  # seed of the sampling generator
-device = ""  # '' = cuda if available, else cpu
+device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:1 | mps
 # -----------------------------------------------------------------------------
 settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
@@ -55,12 +55,12 @@ def fail(message):
     sys.exit(f"sample.py: error: {message}")
 
 
-device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-if device.startswith("cuda") and not torch.cuda.is_available():
-    fail(f"--device={device} but no CUDA GPU is visible; use --device=cpu")
 if compile and not use_cache:
     fail("--compile=True compiles the decoding step of the key/value cache; drop --use_cache=False")
-try:
+name = out_file or os.path.join(out_dir, f"samples_{'start' if start else split}_t{temperature:g}.jsonl")
+try:  # flags and where the results go first, then the checkpoint and the prompts
+    device = check_device(device)
+    check_output_path(name)
     checkpoint = load_checkpoint(init_from or os.path.join(out_dir, "ckpt.pt"))
     tok = tokenizer_of(checkpoint, tokenizer)
     model = model_from_checkpoint(checkpoint).to(device).eval()
@@ -70,8 +70,9 @@ try:
     data = None
     if start:  # the user's own prompts: no references, no metrics but diversity
         if start.startswith("FILE:"):
-            with open(start[5:], encoding="utf-8") as f:
-                pairs = [(line.rstrip("\n"), None) for line in f if line.strip()]
+            pairs = [(line, None) for line in read_text(start[5:], "prompt file").split("\n") if line.strip()]
+            if not pairs:
+                raise ValueError(f"{start[5:]} has no prompts; write one prompt per line")
         else:
             pairs = [(start, None)]
         for prompt, _ in pairs:
@@ -139,11 +140,13 @@ if data is not None:  # the policy's entropy on the data (reference completions 
     summary["entropy"] = sum(entropies) / len(entropies)
 
 # ---------------------------------------------------------------------------- write
-name = out_file or os.path.join(out_dir, f"samples_{'start' if start else split}_t{temperature:g}.jsonl")
-os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
-for path, text in ((name, "".join(json.dumps(r) + "\n" for r in rows)),
-                   (os.path.splitext(name)[0] + ".json", json.dumps(summary, indent=2) + "\n")):
-    write_atomically(path, text)
+try:
+    os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
+    for path, text in ((name, "".join(json.dumps(r) + "\n" for r in rows)),
+                       (os.path.splitext(name)[0] + ".json", json.dumps(summary, indent=2) + "\n")):
+        write_atomically(path, text)
+except (ValueError, OSError) as err:
+    fail(err)
 for r in rows[: min(len(rows), 2 * num_samples)]:
     print(f"--- {r['prompt']!r} -> {r['sample']!r}" + (f" ({'correct' if r['correct'] else 'wrong'})" if "correct" in r else ""))
 print(json.dumps(summary))

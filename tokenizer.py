@@ -64,9 +64,19 @@ class GPT2Tokenizer:
         return {"kind": "gpt2"}
 
 
+def check_tokenizer_state(state):
+    """The vocabulary size of a tokenizer state (from a checkpoint or meta.json); ValueError if it
+    is not one that tokenizer_from_state can rebuild."""
+    kind = state.get("kind") if isinstance(state, dict) else None
+    if kind == "gpt2":
+        return 50257
+    if kind == "char" and isinstance(state.get("chars"), str) and state["chars"]:
+        return len(set(state["chars"])) + 1
+    raise ValueError(f"unknown tokenizer state {state!r:.80}; expected kind 'char' (with its chars) or 'gpt2'")
+
+
 def tokenizer_from_state(state):
+    check_tokenizer_state(state)
     if state.get("kind") == "char":
         return CharTokenizer(state["chars"])
-    if state.get("kind") == "gpt2":
-        return GPT2Tokenizer()
-    raise ValueError(f"unknown tokenizer state {state!r}; expected kind 'char' or 'gpt2'")
+    return GPT2Tokenizer()

@@ -1,9 +1,9 @@
 """
 Train or fine-tune a GPT on prompt -> completion demonstrations: by maximum likelihood (MLE), by
-offline inverse RL (IQ-Learn as MLE plus a TD regulariser, see irl_loss.py), by online IQ-Learn
-(the value term also on the policy's own samples) or by GAIL (gail.py).
+offline inverse RL (IQ-Learn as MLE plus a TD regulariser, irl_loss.py), by online IQ-Learn (the
+value term also on the policy's own samples) or by GAIL (gail.py). docs/method.md has the maths.
 
-    python train.py                                  # IRL on the arith task, ~3 minutes on a 2-core CPU
+    python train.py                                  # IRL on the arith task, a few minutes on a 2-core CPU
     python train.py --loss=mle --out_dir=out-mle     # the MLE / SFT baseline
     python train.py --td_coef=0.3 --gamma=0.99       # any setting below is a flag; --help lists them
     python train.py --mix_in=0.1 --sample_fraction=0.25 --sample_every=4   # online IQ-Learn
@@ -26,25 +26,38 @@ from contextlib import nullcontext
 
 import torch
 
-from configurator import configure
-from dataset import encode_example, encode_split, load_dataset, make_batch, sample_examples
-from irl_loss import irl_loss, online_irl_loss, policy_stats, q_and_v
 from checkpoint import (GPT2_NAMES, gpt2_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint,
                         tokenizer_of, write_atomically)
-from model import GPT, GPTConfig
 from chunked_head import chunked_irl_loss, chunked_policy_stats
+from configurator import configure, help_lines
+from dataset import encode_example, encode_split, load_dataset, make_batch, sample_examples
+from irl_loss import irl_loss, mean_entropy, online_irl_loss, policy_stats, q_and_v
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
-# settings: each is a flag (--name=value); the comment is its --help line
-out_dir = "out"  # where ckpt.pt and log.jsonl are written
-init_from = "scratch"  # scratch | resume (continue out_dir) | path/to/ckpt.pt (ours or nanoGPT's) | gpt2[-medium|-large|-xl] | a Hugging Face GPT-2 folder
+# settings: each is a flag (--name=value) and its comment is its --help line. A resumed run takes
+# every setting from its checkpoint except those marked "(resume: may change)".
+# I/O
+out_dir = "out"  # where ckpt.pt and log.jsonl are written (resume: may change)
+init_from = "scratch"  # scratch | resume (continue out_dir) | path/to/ckpt.pt (ours or nanoGPT's) | gpt2[-medium|-large|-xl] | a Hugging Face GPT-2 folder (resume: may change)
+# data
 dataset = "arith"  # arith | shakespeare | a folder of train/val/test.jsonl | a .jsonl file
 tokenizer = ""  # '' = the dataset's (char) or the checkpoint's; char | gpt2
+batch_size = 32  # examples per micro-batch (one example per row)
+block_size = 64  # longest row in tokens; longer examples are cut (see dataset.py)
+# model
+n_layer = 4  # transformer blocks
+n_head = 4  # attention heads
+n_embd = 128  # width
+dropout = 0.0  # dropout probability (0 for small data is often fine; try 0.1 when fine-tuning)
+bias = False  # biases in Linear and LayerNorm layers
+# loss
 loss = "irl"  # irl (IQ-Learn: MLE + td_coef * TD term) | mle | gail (needs --init_from, see gail.py)
 td_coef = 0.1  # lambda: weight of the squared TD residual (0 = MLE)
 gamma = 1.0  # discount of the implied reward (1: finite episodes); GAIL's reward-to-go too
-stop_grad_next_v = False  # ablation: no gradient through v_{t+1} in the TD term
+entropy_coef = 0.0  # beta: minus beta times the policy's mean entropy on the completions, for any loss
 loss_chunk = 0  # >0: head + loss over this many positions at a time, never all (B, T, vocab) logits (chunked_head.py)
+# online IQ-Learn and GAIL: the policy's own samples
 mix_in = 0.0  # online IQ-Learn (loss=irl): weight alpha of the policy's own samples in the value term
 sample_every = 1  # online IQ-Learn: fresh policy samples every this many steps, reused in between
 sample_fraction = 1.0  # share of a batch's prompts that get a policy sample (online IQ-Learn, GAIL)
@@ -53,32 +66,29 @@ mle_weight = 1.0  # GAIL: weight of MLE on the data
 kl_coef = 0.1  # GAIL: weight of KL(policy || starting model) on the policy's samples
 disc_n_layer = 2  # GAIL: blocks of the discriminator (a GPT of the policy's width)
 disc_learning_rate = 1e-4  # GAIL: the discriminator's AdamW learning rate (constant)
-batch_size = 32  # examples per micro-batch (one example per row)
-block_size = 64  # longest row in tokens; longer examples are cut (see dataset.py)
-gradient_accumulation_steps = 1  # micro-batches per optimizer step (in total, over all GPUs)
-n_layer = 4  # transformer blocks
-n_head = 4  # attention heads
-n_embd = 128  # width
-dropout = 0.0  # dropout probability (0 for small data is often fine; try 0.1 when fine-tuning)
-bias = False  # biases in Linear and LayerNorm layers
-learning_rate = 1e-3  # peak learning rate
-max_iters = 2000  # optimizer steps
+# optimizer
+max_iters = 2000  # optimizer steps (resume: may change)
+gradient_accumulation_steps = 1  # micro-batches per optimizer step (in total, over all processes)
+learning_rate = 1e-3  # peak learning rate (resume: may change)
 weight_decay = 0.1  # AdamW weight decay (2-D weights only)
 beta1 = 0.9  # AdamW beta1
 beta2 = 0.99  # AdamW beta2
-grad_clip = 1.0  # clip the gradient norm at this value (0 = off)
-decay_lr = True  # linear warmup then cosine decay; False = constant learning_rate
-warmup_iters = 50  # steps of linear warmup
-lr_decay_iters = 2000  # step at which the cosine reaches min_lr (usually = max_iters)
-min_lr = 1e-4  # learning rate at the end of the cosine
-eval_interval = 500  # evaluate (val loss, greedy accuracy) and save every this many steps
-eval_iters = 8  # val batches per evaluation (always the same ones)
-eval_prompts = 200  # val prompts for greedy accuracy (tasks with a verifier)
-log_interval = 100  # print a progress line every this many steps
-device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:1 | mps
-dtype = ""  # '' = bfloat16 on CUDA if supported, else float16 on CUDA, float32 elsewhere
-compile = None  # torch.compile the model; None = on for CUDA, off elsewhere
-backend = "nccl"  # DDP backend on CUDA (gloo is used on CPU)
+grad_clip = 1.0  # clip the gradient norm at this value (0 = off) (resume: may change)
+# learning-rate schedule
+decay_lr = True  # linear warmup then cosine decay; False = constant learning_rate (resume: may change)
+warmup_iters = 50  # steps of linear warmup (resume: may change)
+lr_decay_iters = 2000  # step at which the cosine reaches min_lr (usually = max_iters) (resume: may change)
+min_lr = 1e-4  # learning rate at the end of the cosine (resume: may change)
+# evaluation and logging
+eval_interval = 500  # evaluate (val loss, greedy accuracy) and save every this many steps (resume: may change)
+eval_iters = 8  # val batches per evaluation (always the same ones) (resume: may change)
+eval_prompts = 200  # val prompts for greedy accuracy (tasks with a verifier) (resume: may change)
+log_interval = 100  # print a progress line every this many steps (resume: may change)
+# system
+device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:1 | mps (resume: may change)
+dtype = ""  # '' = bfloat16 on CUDA if supported, else float16 on CUDA, float32 elsewhere (resume: may change)
+compile = None  # torch.compile the model; None = on for CUDA, off elsewhere (resume: may change)
+backend = "nccl"  # DDP backend on CUDA (gloo is used on CPU) (resume: may change)
 seed = 1337  # seed of weights, batches and dropout
 # -----------------------------------------------------------------------------
 settings = {k: v for k, v in globals().items() if not k.startswith("_")
@@ -86,12 +96,12 @@ settings = {k: v for k, v in globals().items() if not k.startswith("_")
 RANGES = {  # flag: (lowest, highest) allowed, None = no bound; train.py stops with one line outside them
     **{k: (0, 1) for k in ("gamma", "mix_in", "sample_fraction")},
     **{k: (0, 0.99) for k in ("dropout", "beta1", "beta2")},
-    **{k: (0, None) for k in ("td_coef", "learning_rate", "min_lr", "weight_decay", "grad_clip", "mle_weight",
-                              "kl_coef", "disc_learning_rate", "max_iters", "warmup_iters", "lr_decay_iters",
-                              "eval_iters", "eval_prompts", "loss_chunk")},
+    **{k: (0, None) for k in ("td_coef", "entropy_coef", "learning_rate", "min_lr", "weight_decay", "grad_clip",
+                              "mle_weight", "kl_coef", "disc_learning_rate", "max_iters", "warmup_iters",
+                              "lr_decay_iters", "eval_prompts", "loss_chunk")},
     **{k: (1, None) for k in ("batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head",
                               "n_embd", "sample_every", "max_new_tokens", "disc_n_layer", "eval_interval",
-                              "log_interval")},
+                              "eval_iters", "log_interval")},
 }
 config = configure(settings, __file__, ranges=RANGES)
 globals().update(config)
@@ -100,6 +110,34 @@ globals().update(config)
 def fail(message):
     sys.exit(f"train.py: error: {message}")
 
+
+# -----------------------------------------------------------------------------
+# the checkpoint to start from; a resumed run continues with the settings it was started with
+ckpt_path, log_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "log.jsonl")
+if init_from != "resume" and os.path.exists(ckpt_path):
+    fail(f"{out_dir} already holds a run (its ckpt.pt); continue it with --init_from=resume, "
+         f"or train into a new --out_dir")
+from_hf = init_from in GPT2_NAMES or os.path.isfile(os.path.join(init_from, "config.json"))  # GPT-2 weights
+if init_from not in ("scratch", "resume") and not init_from.endswith(".pt") and not from_hf:
+    fail(f"--init_from={init_from!r}: use scratch, resume, a path ending in .pt, gpt2[-medium|-large|-xl] "
+         f"or a Hugging Face GPT-2 folder (with config.json)")
+checkpoint = None
+try:
+    if from_hf:  # GPT-2 read by transformers, as a checkpoint with GPT-2's BPE tokenizer
+        checkpoint = dict(gpt2_checkpoint(init_from), tokenizer={"kind": "gpt2"})
+    elif init_from != "scratch":
+        checkpoint = load_checkpoint(ckpt_path if init_from == "resume" else init_from)
+except ValueError as err:
+    fail(err)
+if init_from == "resume":
+    may_change = {k for k, text in help_lines(__file__).items() if "(resume: may change)" in text}
+    for key, value in checkpoint.get("config", {}).items():
+        if key in settings and key not in may_change:
+            if config[key] != settings[key] and config[key] != value:
+                fail(f"--{key}={config[key]} but the run in {out_dir} has {key}={value}; drop --{key} "
+                     f"(a resumed run keeps its settings) or train into a new --out_dir")
+            config[key] = value
+    globals().update(config)
 
 # checks between flags, which would otherwise fail late and obscurely
 if loss not in ("irl", "mle", "gail"):
@@ -110,6 +148,8 @@ if loss == "gail" and init_from == "scratch":
     fail("--loss=gail fine-tunes a trained policy; pass --init_from=path/to/mle/ckpt.pt (or resume)")
 if loss_chunk and (loss == "gail" or mix_in > 0):
     fail("--loss_chunk fuses the offline loss only; online IQ-Learn and GAIL need --loss_chunk=0")
+if loss_chunk and entropy_coef:
+    fail("--entropy_coef needs the full logits; use --loss_chunk=0 with it")
 if n_embd % n_head:
     fail(f"--n_embd={n_embd} must be a multiple of --n_head={n_head}")
 td_coef_used = td_coef if loss == "irl" else 0.0  # MLE is the td_coef = 0 special case
@@ -127,13 +167,14 @@ if device.startswith("cuda") and not torch.cuda.is_available():
     fail(f"--device={device} but no CUDA GPU is visible; use --device=cpu")
 if ddp:
     rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if gradient_accumulation_steps % world_size:  # checked before the process group: one line, rank 0's
+        sys.exit(0 if rank else f"train.py: error: --gradient_accumulation_steps={gradient_accumulation_steps} "
+                 f"counts micro-batches over all {world_size} processes; pass a multiple of {world_size}, "
+                 f"e.g. --gradient_accumulation_steps={world_size}")
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     torch.distributed.init_process_group(backend=backend if device.startswith("cuda") else "gloo")
-    if gradient_accumulation_steps % world_size:
-        fail(f"gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of "
-             f"the number of processes ({world_size})")
     gradient_accumulation_steps //= world_size
 else:
     rank, world_size = 0, 1
@@ -152,21 +193,8 @@ ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
 
 # -----------------------------------------------------------------------------
-# checkpoint to start from, data, model
-ckpt_path, log_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "log.jsonl")
-if init_from != "resume" and (os.path.exists(ckpt_path) or os.path.exists(log_path)):
-    fail(f"{out_dir} already holds a run (its ckpt.pt or log.jsonl); continue it with --init_from=resume, "
-         f"or train into a new --out_dir")
-checkpoint = None
-from_hf = init_from in GPT2_NAMES or os.path.isfile(os.path.join(init_from, "config.json"))  # GPT-2 weights
-if init_from != "scratch" and init_from != "resume" and not init_from.endswith(".pt") and not from_hf:
-    fail(f"--init_from={init_from!r}: use scratch, resume, a path ending in .pt, gpt2[-medium|-large|-xl] "
-         f"or a Hugging Face GPT-2 folder (with config.json)")
+# data and model
 try:
-    if from_hf:  # GPT-2 read by transformers, as a checkpoint with GPT-2's BPE tokenizer
-        checkpoint = dict(gpt2_checkpoint(init_from), tokenizer={"kind": "gpt2"})
-    elif init_from != "scratch":
-        checkpoint = load_checkpoint(ckpt_path if init_from == "resume" else init_from)
     if checkpoint is not None:
         tok = tokenizer_of(checkpoint, tokenizer)
         for key in ("n_layer", "n_head", "n_embd", "bias"):  # a checkpoint keeps its shape: a flag cannot change it
@@ -197,28 +225,28 @@ if model_args["vocab_size"] < tok.vocab_size:
     fail(f"the model has {model_args['vocab_size']} token ids but the tokenizer needs {tok.vocab_size}; "
          f"use the checkpoint's tokenizer (--tokenizer)")
 model.to(device)
-
-iter_num, best_val_loss = 0, float("inf")
-train_gen = torch.Generator().manual_seed(seed + rank)  # its state is the data position
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 optimized = [(model, optimizer)]  # (module, its optimizer): one backward, then a step for each
-samples = {}  # micro-step -> the policy's samples for its prompts (online IQ-Learn, GAIL)
+
+# the method's own state beside the policy, kept in the checkpoint under its name
+method_state = {}
 if loss == "gail":  # the discriminator, its optimizer and the frozen starting policy (gail.py)
-    import gail
-    discriminator, disc_optimizer, reference = gail.make_models(
-        model, model_args, disc_n_layer, weight_decay, disc_learning_rate, (beta1, beta2), device_type)
-    optimized.append((discriminator, disc_optimizer))
-    if init_from == "resume":
-        if "gail" not in checkpoint:
-            fail(f"{ckpt_path} is not from a GAIL run; start GAIL from it with --init_from={ckpt_path}")
-        discriminator.load_state_dict(checkpoint["gail"]["discriminator"])
-        disc_optimizer.load_state_dict(checkpoint["gail"]["disc_optimizer"])
-        reference.load_state_dict(checkpoint["gail"]["reference"])
+    from gail import GAIL
+    method_state["gail"] = adversary = GAIL(model, model_args, disc_n_layer, weight_decay, disc_learning_rate,
+                                            (beta1, beta2), device_type, mle_weight, kl_coef, gamma)
+    optimized.append((adversary.discriminator, adversary.optimizer))
+samples = {}  # micro-step -> the policy's samples for its prompts (online IQ-Learn, GAIL)
+iter_num = 0
+train_gen = torch.Generator().manual_seed(seed + rank)  # its state is the data position
 if init_from == "resume":
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    for name, state in method_state.items():
+        if name not in checkpoint:
+            fail(f"{ckpt_path} has no {name} state to resume; start a new run from it with --init_from={ckpt_path}")
+        state.load_state_dict(checkpoint[name])
     sample_lists = checkpoint.get("samples", [])
     samples = sample_lists[rank] if rank < len(sample_lists) else {}
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    iter_num = checkpoint["iter_num"]
     rng = checkpoint["rng"]
     torch.set_rng_state(rng["torch"])
     train_gen.set_state(rng["data"][rank] if rank < len(rng["data"]) else rng["data"][0])
@@ -236,6 +264,62 @@ if ddp:
 pad_to = block_size if compile else None  # a fixed shape: torch.compile does not recompile
 
 
+# -----------------------------------------------------------------------------
+# the loss of each method: (loss, stats) for a batch whose first n_expert rows are demonstrations
+# and the rest (online IQ-Learn, GAIL) the policy's own samples for the same prompts
+def with_entropy_bonus(loss_value, stats, logits, mask):
+    """loss - entropy_coef * mean entropy of the policy over the loss mask (MLE + entropy: a baseline)."""
+    if not entropy_coef:
+        return loss_value, stats
+    entropy = mean_entropy(logits, mask)
+    stats["entropy_bonus"] = entropy.item()
+    return loss_value - entropy_coef * entropy, stats
+
+
+def offline_loss(batch, n_expert=None, with_policy_stats=False):
+    """MLE and offline IQ-Learn (irl_loss.py), from the full logits or chunk by chunk (chunked_head.py):
+    the same value and gradient."""
+    mask, done = batch["loss_mask"], batch["done"]
+    with autocast:
+        if loss_chunk:  # never all (B, T, vocab) logits
+            hidden = model(batch["idx"], head=False)
+            loss_value, stats = chunked_irl_loss(hidden, raw_model.lm_head.weight, batch["targets"], mask, done,
+                                                 td_coef_used, gamma, loss_chunk)
+            if with_policy_stats:  # entropy, accuracy: chunk-wise too
+                stats.update(chunked_policy_stats(hidden, raw_model.lm_head.weight, batch["targets"], mask,
+                                                  loss_chunk))
+            return loss_value, stats
+        logits = model(batch["idx"])
+        q, v = q_and_v(logits, batch["targets"])
+    loss_value, stats = irl_loss(q, v, mask, done, td_coef_used, gamma)
+    if with_policy_stats:
+        stats.update(policy_stats(logits, batch["targets"], mask))
+    return with_entropy_bonus(loss_value, stats, logits, mask)
+
+
+def online_loss(batch, n_expert, with_policy_stats=False):
+    """Online IQ-Learn (irl_loss.online_irl_loss): mix_in of the value term on the policy's samples."""
+    with autocast:
+        logits = model(batch["idx"])  # demonstrations and samples in one pass
+        q, v = q_and_v(logits, batch["targets"])
+    mask, done = batch["loss_mask"], batch["done"]
+    E, P = slice(None, n_expert), slice(n_expert, None)  # demonstration rows, sample rows
+    loss_value, stats = online_irl_loss(q[E], v[E], mask[E], done[E], v[P], mask[P], done[P], mix_in,
+                                        td_coef_used, gamma)
+    if with_policy_stats:
+        stats.update(policy_stats(logits[E], batch["targets"][E], mask[E]))
+    return with_entropy_bonus(loss_value, stats, logits[E], mask[E])
+
+
+def gail_loss(batch, n_expert, with_policy_stats=False):
+    """GAIL (gail.py): policy gradient on the discriminator's reward, MLE, KL; and the discriminator's BCE."""
+    return adversary.loss(model, batch, n_expert, autocast)
+
+
+train_loss = gail_loss if loss == "gail" else online_loss if mix_in > 0 else offline_loss
+
+
+# -----------------------------------------------------------------------------
 def get_lr(it):
     """Linear warmup, then cosine decay from learning_rate to min_lr at lr_decay_iters."""
     if not decay_lr:
@@ -252,49 +336,23 @@ def to_device(batch):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def compute_loss(batch, with_policy_stats=False, n_expert=None):
-    """Loss and stats. With n_expert, the rows after the first n_expert are the policy's own samples
-    for the same prompts (online IQ-Learn, GAIL); the model reads all rows in one pass."""
-    mask, done = batch["loss_mask"], batch["done"]
-    with autocast:
-        if loss_chunk:  # the same loss and gradient, head and loss chunk by chunk (chunked_head.py)
-            hidden = model(batch["idx"], head=False)
-            chunked_loss, q, v = chunked_irl_loss(hidden, raw_model.lm_head.weight, batch["targets"], mask, done,
-                                                  td_coef_used, gamma, loss_chunk, stop_grad_next_v)
-        else:
-            logits = model(batch["idx"])
-            q, v = q_and_v(logits, batch["targets"])
-    if loss == "gail" and n_expert is not None:  # gail.py: policy gradient, MLE, KL, discriminator
-        with autocast:
-            d = gail.discriminator_scores(discriminator, batch)
-            with torch.no_grad():
-                reference_logits = reference(batch["idx"][n_expert:])
-        return gail.gail_loss(logits, reference_logits, d, batch, n_expert, mle_weight, kl_coef, gamma)
-    expert, policy = slice(None, n_expert), slice(n_expert, None)  # n_expert None: all rows are data
-    if n_expert is None:
-        loss_value, stats = irl_loss(q, v, mask, done, td_coef_used, gamma, stop_grad_next_v)
-        if loss_chunk:  # irl_loss gave the statistics; the chunked loss has the same value and the gradient
-            loss_value = chunked_loss
-    else:  # online IQ-Learn: mix_in of the value term on the policy's samples
-        loss_value, stats = online_irl_loss(q[expert], v[expert], mask[expert], done[expert], v[policy],
-                                            mask[policy], done[policy], mix_in, td_coef_used, gamma, stop_grad_next_v)
-    if with_policy_stats and loss_chunk:  # entropy, accuracy (log steps, eval): chunk-wise too
-        stats.update(chunked_policy_stats(hidden[expert], raw_model.lm_head.weight, batch["targets"][expert],
-                                          mask[expert], loss_chunk))
-    elif with_policy_stats:
-        stats.update(policy_stats(logits[expert], batch["targets"][expert], mask[expert]))
-    return loss_value, stats
+def policy_samples(micro_step, examples):
+    """The policy's own completions for the first n_sampled prompts of a micro-batch: fresh every
+    step for GAIL (REINFORCE is on-policy), every sample_every steps for online IQ-Learn."""
+    if loss == "gail" or iter_num % sample_every == 0 or micro_step not in samples:
+        samples[micro_step] = sample_examples(raw_model, examples[:n_sampled], tok.eos_id, max_new_tokens)
+    return samples[micro_step]
 
 
 @torch.no_grad()
 def evaluate():
-    """Val loss statistics on the same eval_iters batches every time, and greedy accuracy on the
-    first eval_prompts val prompts (for tasks with a verifier)."""
+    """The offline loss's statistics (every method's) on the same eval_iters val batches every
+    time, and greedy accuracy on the first eval_prompts val prompts (tasks with a verifier)."""
     model.eval()
     totals = {}
     for i in range(eval_iters):
         rows = [val_data[(i * batch_size + j) % len(val_data)] for j in range(batch_size)]
-        _, stats = compute_loss(to_device(make_batch(rows, tok.eos_id, pad_to)), with_policy_stats=True)
+        _, stats = offline_loss(to_device(make_batch(rows, tok.eos_id, pad_to)), with_policy_stats=True)
         for k, value in stats.items():
             totals[k] = totals.get(k, 0.0) + value / eval_iters
     result = {f"val/{k}": value for k, value in totals.items()}
@@ -319,12 +377,10 @@ def save_state():
     if master:
         save_checkpoint(dict(
             model=raw_model.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
-            config=config, iter_num=iter_num, best_val_loss=best_val_loss, tokenizer=tok.state(),
+            config=config, iter_num=iter_num, tokenizer=tok.state(), samples=sample_lists,
             rng=dict(torch=torch.get_rng_state(), data=states,
                      cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None),
-            samples=sample_lists, **(dict(gail=dict(
-                discriminator=discriminator.state_dict(), disc_optimizer=disc_optimizer.state_dict(),
-                reference=reference.state_dict())) if loss == "gail" else {})), ckpt_path)
+            **{name: state.state_dict() for name, state in method_state.items()}), ckpt_path)
 
 
 def append_log(record):
@@ -334,26 +390,14 @@ def append_log(record):
         os.fsync(f.fileno())
 
 
-def trim_log(after_iter):
-    """On resume, drop log lines of iterations the checkpoint had not reached, and a line a crash
-    cut short (rewritten atomically)."""
+def start_log(after_iter):
+    """Keep the log lines of iterations the checkpoint had reached (none for a new run: the log of
+    a start that saved no checkpoint goes), and drop a line a crash cut short; atomically."""
     if not os.path.exists(log_path):
         return
     with open(log_path) as f:
         lines = [line for line in f if line.endswith("\n") and json.loads(line)["iter"] < after_iter]
     write_atomically(log_path, "".join(lines))
-
-
-# -----------------------------------------------------------------------------
-# the training loop
-if master:
-    os.makedirs(out_dir, exist_ok=True)
-    if init_from == "resume":
-        trim_log(iter_num)
-    n_params = raw_model.get_num_params()
-    print(f"{data['name']}: {len(train_data)} train / {len(val_data)} val examples; model {n_params / 1e6:.2f}M "
-          f"params; loss={loss} td_coef={td_coef_used} gamma={gamma}; device={device} dtype={dtype}")
-start_iter = last_log_iter = iter_num
 
 
 def interrupted(*_):
@@ -364,7 +408,16 @@ def interrupted(*_):
                                                  if saved else "no checkpoint was saved yet"))
 
 
+# -----------------------------------------------------------------------------
+# the training loop
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    start_log(iter_num if init_from == "resume" else 0)
+    print(f"{data['name']}: {len(train_data)} train / {len(val_data)} val examples; model "
+          f"{raw_model.get_num_params() / 1e6:.2f}M params; loss={loss} td_coef={td_coef_used} gamma={gamma}; "
+          f"device={device} dtype={dtype}")
 signal.signal(signal.SIGINT, interrupted)
+start_iter = last_log_iter = iter_num
 t0, tokens_seen = time.time(), 0
 run_seconds = dict(sample=0.0, step=0.0)  # since start_iter, for log.jsonl: sampling vs the whole step
 sample_seconds_at_log = 0.0  # run_seconds["sample"] at the last progress line
@@ -373,6 +426,7 @@ while True:
     for group in optimizer.param_groups:
         group["lr"] = lr
 
+    # evaluate and save
     if iter_num % eval_interval == 0 or iter_num == max_iters:
         t_eval = time.time()
         record = dict(iter=iter_num, lr=lr, **evaluate())
@@ -380,7 +434,9 @@ while True:
             steps_run = iter_num - start_iter
             record["time/sample_ms"] = 1000 * run_seconds["sample"] / steps_run
             record["time/update_ms"] = 1000 * (run_seconds["step"] - run_seconds["sample"]) / steps_run
-        best_val_loss = min(best_val_loss, record["val/loss"])
+        if not (math.isfinite(record["val/loss"]) and all(p.isfinite().all() for p in raw_model.parameters())):
+            fail(f"the run diverged by iter {iter_num} (val loss {record['val/loss']}); stopped, {ckpt_path} keeps "
+                 f"the last good state; lower --learning_rate, then --init_from=resume")
         if iter_num > start_iter or (iter_num > 0 and init_from != "resume"):
             save_state()
         if master:
@@ -398,16 +454,15 @@ while True:
     for micro_step in range(gradient_accumulation_steps):
         rows = torch.randint(len(train_data), (batch_size,), generator=train_gen).tolist()
         examples = [train_data[i] for i in rows]
-        if online and (loss == "gail" or iter_num % sample_every == 0 or micro_step not in samples):
-            t_sample = time.time()  # the policy's own completions for these prompts (GAIL: every step)
-            samples[micro_step] = sample_examples(raw_model, examples[:n_sampled], tok.eos_id, max_new_tokens)
+        if online:
+            t_sample = time.time()
+            examples = examples + policy_samples(micro_step, examples)
             run_seconds["sample"] += time.time() - t_sample
-        batch = to_device(make_batch(examples + (samples[micro_step] if online else []), tok.eos_id, pad_to))
+        batch = to_device(make_batch(examples, tok.eos_id, pad_to))
         tokens_seen += int((batch["targets"] >= 0).sum())
         if ddp:  # sync gradients only on the last micro-step
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
-        loss_value, stats = compute_loss(batch, with_policy_stats=log_now and micro_step == 0,
-                                         n_expert=len(examples) if online else None)
+        loss_value, stats = train_loss(batch, batch_size, with_policy_stats=log_now and micro_step == 0)
         nonfinite = nonfinite or not math.isfinite(loss_value.item())
         scaler.scale(loss_value / gradient_accumulation_steps).backward()
     if ddp:  # all ranks stop together: one that stopped alone would leave the others waiting for it
@@ -416,8 +471,8 @@ while True:
         nonfinite = flag.item() > 0
     if nonfinite:  # before the optimizer step: the weights and ckpt.pt keep the last good state
         fail(f"the loss is not finite at iter {iter_num}; stopped, {ckpt_path} keeps the last good state; "
-             f"lower --learning_rate (or --td_coef), then --init_from=resume")
-    for module, module_optimizer in optimized:  # the policy (and GAIL's discriminator)
+             f"lower --learning_rate, then --init_from=resume")
+    for module, module_optimizer in optimized:  # clip, step (the policy, and GAIL's discriminator)
         if grad_clip > 0:
             scaler.unscale_(module_optimizer)
             torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
@@ -427,7 +482,8 @@ while True:
     iter_num += 1
     run_seconds["step"] += time.time() - t_step
 
-    if log_now and master:  # time and tokens (padding excluded) since the last progress line
+    # log: time and tokens (padding excluded) since the last progress line
+    if log_now and master:
         dt, steps = time.time() - t0, iter_num - last_log_iter
         extra = "".join(f", {k} {stats[k]:.4f}" for k in ("td", "v_mean", "entropy", "value_gap", "kl",
                                                           "sample_entropy", "reward", "disc_accuracy") if k in stats)

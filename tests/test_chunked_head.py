@@ -20,33 +20,32 @@ def random_batch(B=3, T=7, C=5, V=50, dtype=torch.float64, seed=0):
     return hidden, weight, targets, loss_mask, done
 
 
-def loss_and_grads(path, hidden, weight, targets, loss_mask, done, td_coef=0.7, gamma=0.9, stop_grad_next_v=False):
-    """(q, v, loss, dL/dhidden, dL/dweight) of the IRL loss on the logits hidden @ weight^T, by `path`."""
+def loss_and_grads(path, hidden, weight, targets, loss_mask, done, td_coef=0.7, gamma=0.9):
+    """(stats, loss, dL/dhidden, dL/dweight) of the IRL loss on the logits hidden @ weight^T, by `path`.
+    The stats (nll, td, reward mean and std, v_mean) are functions of q and v."""
     hidden = hidden.clone().requires_grad_(True)
     weight = weight.clone().requires_grad_(True)
-    loss, q, v = path(hidden, weight, targets, loss_mask, done, td_coef, gamma, stop_grad_next_v)
+    loss, stats = path(hidden, weight, targets, loss_mask, done, td_coef, gamma)
     loss.backward()
-    return q.detach(), v.detach(), loss.detach(), hidden.grad, weight.grad
+    return stats, loss.detach(), hidden.grad, weight.grad
 
 
-def full(hidden, weight, targets, loss_mask, done, td_coef, gamma, stop_grad_next_v):
-    q, v = q_and_v(hidden @ weight.T, targets)
-    return irl_loss(q, v, loss_mask, done, td_coef, gamma, stop_grad_next_v)[0], q, v
+def full(hidden, weight, targets, loss_mask, done, td_coef, gamma):
+    return irl_loss(*q_and_v(hidden @ weight.T, targets), loss_mask, done, td_coef, gamma)
 
 
 def chunked(chunk_size):
-    return lambda *args: chunked_irl_loss(*args[:7], chunk_size, args[7])
+    return lambda *args: chunked_irl_loss(*args, chunk_size)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("chunk_size", [1, 4, 7, 21, 100])  # 21 = B*T; 4 does not divide it; 7 = T
-@pytest.mark.parametrize("td_coef,gamma,stop_grad_next_v", [(0.0, 1.0, False), (0.7, 0.9, False),
-                                                            (1.3, 1.0, False), (0.7, 0.9, True)])
-def test_values_and_gradients_equal_full_logits(dtype, tol, chunk_size, td_coef, gamma, stop_grad_next_v):
+@pytest.mark.parametrize("td_coef,gamma", [(0.0, 1.0), (0.7, 0.9), (1.3, 1.0)])
+def test_values_and_gradients_equal_full_logits(dtype, tol, chunk_size, td_coef, gamma):
     batch = random_batch(dtype=dtype)
-    expected = loss_and_grads(full, *batch, td_coef, gamma, stop_grad_next_v)
-    got = loss_and_grads(chunked(chunk_size), *batch, td_coef, gamma, stop_grad_next_v)
-    for name, a, b in zip(("q", "v", "loss", "dL/dhidden", "dL/dweight"), got, expected):
+    expected = loss_and_grads(full, *batch, td_coef, gamma)
+    got = loss_and_grads(chunked(chunk_size), *batch, td_coef, gamma)
+    for name, a, b in zip(("stats", "loss", "dL/dhidden", "dL/dweight"), got, expected):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=name)
 
 
@@ -60,9 +59,9 @@ def test_gradcheck_float64(td_coef):
 def test_no_grad_gives_the_same_loss():
     hidden, weight, targets, loss_mask, done = random_batch()
     with torch.no_grad():  # evaluation: no gradient is computed, the values are the same
-        loss, q, v = chunked_irl_loss(hidden, weight, targets, loss_mask, done, 0.7, 0.9, 5)
-    expected = full(hidden, weight, targets, loss_mask, done, 0.7, 0.9, False)
-    for a, b in zip((loss, q, v), expected):
+        got = chunked_irl_loss(hidden, weight, targets, loss_mask, done, 0.7, 0.9, 5)
+    expected = full(hidden, weight, targets, loss_mask, done, 0.7, 0.9)
+    for a, b in zip(got, expected):  # the loss, and the stats
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -122,16 +121,17 @@ def test_bfloat16_autocast_keeps_v_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = loss_and_grads(full, hidden, weight, targets, loss_mask, done)
         got = loss_and_grads(chunked(5), hidden, weight, targets, loss_mask, done)
-    assert got[0].dtype == got[1].dtype == torch.float32
-    assert got[3].dtype == got[4].dtype == torch.float32  # gradients in the parameters' dtype
-    # both run the matmuls in bf16 and the rest in float32: the same q, v and loss. The gradients
+    assert got[1].dtype == torch.float32
+    assert got[2].dtype == got[3].dtype == torch.float32  # gradients in the parameters' dtype
+    # both run the matmuls in bf16 and the rest in float32: the same q, v, hence the same stats
+    # (nll, td, v_mean, ...: a v rounded to bf16 would be off by ~1e-2) and loss. The gradients
     # round differently (the chunked path adds the onehot part in float32 and sums dL/dW over
     # chunks in float32, where the full path rounds it inside one bf16 matmul): both stay within
     # bf16 rounding of the float32 gradients
-    for name, a, b in zip(("q", "v", "loss"), got, expected):
+    for name, a, b in zip(("stats", "loss"), got, expected):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
     float32 = loss_and_grads(full, hidden, weight, targets, loss_mask, done)
-    for i in (3, 4):  # dL/dhidden, dL/dweight
+    for i in (2, 3):  # dL/dhidden, dL/dweight
         relative_error = lambda grad: ((grad - float32[i]).norm() / float32[i].norm()).item()
         assert relative_error(got[i]) < 1e-2 and relative_error(expected[i]) < 1e-2
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import demonstration_masks
-from irl_loss import irl_loss, q_and_v, td_mask_of, token_rewards
+from irl_loss import irl_loss, mean_entropy, q_and_v, td_mask_of, token_rewards
 
 
 def random_batch(B=3, T=7, V=5, seed=0, dtype=torch.float64):
@@ -80,13 +80,12 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(f, (logits.requires_grad_(True),))
 
 
-@pytest.mark.parametrize("stop_grad_next_v", [False, True])
-def test_gradient_closed_form(stop_grad_next_v):
+def test_gradient_closed_form():
     """dL/dlogits_t = c_t softmax(logits_t) + d_t onehot(y_t), with c_t, d_t from the docstring."""
     td_coef, gamma = 0.6, 0.8
     logits, targets, loss_mask, done = random_batch()
     logits.requires_grad_(True)
-    loss_of(logits, targets, loss_mask, done, td_coef, gamma, stop_grad_next_v=stop_grad_next_v).backward()
+    loss_of(logits, targets, loss_mask, done, td_coef, gamma).backward()
     B, T, V = logits.shape
     x = logits.detach()
     v = torch.logsumexp(x, -1)
@@ -101,7 +100,7 @@ def test_gradient_closed_form(stop_grad_next_v):
             r_t = q[b, t] - gamma * (1 - done[b, t]) * v_next
             d_t = -loss_mask[b, t] / N + 2 * td_coef * td_mask[b, t] * r_t / M
             c_t = loss_mask[b, t] / N
-            if t > 0 and not stop_grad_next_v:
+            if t > 0:
                 r_prev = q[b, t - 1] - gamma * (1 - done[b, t - 1]) * v[b, t]
                 c_t = c_t - 2 * td_coef * gamma * td_mask[b, t - 1] * (1 - done[b, t - 1]) * r_prev / M
             expected[b, t] = c_t * torch.softmax(x[b, t], -1)
@@ -156,3 +155,21 @@ def test_telescoping_identity(gamma):
         expected = sum(gamma ** k * logp[t, targets[b, t]] for k, t in enumerate(positions))
         expected = expected + torch.logsumexp(logits[b, first], -1)
         assert math.isclose(returns[b].item(), expected.item(), rel_tol=1e-10, abs_tol=1e-10)
+
+
+def test_mean_entropy_closed_forms():
+    """H of a uniform policy is log V; of p = (1/2, 1/4, 1/4) it is 1.5 log 2; and its gradient is
+    dH/dlogits_i = -p_i (log p_i + H) at each position, here divided by the number of masked ones."""
+    V = 7
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    uniform = torch.zeros(1, 3, V, dtype=torch.float64)
+    assert mean_entropy(uniform, mask).item() == pytest.approx(math.log(V), abs=1e-6)
+    halves = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]], dtype=torch.float64))
+    assert mean_entropy(halves, torch.ones(1, 1)).item() == pytest.approx(1.5 * math.log(2), abs=1e-6)
+    logits, _, loss_mask, _ = random_batch()
+    logits.requires_grad_(True)
+    mean_entropy(logits, loss_mask).backward()
+    p = torch.softmax(logits.detach(), -1)
+    H = -(p * p.log()).sum(-1, keepdim=True)
+    expected = -p * (p.log() + H) * loss_mask[..., None] / loss_mask.sum()
+    torch.testing.assert_close(logits.grad, expected.to(logits.grad.dtype), rtol=1e-5, atol=1e-6)

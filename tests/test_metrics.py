@@ -1,9 +1,13 @@
-"""metrics.py against examples worked by hand; the arithmetic is in the comments."""
+"""metrics.py against examples worked by hand (the arithmetic is in the comments), and against the
+independent references it promises to equal: Google's rouge-score for ROUGE, nltk for Self-BLEU
+(requirements-dev.txt; those tests skip without them)."""
 import math
+import random
 
 import pytest
 
-from metrics import (bleu4, distinct_n, mean_se, rouge_l, rouge_n, self_bleu, spearman, words)
+from metrics import (bleu4, distinct_n, mean_se, rouge_l, rouge_lsum, rouge_n, rouge_tokens, self_bleu,
+                     spearman, words)
 
 CAT_SAT = "the cat sat on the mat"
 CAT_IS = "the cat is on the mat"
@@ -23,6 +27,23 @@ def test_words_english_keeps_case_and_splits_punctuation():
 
 
 # ----------------------------------------------------------------------------- ROUGE
+
+def test_rouge_tokens_lowercase_and_drop_everything_but_a_z_0_9():
+    assert rouge_tokens("Hello, world! It's 3.5") == ["hello", "world", "it", "s", "3", "5"]
+    assert rouge_tokens("17+23=40") == ["17", "23", "40"]
+    assert rouge_tokens("caf\u00e9 na\u00efve \u03b1\u03b2\u03b3") == ["caf", "na", "ve"]  # non-ASCII letters separate
+    assert rouge_tokens("  \n\t") == [] and rouge_tokens("") == []
+
+
+def test_rouge_ignores_case_and_punctuation():
+    # "Hello, world!" -> hello world: the same tokens as the reference -> every ROUGE is 1
+    # (under the old tokenisation: Hello , world ! vs hello world shared only "world": P 1/4, R 1/2 -> 1/3)
+    for rouge in (lambda c, r: rouge_n(c, r, 1), lambda c, r: rouge_n(c, r, 2), rouge_l, rouge_lsum):
+        assert rouge("Hello, world!", "hello world") == pytest.approx(1.0)
+
+
+# The hand-worked examples written for the old case- and punctuation-keeping tokenisation (from here
+# to the empty cases) are lowercase words without punctuation: none of their expected values changed.
 
 def test_rouge_same_length_example():
     # cand: the cat sat on the mat      ref: the cat is on the mat      (6 tokens each)
@@ -59,6 +80,62 @@ def test_rouge_empty_or_too_short_is_zero():
     assert rouge_n("cat", CAT_SAT, 2) == 0.0        # no bigrams on the candidate side
     assert rouge_l("dog", CAT_SAT) == 0.0
     assert rouge_l("", "") == 0.0
+    assert rouge_lsum("", CAT_SAT) == 0.0
+    assert rouge_lsum("!!\n\n", "?") == 0.0         # lines but no tokens
+
+
+def test_rouge_lsum_union_lcs_by_hand():
+    # ref "a b c d" (one sentence), cand sentences "c d" and "a b"
+    # rougeL on the whole texts: c d a b vs a b c d -> LCS 2 (a b, or c d), P = R = 2/4 -> F = 1/2
+    assert rouge_l("c d\na b", "a b c d") == pytest.approx(1 / 2)
+    # rougeLsum: LCS(ref, "c d") covers c d, LCS(ref, "a b") covers a b; their union is all 4 tokens
+    #   of the ref -> hits 4, P = 4/4, R = 4/4 -> F = 1
+    assert rouge_lsum("c d\na b", "a b c d") == pytest.approx(1.0)
+    # Lin (2004) section 3.2, w1..w9 written a..i: ref w1 w2 w3 w4 w5, cands w1 w2 w6 w7 w8 and w1 w3 w8 w9 w5
+    #   LCSs: w1 w2 and w1 w3 w5 -> union w1 w2 w3 w5 -> hits 4, P = 4/10, R = 4/5 -> F = 8/15
+    assert rouge_lsum("a b f g h\na c h i e", "a b c d e") == pytest.approx(8 / 15)
+
+
+def test_rouge_lsum_credits_a_candidate_token_once():
+    # ref sentences "a b" and "a b", cand "a b": each ref sentence's union is a b, 4 tokens in all,
+    # but the candidate has one a and one b -> hits 2; P = 2/2, R = 2/4 -> F = 2/3
+    assert rouge_lsum("a b", "a b\na b") == pytest.approx(2 / 3)
+
+
+ROUGE_WORDS = ["the", "The", "THE", "cat", "cat.", "cat,", "sat", "on", "mat!", "a", "dog's", "42", "4.2",
+               "17+23=40", "caf\u00e9", "na\u00efve", "\u00c9t\u00e9", "\u732b", "\u212a", "\u0130i", "--", "(x)", ""]
+ROUGE_EDGE_PAIRS = [
+    ("Hello, world!", "hello world"), ("", ""), ("", "cat"), ("cat", ""), ("...", "!!!"), ("\n\n", "a\n"),
+    ("The cat.\nThe mat.", "the cat sat\non the mat"), ("c d\na b", "a b c d"), ("a b", "a b\na b"),
+    ("a a a b\nb a", "a b\nb b a\na"), ("  \n  x  \n", "x\n\n\nx"), ("\u732b cat \u732b", "cat"),
+    ("r\u00e9sum\u00e9 r\u00e9sum\u00e9", "resume"), ("\u212aelvin", "kelvin"), ("\u0130stanbul", "istanbul"),
+    ("line one\r\nline two", "line one\nline two"),
+]
+
+
+def random_text(rng):
+    lines = [" ".join(rng.choice(ROUGE_WORDS) for _ in range(rng.randint(0, 8))) for _ in range(rng.randint(1, 3))]
+    return "\n".join(lines)
+
+
+def test_rouge_matches_rouge_score():
+    """rouge_n / rouge_l / rouge_lsum against rouge-score's RougeScorer with its defaults (no
+    stemmer) on edge cases and random multi-line texts with case, punctuation and unicode."""
+    # the submodule, not the package: rouge_score imports but its scorer needs absl-py (a dependency)
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=False)
+    rng = random.Random(0)
+    pairs = ROUGE_EDGE_PAIRS + [(random_text(rng), random_text(rng)) for _ in range(40)]
+    for cand, ref in pairs:
+        expected = scorer.score(ref, cand)  # score(target, prediction)
+        ours = dict(rouge1=rouge_n(cand, ref, 1), rouge2=rouge_n(cand, ref, 2), rougeL=rouge_l(cand, ref),
+                    rougeLsum=rouge_lsum(cand, ref))
+        for key, value in ours.items():
+            assert value == pytest.approx(expected[key].fmeasure, abs=1e-12), (key, cand, ref)
+    # the random texts are not all trivial: they do share n-grams and lines
+    assert sum(rouge_n(c, r, 2) > 0 for c, r in pairs) >= 10
+    assert sum(rouge_lsum(c, r) != rouge_l(c, r) for c, r in pairs) >= 10
+
 
 
 # ----------------------------------------------------------------------------- BLEU
@@ -119,6 +196,21 @@ def test_self_bleu_two_samples_by_hand():
     samples = [CAT_SAT, "the cat sat on a mat"]
     assert self_bleu(samples) == pytest.approx((1 / 12) ** 0.25)
     assert self_bleu(samples) == pytest.approx(0.53728, abs=1e-5)
+
+
+def test_self_bleu_matches_nltk():
+    """self_bleu against the usual Self-BLEU: nltk's sentence_bleu(method1) of each sample (words())
+    against the others, averaged; random groups of 2-5 samples with short, empty and repeated ones."""
+    bleu_score = pytest.importorskip("nltk.translate.bleu_score")
+    smooth, sentence_bleu = bleu_score.SmoothingFunction().method1, bleu_score.sentence_bleu
+    rng = random.Random(0)
+    vocab = ["the", "cat", "sat", "on", "mat", "a", ".", ",", "7+3=10", "Cat"]
+    for _ in range(50):
+        samples = [" ".join(rng.choice(vocab) for _ in range(rng.randint(0, 12))) for _ in range(rng.randint(2, 5))]
+        tokens = [words(s) for s in samples]
+        expected = sum(sentence_bleu(tokens[:i] + tokens[i + 1:], t, smoothing_function=smooth)
+                       for i, t in enumerate(tokens)) / len(tokens)
+        assert self_bleu(samples) == pytest.approx(expected, abs=1e-12), samples
 
 
 def test_self_bleu_needs_two_samples():

@@ -27,7 +27,7 @@ def test_tiny_model_overfits_one_batch():
     done = torch.zeros(4, 16)
     done[:, -1] = 1
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(250):
+    for _ in range(400):  # 250 steps land on either side of 0.05 with 1 or 2 threads
         q, v = q_and_v(model(idx), targets)
         loss, stats = irl_loss(q, v, loss_mask, done, td_coef=0.1)
         loss.backward()
@@ -122,3 +122,16 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("eval 4:") == 1  # rank 0 alone logs
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter_num"] == 4
+
+
+def test_entropy_coef_subtracts_beta_times_the_entropy(tmp_path):
+    """loss = nll + td_coef * td - entropy_coef * entropy, read off the progress lines, which print
+    each term (to 4 decimals); and the chunked head refuses the flag in one line."""
+    result = run_script(TINY + ["--max_iters=3", "--eval_interval=3", "--entropy_coef=0.5", "--td_coef=0.1",
+                                f"--out_dir={tmp_path / 'run'}"])
+    lines = re.findall(r"^iter \d+: loss (\S+), nll (\S+), td (\S+), v_mean \S+, entropy (\S+),", result.stdout, re.M)
+    assert len(lines) == 3
+    for loss, nll, td, entropy in (map(float, line) for line in lines):
+        assert loss == pytest.approx(nll + 0.1 * td - 0.5 * entropy, abs=2e-4)
+    refused = run_script(TINY + ["--entropy_coef=0.5", "--loss_chunk=8", f"--out_dir={tmp_path / 'c'}"], check=False)
+    assert refused.returncode != 0 and "--entropy_coef needs the full logits" in refused.stderr

@@ -2,6 +2,7 @@
 Multi-step arithmetic, a tiny char-level stand-in for GSM8k: no prose, just numbers and operators.
 
     python data/arith/prepare.py        # writes data/arith/{train,val,test}.jsonl and meta.json
+    python data/arith/prepare.py --out_dir=folder   # the same files in another folder
 
 A prompt is an expression; a completion does one operation per step, then states the answer:
 
@@ -24,7 +25,14 @@ import json
 import os
 import random
 import re
-import tempfile
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:  # run as a script, python data/arith/prepare.py: the repository's modules
+    sys.path.insert(0, ROOT)
+from checkpoint import write_atomically  # noqa: E402 (a temporary file, then a rename: never half a file)
+
+out_dir = ""  # where python data/arith/prepare.py writes train/val/test.jsonl and meta.json; '' = data/arith
 
 # difficulty: tune these so a small model trained for minutes lands between "never" and "always" right
 MIN_OPERANDS, MAX_OPERANDS = 3, 4  # operands per problem (4 allows many more step orders)
@@ -163,13 +171,6 @@ def random_expression(rng, n):
     return left + op + right, PRECEDENCE[op]
 
 
-def write_atomic(path, text):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)  # readers never see a half-written file
-
-
 def prepare(out_dir=None):
     out_dir = out_dir or os.path.dirname(os.path.abspath(__file__))
     os.makedirs(out_dir, exist_ok=True)
@@ -186,14 +187,14 @@ def prepare(out_dir=None):
     rows, start = list(rows.items()), 0
     for split, size in SPLIT_SIZES.items():
         lines = [json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in rows[start:start + size]]
-        write_atomic(os.path.join(out_dir, f"{split}.jsonl"), "".join(lines))
+        write_atomically(os.path.join(out_dir, f"{split}.jsonl"), "".join(lines))
         start += size
     chars = "".join(sorted(set("".join(p + c for p, c in rows))))
     meta = {"name": "arith", "task": "arith", "tokenizer": {"kind": "char", "chars": chars}}
-    write_atomic(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1) + "\n")
+    write_atomically(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1) + "\n")
     return out_dir
 
 
 if __name__ == "__main__":
-    out = prepare()
-    print(f"wrote {out}: " + ", ".join(f"{split} {n}" for split, n in SPLIT_SIZES.items()))
+    from dataset import prepare_main
+    prepare_main(prepare, __file__)

