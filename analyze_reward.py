@@ -7,7 +7,7 @@ against the task metric (the paper's analysis), the value of the prompt, and ins
     python analyze_reward.py --out_dir=out/irl,out/mle --results=results/reward   # side by side
     python analyze_reward.py --out_dir=out --features=my_features.py   # your own features
 
-What is measured (SPEC.md section 6). Any completion y of a prompt x gets, under a trained model,
+What is measured (docs/method.md section 6). Any completion y of a prompt x gets, under a trained model,
 the per-token reward of irl_loss.py, r_t = q_t - gamma (1 - done_t) v_{t+1}, and the return
 R = sum_k gamma^k r_k (k = 0 at the first completion token). For a terminated completion the sum
 telescopes: R = sum_k gamma^k log pi_k + v_0(x), so with gamma = 1, R = log p(y | x) + v_0(x).
@@ -33,7 +33,7 @@ each reward. Among the K samples of a prompt, "pick rate" is how often the sampl
 return has the best metric, among prompts whose samples differ in it; "chance" is what picking one
 at random scores on the same prompts.
 
-Instructed features (SPEC.md section 7, features.py): r_t is regressed by least squares on a few
+Instructed features (docs/method.md section 7, features.py): r_t is regressed by least squares on a few
 features an analyst names (digits, operators, step separators, the answer, EOS, position,
 repetition, ...), each weight with a 95% interval, and R^2 says how much of the reward they explain.
 That paper also models bounded rationality, as noise on the value of future actions; in our soft-Q
@@ -251,7 +251,7 @@ for run in runs:
     run["rows"] = experts + corrupts + sampled
     run["experts"], run["corrupts"], run["sampled"] = experts, corrupts, sampled
 
-    # the telescoping identity of SPEC.md section 6, on every terminated completion
+    # the telescoping identity of docs/method.md section 6, on every terminated completion
     errors = [abs(r["ret"] - (discounted(r["log_pi"], gamma) + r["v0"])) for r in run["rows"] if r["terminated"]]
     above = [experts[r["expert"]]["ret"] > r["ret"] for r in corrupts]
     with_metric = [r for r in sampled if r["metric"] is not None]

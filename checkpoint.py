@@ -5,8 +5,8 @@ and its tokenizer, or made from OpenAI's GPT-2 weights; and the other files the 
 check_output_path() / lock_out_dir() for where they go.
 
 A train.py checkpoint is a dict: model (state dict), optimizer, model_args, config, iter_num,
-best_val_loss, tokenizer (tokenizer.py state), rng. A nanoGPT ckpt.pt has the same model,
-model_args and optimizer keys but no tokenizer. Loading uses weights_only=True: a downloaded
+tokenizer (tokenizer.py state), rng, samples (online IQ-Learn, GAIL) and gail (GAIL's models). A
+nanoGPT ckpt.pt has the same model, model_args and optimizer keys but no tokenizer. Loading uses weights_only=True: a downloaded
 file cannot run code. Every field the scripts read is checked when it is loaded, so that a bad
 file stops with one line naming the file and the field, not a traceback later.
 
@@ -117,13 +117,13 @@ def lock_out_dir(folder):
 
 
 MODEL_ARGS = dict(n_layer=int, n_head=int, n_embd=int, block_size=int, vocab_size=int, bias=bool)  # required
-RESUME_FIELDS = dict(optimizer=dict, config=dict, iter_num=int, best_val_loss=(int, float), rng=dict)
+RESUME_FIELDS = dict(optimizer=dict, config=dict, iter_num=int, rng=dict)
 
 
 def load_checkpoint(path, for_resume=False):
     """The checkpoint dict at path, every field the scripts read checked: ValueError with one line
     naming the file and the field otherwise. for_resume: also what --init_from=resume reads (the
-    optimizer, config, iter_num, best_val_loss, rng and, for GAIL, its models)."""
+    optimizer, config, iter_num, rng and, for GAIL, its models)."""
     if not os.path.exists(path):
         raise ValueError(f"no checkpoint at {path}; train one with train.py or fix the path")
     if not os.path.isfile(path) or os.path.getsize(path) == 0:

@@ -3,7 +3,7 @@ The tied output head and the IRL loss of irl_loss.py, computed a chunk of positi
 that the (B, T, V) logits never exist at once, with no more matmuls than the full path.
 
 The loss needs two numbers per position, q_t = logits_t[y_t] and v_t = logsumexp(logits_t)
-(SPEC.md section 3), but the full path builds all of logits = hidden @ W^T first: at GPT-2 size,
+(docs/method.md section 3), but the full path builds all of logits = hidden @ W^T first: at GPT-2 size,
 8 x 1024 positions x 50 304 tokens is 1.6 GB in float32, and its gradient as much again. Here the
 positions (B*T of them, flattened row by row) are cut into chunks of `chunk_size`, and the
 gradient is computed in the forward pass, as Cut Cross-Entropy and Liger's fused linear

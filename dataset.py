@@ -1,5 +1,5 @@
 """
-Demonstrations: (prompt, completion) pairs, their tokens, and the masks of SPEC.md section 2.
+Demonstrations: (prompt, completion) pairs, their tokens, and the masks of docs/method.md section 2.
 
 A dataset is either a built-in name (`arith`, `shakespeare`: the folder data/<name>/, made by
 data/<name>/prepare.py on first use) or a path: a folder with train/val/test.jsonl and an optional

@@ -13,9 +13,10 @@ interrupted experiment continues where it stopped (small_data reuses arith's 100
 are there). Writes results/<task>/figure.png and table.md. Ctrl-C (or a run that fails) stops the
 runs in progress at once; what they saved is kept, and the same command continues from there.
 
-Runs go `jobs` at a time, each on one thread: on a 2-core CPU two one-thread runs finish ~1.4x
-sooner than the same two runs one after another on two threads (the model is too small for two
-threads to help much). A run's numbers depend on its thread count only through float rounding.
+Runs go `jobs` at a time, each on one thread (OMP_NUM_THREADS=1): the models are too small for a
+second thread to speed a run up by much, so two one-thread runs side by side use a 2-core CPU
+better than one two-thread run after another. A run's numbers depend on its thread count through
+float rounding, so a table is reproduced exactly only with the same thread count and CPU.
 """
 import json
 import os
@@ -61,7 +62,7 @@ TASKS = {  # per task: train.py flags, the task metric sample.py reports, td_coe
 }
 flags, metric, default_td_coefs = TASKS[task]
 root = os.path.join(results, task)
-# online IQ-Learn (SPEC section 4) at the td_coef of the default run, and GAIL (section 5) fine-tuning
+# online IQ-Learn (docs/method.md section 4) at the td_coef of the default run, and GAIL (section 5) fine-tuning
 # each seed's MLE run for 300 steps; "MLE +300" continues MLE on the same schedule: GAIL's control
 FINE_TUNE = ["--learning_rate=1e-4", "--min_lr=1e-5", "--warmup_iters=10", "--max_iters=300",
              "--lr_decay_iters=300", "--eval_interval=100"]
@@ -128,7 +129,8 @@ def train_and_sample(out_dir, train_flags, seed, sample=True):
     """One run: train.py, then sample.py at each temperature. Returns (out_dir, summaries, seconds).
     An interrupted run with a checkpoint is resumed; one that died before its first checkpoint
     starts afresh."""
-    command = ["train.py", f"--out_dir={out_dir}", f"--seed={seed}", *flags, *train_flags, *train_args.split()]
+    # the task's flags (perhaps a config file, which sets an out_dir of its own) first: later flags win
+    command = ["train.py", *flags, f"--out_dir={out_dir}", f"--seed={seed}", *train_flags, *train_args.split()]
     trained = os.path.join(out_dir, "trained")  # written once train.py got to max_iters
     if os.path.exists(os.path.join(out_dir, "ckpt.pt")):
         command.append("--init_from=resume")  # the last --init_from wins

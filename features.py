@@ -1,5 +1,5 @@
 """
-Instructed features (SPEC.md section 7): explain a learned per-token reward with a few features
+Instructed features (docs/method.md section 7): explain a learned per-token reward with a few features
 that an analyst names, by least squares. Used by analyze_reward.py.
 
 A feature is a plain Python function of one token in its completion:
@@ -196,6 +196,6 @@ def least_squares(X, y):
     se_all = np.sqrt(np.diag(sigma2 * np.linalg.inv(design.T @ design)))  # sqrt(diag(s^2 (X'X)^-1))
     weights, se = np.full(k, np.nan), np.full(k, np.nan)
     weights[varies], se[varies] = coef[1:], se_all[1:]
-    return dict(intercept=float(coef[0]), intercept_se=float(se_all[0]), weights=weights, se=se,
+    return dict(intercept=float(coef[0]), weights=weights, se=se,
                 ci_low=weights - Z_95 * se, ci_high=weights + Z_95 * se,
                 r2=1.0 - rss / tss if tss > 0 else float("nan"), n=n)

@@ -27,11 +27,11 @@ Gradient (the chunked head in chunked_head.py uses it): with N = sum(mask), M = 
 and since dq_t/dlogits_t = onehot(y_t), dv_t/dlogits_t = softmax(logits_t):
     dL/dlogits_t = c_t softmax(logits_t) + d_t onehot(y_t).
 
-Masks (SPEC.md section 2): mask_t marks completion tokens, EOS included; done_t marks the EOS
+Masks (docs/method.md section 2): mask_t marks completion tokens, EOS included; done_t marks the EOS
 target. A completion cut by the window has no next state for its last token, so
     td_mask_t = mask_t * (done_t OR mask_{t+1}),   mask beyond the last column = 0.
 
-Online IQ-Learn (online_irl_loss, SPEC.md section 4) moves a share mix_in of the value term
+Online IQ-Learn (online_irl_loss, docs/method.md section 4) moves a share mix_in of the value term
 E[V - gamma V'] from the expert's transitions to the policy's own samples.
 """
 import torch
@@ -110,14 +110,14 @@ def irl_loss(q, v, loss_mask, done, td_coef, gamma=1.0):
 
 
 def online_irl_loss(q, v, loss_mask, done, policy_v, policy_mask, policy_done, mix_in, td_coef, gamma=1.0):
-    """Online IQ-Learn (SPEC.md section 4): IQ-Learn's value term E_rho[V - gamma V'] estimated on
+    """Online IQ-Learn (docs/method.md section 4): IQ-Learn's value term E_rho[V - gamma V'] estimated on
     the mixture rho = (1 - mix_in) expert + mix_in policy transitions (the policy's own samples):
         L = -mean_E(q - g v') + (1 - a) mean_E(v - g v') + a mean_pi(v - g v') + td_coef mean_E(r^2)
           = irl_loss + a [mean_pi(v - g v') - mean_E(v - g v')]
     with a = mix_in, g = gamma, v' = (1 - done_t) v_{t+1} (V after EOS is 0).
     Masks: -mean_E(q - g v') + mean_E(v - g v') telescope into the nll over loss_mask (v' cancels,
     so a truncated last token keeps its likelihood term, as offline). The mix_in part needs v', so
-    both its means are over td_mask (SPEC.md section 2): a truncated last transition has no next
+    both its means are over td_mask (docs/method.md section 2): a truncated last transition has no next
     state in the window, on either side. mix_in = 0 adds exactly 0: the offline loss and its gradient.
     Gradient of the new part, with M = sum(td_mask) of each side: dL/dv_t = +-a (td_t - g (1 -
     done_{t-1}) td_{t-1}) / M, + on policy rows, - on expert rows, >= 0 in size wherever td_t = 1:
@@ -152,7 +152,7 @@ def policy_stats(logits, targets, loss_mask):
 @torch.no_grad()
 def token_rewards(q, v, loss_mask, done, gamma=1.0):
     """Per-token rewards r_t (zero outside td_mask) and per-sequence returns
-    R = sum_t gamma^k r_t, k counted from the first completion token (SPEC.md section 6).
+    R = sum_t gamma^k r_t, k counted from the first completion token (docs/method.md section 6).
     For a terminated completion R telescopes to sum_k gamma^k log pi_t + v_0 (v_0: value of the
     prompt); a truncated one has no reward for its last token (no next state in the window)."""
     td_mask = td_mask_of(loss_mask, done)

@@ -1,5 +1,5 @@
 """
-Text metrics for evaluating generations (SPEC.md section 8). Standard library + numpy only.
+Text metrics for evaluating generations (docs/method.md section 8). Standard library + numpy only.
 
 Two tokenisations. ROUGE uses rouge_tokens(), the rule of Google's rouge-score package
 (rouge_score.rouge_scorer.RougeScorer with its defaults, use_stemmer=False), so that our ROUGE numbers

@@ -1,13 +1,14 @@
 """
-Sample from a trained checkpoint and score the samples: task metric and diversity (SPEC.md section 8).
+Sample from a trained checkpoint and score the samples: task metric and diversity (docs/method.md section 8).
 
     python sample.py --out_dir=out                          # K=4 samples for 100 val prompts
     python sample.py --out_dir=out --temperature=0 --num_samples=1   # greedy
+    python sample.py --out_dir=out --beam_size=4 --num_samples=1     # beam search, the best of 4 beams
     python sample.py --out_dir=out --start="12+7*3="         # one prompt of your own
     python sample.py --out_dir=out --start=FILE:prompts.txt  # one prompt per line of a file
     python sample.py --out_dir=out --compile=True           # on a GPU: each new token one CUDA graph
 
-Writes out_dir/samples_<split>_t<temperature>.jsonl (prompt, sample, reference, per-sample
+Writes out_dir/samples_<split>_t<temperature>.jsonl (_beam<N> with beam search) (prompt, sample, reference, per-sample
 metrics) and the same name .json with the averages: accuracy (tasks with a verifier) or
 ROUGE-1/2/L (text), Self-BLEU and distinct-1/2 over the K samples of each prompt, mean length in
 tokens, the policy's mean per-token entropy on the split's reference completions, and tokens/s.
@@ -35,6 +36,7 @@ max_prompts = 100  # how many prompts of the split (0 = all)
 start = ""  # instead of a split: a prompt, or FILE:path with one prompt per line
 num_samples = 4  # K samples per prompt
 temperature = 1.0  # 0 = greedy
+beam_size = 0  # >0: beam search with this many beams, the best completion per prompt (length-normalised); needs num_samples=1
 top_k = 0  # sample only from the k most likely tokens (0 = all)
 max_new_tokens = 128  # per sample (generation also stops at EOS and at block_size)
 batch_size = 256  # sequences generated together
@@ -48,16 +50,21 @@ settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
 globals().update(configure(settings, __file__, ranges=dict(
     num_samples=(1, None), max_new_tokens=(1, None), batch_size=(1, None), temperature=(0, None), top_k=(0, None),
-    max_prompts=(0, None))))
+    max_prompts=(0, None), beam_size=(0, None))))
 
 
 def fail(message):
     sys.exit(f"sample.py: error: {message}")
 
 
+if beam_size and num_samples > 1:
+    fail(f"--beam_size={beam_size} gives one completion per prompt (beam search is deterministic); pass --num_samples=1")
+if beam_size and (compile or not use_cache):
+    fail("--beam_size runs eagerly with the key/value cache; drop --compile and --use_cache")
 if compile and not use_cache:
     fail("--compile=True compiles the decoding step of the key/value cache; drop --use_cache=False")
-name = out_file or os.path.join(out_dir, f"samples_{'start' if start else split}_t{temperature:g}.jsonl")
+decoding = f"beam{beam_size}" if beam_size else f"t{temperature:g}"
+name = out_file or os.path.join(out_dir, f"samples_{'start' if start else split}_{decoding}.jsonl")
 try:  # flags and where the results go first, then the checkpoint and the prompts
     device = check_device(device)
     check_output_path(name)
@@ -96,10 +103,14 @@ prompts = [p[-(block_size - 1):] for p in prompts]
 jobs = [i for i in range(len(prompts)) for _ in range(num_samples)]  # prompt index of each sample
 completions = []
 t0 = time.time()
-for i in range(0, len(jobs), batch_size):
-    chunk = [prompts[j] for j in jobs[i:i + batch_size]]
-    completions += model.generate(chunk, max_new_tokens, temperature=temperature, top_k=top_k or None,
-                                  eos_id=tok.eos_id, generator=generator, use_cache=use_cache, compile=compile)
+prompts_per_batch = max(1, batch_size // beam_size) if beam_size else batch_size  # a beam is a row
+for i in range(0, len(jobs), prompts_per_batch):
+    chunk = [prompts[j] for j in jobs[i:i + prompts_per_batch]]
+    if beam_size:
+        completions += model.beam_search(chunk, max_new_tokens, beam_size, eos_id=tok.eos_id)
+    else:
+        completions += model.generate(chunk, max_new_tokens, temperature=temperature, top_k=top_k or None,
+                                      eos_id=tok.eos_id, generator=generator, use_cache=use_cache, compile=compile)
 seconds = time.time() - t0
 n_tokens = sum(len(c) for c in completions)
 print(f"generated {len(completions)} samples, {n_tokens} tokens in {seconds:.1f}s ({n_tokens / seconds:.0f} tok/s)")
@@ -120,7 +131,7 @@ for j, completion in zip(jobs, completions):
     rows.append(row)
 
 summary = dict(checkpoint=init_from or os.path.join(out_dir, "ckpt.pt"), split=None if start else split,
-               prompts=len(pairs), num_samples=num_samples, temperature=temperature, top_k=top_k,
+               prompts=len(pairs), num_samples=num_samples, temperature=temperature, top_k=top_k, beam_size=beam_size,
                tokens_per_second=n_tokens / seconds, length=sum(r["length"] for r in rows) / len(rows))
 for key in ("correct", "rouge1", "rouge2", "rougeL"):
     if key in rows[0]:

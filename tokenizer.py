@@ -6,7 +6,7 @@ Both have `encode(text) -> list[int]`, `decode(ids) -> str`, `eos_id`, `vocab_si
 so that train.py, sample.py and analyze_reward.py all decode the same way
 (`tokenizer_from_state(state)` rebuilds it).
 
-EOS ends every completion (SPEC.md section 2) and also starts every row (see dataset.py), the way
+EOS ends every completion (docs/method.md section 2) and also starts every row (see dataset.py), the way
 GPT-2 uses <|endoftext|> between documents. decode() drops it.
 """
 import os

@@ -26,10 +26,10 @@ from contextlib import nullcontext
 
 import torch
 
-from checkpoint import (GPT2_NAMES, gpt2_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint,
-                        tokenizer_of, write_atomically)
+from checkpoint import (GPT2_NAMES, check_out_dir, gpt2_checkpoint, load_checkpoint, lock_out_dir,
+                        model_from_checkpoint, save_checkpoint, tokenizer_of, write_atomically)
 from chunked_head import chunked_irl_loss, chunked_policy_stats
-from configurator import configure, help_lines
+from configurator import check_device, configure, help_lines
 from dataset import encode_example, encode_split, load_dataset, make_batch, sample_examples
 from irl_loss import irl_loss, mean_entropy, online_irl_loss, policy_stats, q_and_v
 from model import GPT, GPTConfig
@@ -103,7 +103,7 @@ RANGES = {  # flag: (lowest, highest) allowed, None = no bound; train.py stops w
                               "n_embd", "sample_every", "max_new_tokens", "disc_n_layer", "eval_interval",
                               "eval_iters", "log_interval")},
 }
-config = configure(settings, __file__, ranges=RANGES)
+config, given = configure(settings, __file__, ranges=RANGES, with_given=True)  # given: the flags passed
 globals().update(config)
 
 
@@ -114,6 +114,10 @@ def fail(message):
 # -----------------------------------------------------------------------------
 # the checkpoint to start from; a resumed run continues with the settings it was started with
 ckpt_path, log_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "log.jsonl")
+try:
+    check_out_dir(out_dir)  # before anything is loaded: a run that cannot save stops now
+except ValueError as err:
+    fail(err)
 if init_from != "resume" and os.path.exists(ckpt_path):
     fail(f"{out_dir} already holds a run (its ckpt.pt); continue it with --init_from=resume, "
          f"or train into a new --out_dir")
@@ -126,14 +130,14 @@ try:
     if from_hf:  # GPT-2 read by transformers, as a checkpoint with GPT-2's BPE tokenizer
         checkpoint = dict(gpt2_checkpoint(init_from), tokenizer={"kind": "gpt2"})
     elif init_from != "scratch":
-        checkpoint = load_checkpoint(ckpt_path if init_from == "resume" else init_from)
+        checkpoint = load_checkpoint(ckpt_path, for_resume=True) if init_from == "resume" else load_checkpoint(init_from)
 except ValueError as err:
     fail(err)
 if init_from == "resume":
     may_change = {k for k, text in help_lines(__file__).items() if "(resume: may change)" in text}
-    for key, value in checkpoint.get("config", {}).items():
+    for key, value in checkpoint["config"].items():
         if key in settings and key not in may_change:
-            if config[key] != settings[key] and config[key] != value:
+            if key in given and config[key] != value:
                 fail(f"--{key}={config[key]} but the run in {out_dir} has {key}={value}; drop --{key} "
                      f"(a resumed run keeps its settings) or train into a new --out_dir")
             config[key] = value
@@ -161,10 +165,10 @@ n_sampled = max(1, round(sample_fraction * batch_size))  # prompts per micro-bat
 ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
 if ddp and loss == "gail":
     fail("--loss=gail runs in one process (its discriminator is not wrapped in DDP); run python train.py")
-if not device:
-    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-if device.startswith("cuda") and not torch.cuda.is_available():
-    fail(f"--device={device} but no CUDA GPU is visible; use --device=cpu")
+try:
+    device = check_device(device)  # '' = cuda, else mps, else cpu
+except ValueError as err:
+    fail(err)
 if ddp:
     rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     if gradient_accumulation_steps % world_size:  # checked before the process group: one line, rank 0's
@@ -384,20 +388,38 @@ def save_state():
 
 
 def append_log(record):
-    with open(log_path, "a") as f:
-        f.write(json.dumps(record) + "\n")  # one write per line
-        f.flush()
-        os.fsync(f.fileno())
+    """One JSON line, appended and fsynced; a write that fails (a full disk) is cut off again, so
+    the log keeps whole lines only."""
+    size = os.path.getsize(log_path) if os.path.exists(log_path) else None
+    try:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")  # one write per line
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        os.remove(log_path) if size is None else os.truncate(log_path, size)
+        fail(f"cannot write {log_path} ({err.strerror}); it keeps its lines before iter {record['iter']}")
 
 
-def start_log(after_iter):
-    """Keep the log lines of iterations the checkpoint had reached (none for a new run: the log of
-    a start that saved no checkpoint goes), and drop a line a crash cut short; atomically."""
+def logged_iters(last_iter):
+    """Keep the log lines up to the checkpoint's iteration (none for a new run: the log of a start
+    that saved no checkpoint goes) and drop a line a crash cut short, rewriting the log (atomically)
+    only when a line goes. Returns the iterations it holds: a resumed run does not log them twice."""
     if not os.path.exists(log_path):
-        return
-    with open(log_path) as f:
-        lines = [line for line in f if line.endswith("\n") and json.loads(line)["iter"] < after_iter]
-    write_atomically(log_path, "".join(lines))
+        return set()
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    kept = {}
+    for line in lines:
+        try:
+            it = json.loads(line)["iter"] if line.endswith("\n") else None
+        except (ValueError, KeyError, TypeError):
+            it = None
+        if isinstance(it, int) and it <= last_iter:
+            kept[it] = line
+    if list(kept.values()) != lines:
+        write_atomically(log_path, "".join(kept.values()))
+    return set(kept)
 
 
 def interrupted(*_):
@@ -411,8 +433,11 @@ def interrupted(*_):
 # -----------------------------------------------------------------------------
 # the training loop
 if master:
-    os.makedirs(out_dir, exist_ok=True)
-    start_log(iter_num if init_from == "resume" else 0)
+    try:
+        lock_out_dir(out_dir)  # makes it; a second process on this out_dir stops here, at once
+        logged = logged_iters(iter_num if init_from == "resume" else -1)
+    except (ValueError, OSError) as err:
+        fail(err)
     print(f"{data['name']}: {len(train_data)} train / {len(val_data)} val examples; model "
           f"{raw_model.get_num_params() / 1e6:.2f}M params; loss={loss} td_coef={td_coef_used} gamma={gamma}; "
           f"device={device} dtype={dtype}")
@@ -438,8 +463,11 @@ while True:
             fail(f"the run diverged by iter {iter_num} (val loss {record['val/loss']}); stopped, {ckpt_path} keeps "
                  f"the last good state; lower --learning_rate, then --init_from=resume")
         if iter_num > start_iter or (iter_num > 0 and init_from != "resume"):
-            save_state()
-        if master:
+            try:
+                save_state()
+            except ValueError as err:  # a full disk: the previous ckpt.pt stays whole
+                fail(err)
+        if master and iter_num not in logged:
             append_log(record)
             acc = f", val accuracy {record['val/accuracy']:.3f}" if "val/accuracy" in record else ""
             print(f"eval {iter_num}: val loss {record['val/loss']:.4f}, val nll {record['val/nll']:.4f}, "

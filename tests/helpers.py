@@ -1,4 +1,4 @@
-"""Shared by the tests: a batch's masks with every case of SPEC.md section 2, and running a script of
+"""Shared by the tests: a batch's masks with every case of docs/method.md section 2, and running a script of
 the repository as a user would, on tiny settings."""
 import os
 import subprocess

@@ -112,3 +112,18 @@ def test_small_beam_scores_are_its_completions_log_probs():
             assert s == pytest.approx(score(log_prob_sum, len(completion), length_penalty), abs=1e-4)
         alone = [model.beam_search([p], 12, 3, eos_id=eos_id, length_penalty=length_penalty)[0] for p in prompts]
         assert out == alone
+
+
+def test_sample_py_beam_size_one_is_greedy(tmp_path):
+    """sample.py --beam_size=1 writes the same completions as --temperature=0 (greedy)."""
+    import json
+    from tests.helpers import TINY, run_script
+    run = tmp_path / "run"
+    run_script(TINY + ["--max_iters=20", "--eval_interval=20", f"--out_dir={run}"])
+    common = [f"--out_dir={run}", "--num_samples=1", "--max_prompts=6", "--max_new_tokens=12", "--device=cpu"]
+    run_script(common + ["--beam_size=1"], script="sample.py")
+    run_script(common + ["--temperature=0"], script="sample.py")
+    read = lambda name: [json.loads(line)["sample"] for line in (run / name).read_text().splitlines()]
+    assert read("samples_val_beam1.jsonl") == read("samples_val_t0.jsonl")
+    refused = run_script(common[:1] + ["--beam_size=2", "--num_samples=4"], script="sample.py", check=False)
+    assert refused.returncode != 0 and "pass --num_samples=1" in refused.stderr

@@ -1,4 +1,4 @@
-"""Masks, done, truncation and loading of demonstrations (SPEC.md section 2), on hand-built examples."""
+"""Masks, done, truncation and loading of demonstrations (docs/method.md section 2), on hand-built examples."""
 import json
 
 import pytest

@@ -1,5 +1,5 @@
 """irl_loss.py against independent references: cross-entropy, a naive IQ-Learn written with loops,
-float64 gradcheck, the closed-form gradient, the masks of SPEC.md section 2 and the telescoping
+float64 gradcheck, the closed-form gradient, the masks of docs/method.md section 2 and the telescoping
 identity of section 6."""
 import math
 
@@ -145,7 +145,7 @@ def test_padding_and_batch_invariance():
 
 @pytest.mark.parametrize("gamma", [1.0, 0.9])
 def test_telescoping_identity(gamma):
-    """For a terminated completion, R = sum_k gamma^k log pi_t + v_0 (SPEC.md section 6)."""
+    """For a terminated completion, R = sum_k gamma^k log pi_t + v_0 (docs/method.md section 6)."""
     logits, targets, loss_mask, done = random_batch()
     q, v = q_and_v(logits, targets)
     _, returns = token_rewards(q, v, loss_mask, done, gamma)

@@ -1,5 +1,5 @@
-"""online_irl_loss (SPEC.md section 4) against a transition-by-transition reference, the literal
-SPEC formula on fully terminated batches, the offline loss at mix_in = 0, and the sign of its
+"""online_irl_loss (docs/method.md section 4) against a transition-by-transition reference, the literal
+formula of docs/method.md on fully terminated batches, the offline loss at mix_in = 0, and the sign of its
 gradient on v; and a few online IQ-Learn steps through train.py."""
 import re
 
@@ -33,7 +33,7 @@ def transitions(logits, targets, loss_mask, done, gamma):
 
 def reference(logits, batch, policy_logits, policy, mix_in, td_coef, gamma, literal=False):
     """IQ-Learn with the value term on (1 - mix_in) expert + mix_in policy transitions. literal: the
-    SPEC formula as written, one mask for all expert means (right when no episode is truncated):
+    docs/method.md formula as written, one mask for all expert means (right when no episode is truncated):
         -mean_E(q - g v') + (1 - a) mean_E(v - g v') + a mean_pi(v - g v') + td_coef mean_E(r^2)
     otherwise: a truncated last token keeps its likelihood term -(q - v) only (its v' is unknown)."""
     mean = lambda xs: torch.stack(xs).mean()
