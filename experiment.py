@@ -1,92 +1,138 @@
 """
-The paper's main experiment, small: task score against diversity for MLE, offline IQ-Learn at
-several td_coef, online IQ-Learn and GAIL (its figures 2-3), and the small-data ablation (its
-figure 7). Runs train.py and sample.py as a user would, several seeds each, then draws one point
-per (system, temperature) with standard-error bars.
+The paper's experiments, small, over paired seeds: task score against diversity (its figures 2-3),
+the reward analysis (Spearman of return and task score, as a function of λ), and fine-tuning a
+trained model on a small shifted demonstration set (its small-data figure). Runs train.py,
+sample.py and analyze_reward.py as a user would.
 
-    python experiment.py                          # arith: accuracy vs Self-BLEU, all systems
+    python experiment.py                          # arith, then finetune (--task=all)
+    python experiment.py --task=arith             # accuracy vs Self-BLEU of every system, reward analysis
+    python experiment.py --task=finetune          # a base MLE model fine-tuned on 250 / 1000 shifted demos
     python experiment.py --task=small_data        # arith, 5% vs 100% of train: val curves
     python experiment.py --task=shakespeare       # ROUGE-L vs Self-BLEU, MLE vs IRL
+    python experiment.py --quick                  # a check: 2 seeds, short runs, fewer systems, into results_quick/
 
-Every run goes to results/<task>/<run>/ and is skipped when its files already exist, so an
-interrupted experiment continues where it stopped (small_data reuses arith's 100% runs when they
-are there). Writes results/<task>/figure.png and table.md. Ctrl-C (or a run that fails) stops the
-runs in progress at once; what they saved is kept, and the same command continues from there.
+Seed s of every system runs with --seed=s, so train.py starts each system from the same weights and
+draws the same batches: a difference system - MLE is taken per seed and reported as mean ± s.e. over
+seeds. The headline is accuracy at matched Self-BLEU: a run's (Self-BLEU, accuracy) points over its
+temperatures (greedy as T=0, Self-BLEU 1), joined piecewise linearly, minus its seed's MLE curve,
+averaged over Self-BLEU values both cover.
 
-Runs go `jobs` at a time, each on one thread (OMP_NUM_THREADS=1): the models are too small for a
-second thread to speed a run up by much, so two one-thread runs side by side use a 2-core CPU
-better than one two-thread run after another. A run's numbers depend on its thread count through
-float rounding, so a table is reproduced exactly only with the same thread count and CPU.
+A run whose files exist is skipped, so an interrupted experiment continues where it stopped (a run
+stopped mid-training resumes from its ckpt.pt); Ctrl-C or a failed run stops the runs in progress.
+Runs go `jobs` at a time, each on one thread (OMP_NUM_THREADS=1): two one-thread runs side by side
+use a 2-core CPU better than one two-thread run after another. Numbers depend on the thread count
+and CPU through float rounding.
 """
 import json
+import math
 import os
+import shlex
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import numpy as np
 
 from checkpoint import check_out_dir, lock_out_dir, save_figure, write_atomically
 from configurator import configure, parse_list, stop_on_interrupt
 from metrics import mean_se
 
 # -----------------------------------------------------------------------------
-task = "arith"  # arith | shakespeare | small_data
-td_coefs = ""  # td_coef values, 0 is MLE; '' = the task's own (arith 0,0.01,0.1,1; else 0,0.1)
-systems = "online,gail,mle300"  # arith only: online IQ-Learn, GAIL, MLE +300 steps (GAIL's control); '' = none
-seeds = 3  # seeds per setting
-temperatures = "0.5,1.0"  # sampling temperatures
-num_samples = 4  # K samples per prompt
-max_prompts = 100  # val prompts sampled
+task = "all"  # all (arith then finetune) | arith | finetune | small_data | shakespeare
+systems = ""  # comma list of SYSTEMS below; '' = the task's own; mle always runs (every difference is against it)
+seeds = 5  # paired seeds per system
+temperatures = "0.25,0.5,0.75,1.0"  # sampling temperatures (greedy and beam search come on top)
+num_samples = 4  # K samples per prompt at each temperature
+beam_size = 4  # beams of the beam-search decoding
+max_prompts = 500  # val prompts sampled (arith's val split has 500: all of it)
 jobs = 2  # runs at a time, one thread each
-train_args = ""  # extra train.py flags for every run, e.g. "--max_iters=300"
-results = "results"  # where runs, table and figure go
+train_args = ""  # extra train.py flags for every run, e.g. "--device=cuda"
+results = "results"  # where runs, tables and figures go
+quick = False  # check that it all works: 2 seeds, short runs, 100 prompts, fewer systems, into results_quick/
 # -----------------------------------------------------------------------------
 settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
-globals().update(configure(settings, __file__, ranges=dict(
-    seeds=(1, None), jobs=(1, None), num_samples=(2, None), max_prompts=(1, None))))  # Self-BLEU needs 2 samples
+argv = ["--quick=True" if arg == "--quick" else arg for arg in sys.argv[1:]]  # --quick reads as a switch
+config, given = configure(settings, __file__, argv, with_given=True, ranges=dict(
+    seeds=(1, None), jobs=(1, None), num_samples=(2, None), max_prompts=(1, None), beam_size=(1, None)))
+QUICK = dict(seeds=2, max_prompts=100, temperatures="0.5,1", results="results_quick")  # unless a flag sets it
+if config["quick"]:
+    config.update({k: v for k, v in QUICK.items() if k not in given})
+globals().update(config)
+
+# the training schedule of arith (and of the base model of finetune); --quick appends its own (later flags win)
+ARITH_FLAGS = ["--dataset=arith", "--max_iters=2000", "--lr_decay_iters=2000", "--eval_interval=250"]
+# GAIL (docs/method.md section 5) and its control fine-tune each seed's MLE run on this schedule
+FINE_TUNE = ["--learning_rate=1e-4", "--min_lr=1e-5", "--warmup_iters=10", "--max_iters=300",
+             "--lr_decay_iters=300", "--eval_interval=100"]
+FINETUNE = dict(  # task finetune: prepare.py's constants of each distribution, demo set sizes, systems, schedule
+    base=dict(MIN_OPERANDS=3, MAX_OPERANDS=3), shifted=dict(MIN_OPERANDS=4, MAX_OPERANDS=4),
+    sizes=[250, 1000], systems="mle,irl0.1,ent0.1",
+    flags=["--learning_rate=3e-4", "--min_lr=3e-5", "--warmup_iters=20", "--max_iters=400",
+           "--lr_decay_iters=400", "--eval_interval=50", "--dropout=0.1"])
+QUICK_FLAGS = dict(arith=["--max_iters=150", "--lr_decay_iters=150", "--eval_interval=75", "--eval_prompts=50"],
+                   fine_tune=["--max_iters=50", "--lr_decay_iters=50", "--eval_interval=25", "--eval_prompts=50"],
+                   finetune=["--max_iters=50", "--lr_decay_iters=50", "--eval_interval=25", "--eval_prompts=50"])
+if quick:
+    ARITH_FLAGS, FINE_TUNE = ARITH_FLAGS + QUICK_FLAGS["arith"], FINE_TUNE + QUICK_FLAGS["fine_tune"]
+    FINETUNE["flags"] = FINETUNE["flags"] + QUICK_FLAGS["finetune"]
+ONLINE = ["--loss=irl", "--mix_in=0.1", "--sample_fraction=0.25", "--sample_every=4", "--max_new_tokens=40"]
+SYSTEMS = {  # name: (label, train.py flags)
+    "mle": ("MLE", ["--loss=mle"]),
+    "ent0.01": ("MLE + entropy β=0.01", ["--loss=mle", "--entropy_coef=0.01"]),
+    "ent0.1": ("MLE + entropy β=0.1", ["--loss=mle", "--entropy_coef=0.1"]),
+    "irl0.1": ("IRL λ=0.1", ["--loss=irl", "--td_coef=0.1"]),
+    "irl1": ("IRL λ=1", ["--loss=irl", "--td_coef=1"]),
+    "online0.01": ("online IQ-Learn α=0.1 λ=0.01", ONLINE + ["--td_coef=0.01"]),
+    "online0.1": ("online IQ-Learn α=0.1 λ=0.1", ONLINE + ["--td_coef=0.1"]),
+    "online1": ("online IQ-Learn α=0.1 λ=1", ONLINE + ["--td_coef=1"]),
+    "gail": ("GAIL (from MLE)", ["--loss=gail", "--max_new_tokens=40"] + FINE_TUNE),
+    "mle+ft": ("MLE fine-tuned as GAIL (its control)", ["--loss=mle"] + FINE_TUNE),
+}
+FROM_MLE = {"gail", "mle+ft"}  # these start from the same seed's mle checkpoint
+REWARD = ["mle"] + [s for p in ("online", "irl") for s in SYSTEMS if s.startswith(p)]  # reward analysis: λ=0, IRL
+TASKS = {  # train.py flags, the task metric sample.py reports, systems by default (and with --quick)
+    "arith": (ARITH_FLAGS, "accuracy", ",".join(SYSTEMS), "mle,ent0.1,irl0.1,online0.1,gail,mle+ft"),
+    "finetune": (ARITH_FLAGS, "accuracy", FINETUNE["systems"], "mle,irl0.1"),
+    "small_data": (ARITH_FLAGS, "accuracy", "mle,irl0.1", "mle,irl0.1"),
+    "shakespeare": (["config/shakespeare_char.py"], "rougeL", "mle,irl0.1", "mle,irl0.1"),
+}
+RESOLVE = 0.02  # the difference whose resolution (at 95%) the tables state in seeds
 
 
 def fail(message):
     sys.exit(f"experiment.py: error: {message}")
 
 
-if task not in ("arith", "shakespeare", "small_data"):
-    fail(f"--task={task!r}; use arith, shakespeare or small_data")
+def systems_of(name):
+    """The systems of task `name`, mle first; ValueError for a name not in SYSTEMS or not for this task."""
+    chosen = [s for s in (systems or TASKS[name][3 if quick else 2]).split(",") if s]
+    for system in chosen:
+        if system not in SYSTEMS or (name != "arith" and system in FROM_MLE):
+            raise ValueError(f"--systems={systems!r}: {system!r} is not a system of task {name}; use "
+                             f"{', '.join(s for s in SYSTEMS if name == 'arith' or s not in FROM_MLE)}")
+    return ["mle"] + [s for s in dict.fromkeys(chosen) if s != "mle"]
 
-TASKS = {  # per task: train.py flags, the task metric sample.py reports, td_coefs by default
-    "arith": (["--dataset=arith", "--eval_interval=250"], "accuracy", "0,0.01,0.1,1"),
-    "small_data": (["--dataset=arith", "--eval_interval=250"], "accuracy", "0,0.1"),
-    "shakespeare": (["config/shakespeare_char.py"], "rougeL", "0,0.1"),
-}
-flags, metric, default_td_coefs = TASKS[task]
-root = os.path.join(results, task)
-# online IQ-Learn (docs/method.md section 4) at the td_coef of the default run, and GAIL (section 5) fine-tuning
-# each seed's MLE run for 300 steps; "MLE +300" continues MLE on the same schedule: GAIL's control
-FINE_TUNE = ["--learning_rate=1e-4", "--min_lr=1e-5", "--warmup_iters=10", "--max_iters=300",
-             "--lr_decay_iters=300", "--eval_interval=100"]
-SYSTEMS = {
-    "online": ("online IQ-Learn α=0.1", ["--loss=irl", "--td_coef=0.1", "--mix_in=0.1", "--sample_fraction=0.25",
-                                         "--sample_every=4", "--max_new_tokens=40"], None),
-    "gail": ("GAIL (MLE +300 steps)", ["--loss=gail", "--max_new_tokens=40"] + FINE_TUNE, "td0"),
-    "mle300": ("MLE +300 steps (GAIL's control)", ["--loss=mle"] + FINE_TUNE, "td0"),
-}
-# every flag is checked before the first run trains, and where the results go
+
+# every flag is checked before the first run trains
 try:
-    td_values = parse_list("td_coefs", td_coefs or default_td_coefs, float, low=0)
+    task_names = ["arith", "finetune"] if task == "all" else [task]
+    if task_names[0] not in TASKS:
+        raise ValueError(f"--task={task!r}; use all, {', '.join(TASKS)}")
+    task_systems = {name: systems_of(name) for name in task_names}
     temperature_values = parse_list("temperatures", temperatures, float, low=0)
-    extra = [s for s in systems.split(",") if s] if task == "arith" else []
-    for system in extra:
-        if system not in SYSTEMS:
-            raise ValueError(f"--systems={systems!r}: unknown system {system!r}; use {', '.join(SYSTEMS)}")
     check_out_dir(results, "results")
 except ValueError as err:
     fail(err)
-stop_on_interrupt("experiment.py", f"the runs in progress were stopped; finished runs and the checkpoints of "
-                                   f"the others are kept in {root}: run the same command to continue")
+stop_on_interrupt("experiment.py", "the runs in progress were stopped; finished runs and the checkpoints of the "
+                                   "others are kept: run the same command to continue")
+DECODINGS = ["greedy", f"beam{beam_size}"] + [f"t{t:g}" for t in temperature_values if t > 0]
 children, children_lock = set(), threading.Lock()  # the train.py / sample.py processes now running
 stopping = threading.Event()  # set once the experiment stops: no new run starts
+parts = []  # (task, part, runs done, minutes of wall time) of this invocation
 
 
 def stop_children():
@@ -106,7 +152,7 @@ def stop_children():
 
 def run(command, done_file):
     """Run a script on one thread unless done_file exists; returns seconds spent (0 when skipped)."""
-    if done_file is not None and os.path.exists(done_file):
+    if os.path.exists(done_file):
         return 0.0
     with children_lock:  # no new process once stop_children() began
         if stopping.is_set():
@@ -125,12 +171,11 @@ def run(command, done_file):
     return time.time() - t0
 
 
-def train_and_sample(out_dir, train_flags, seed, sample=True):
-    """One run: train.py, then sample.py at each temperature. Returns (out_dir, summaries, seconds).
-    An interrupted run with a checkpoint is resumed; one that died before its first checkpoint
-    starts afresh."""
-    # the task's flags (perhaps a config file, which sets an out_dir of its own) first: later flags win
-    command = ["train.py", *flags, f"--out_dir={out_dir}", f"--seed={seed}", *train_flags, *train_args.split()]
+def train(out_dir, flags, seed):
+    """train.py into out_dir unless it finished before; a run with a checkpoint resumes, one that died
+    before its first checkpoint starts afresh. flags: the task's first (a config file sets an out_dir
+    of its own), then the system's: later flags win."""
+    command = ["train.py", *flags, f"--out_dir={out_dir}", f"--seed={seed}", *train_args.split()]
     trained = os.path.join(out_dir, "trained")  # written once train.py got to max_iters
     if os.path.exists(os.path.join(out_dir, "ckpt.pt")):
         command.append("--init_from=resume")  # the last --init_from wins
@@ -138,51 +183,48 @@ def train_and_sample(out_dir, train_flags, seed, sample=True):
         os.remove(os.path.join(out_dir, "log.jsonl"))  # the log of a start that saved nothing
     seconds = run(command, trained)
     open(trained, "w").close()
-    summaries = {}
-    for temperature in temperature_values if sample else []:
-        out_file = os.path.join(out_dir, f"samples_t{temperature:g}.jsonl")
-        seconds += run(["sample.py", f"--out_dir={out_dir}", f"--temperature={temperature}",
-                        f"--num_samples={num_samples}", f"--max_prompts={max_prompts}",
-                        f"--seed={seed}", f"--out_file={out_file}"], out_file[:-1])
-        with open(out_file[:-1]) as f:  # samples_t1.json: the summary
-            summaries[temperature] = json.load(f)
-    return out_dir, summaries, seconds
+    return seconds
 
 
-def run_all(runs):
-    """runs: {(system, seed): (out_dir, train flags, sample?)}, run `jobs` at a time.
-    Returns {(system, seed): (out_dir, summaries, seconds)}."""
-    pool = ThreadPoolExecutor(jobs)
+def decoding_file(out_dir, decoding):
+    """sample.py's summary of one decoding (its default name)."""
+    return os.path.join(out_dir, f"samples_val_{'t0' if decoding == 'greedy' else decoding}.json")
+
+
+def sample(out_dir, decoding, seed):
+    args = {"greedy": ["--temperature=0", "--num_samples=1"], f"beam{beam_size}": [f"--beam_size={beam_size}",
+            "--num_samples=1"]}.get(decoding, [f"--temperature={decoding[1:]}", f"--num_samples={num_samples}"])
+    return run(["sample.py", f"--out_dir={out_dir}", *args, f"--max_prompts={max_prompts}", f"--seed={seed}"],
+               decoding_file(out_dir, decoding))
+
+
+def analyze(out_dir, seed):
+    """The reward analysis of one run, on its samples at temperature 1 (drawn here if not yet)."""
+    seconds = sample(out_dir, "t1", seed)
+    return seconds + run(["analyze_reward.py", f"--out_dir={out_dir}", "--samples=samples_val_t1.jsonl",
+                          "--max_prompts=200", f"--results={os.path.join(out_dir, 'reward')}"],
+                         os.path.join(out_dir, "reward", "reward_summary.json"))
+
+
+def timed(name, part, calls):
+    """Run calls ({key: function returning seconds spent}) `jobs` at a time; note the part's wall time."""
+    t0, pool = time.time(), ThreadPoolExecutor(jobs)
     try:
-        futures = {key: pool.submit(train_and_sample, out_dir, train_flags, key[1], sample)
-                   for key, (out_dir, train_flags, sample) in runs.items()}
-        done = {key: future.result() for key, future in futures.items()}
+        futures = [pool.submit(call) for call in calls.values()]
+        ran = sum(future.result() > 0 for future in futures)
     except BaseException:  # a failed run or Ctrl-C: stop the others now, not after every queued run
         stop_children()
         pool.shutdown(cancel_futures=True)
         raise
     pool.shutdown()
-    return done
+    parts.append((name, part, ran, (time.time() - t0) / 60))
+    print(f"{name}: {part}: {ran} of {len(calls)} runs in {parts[-1][3]:.1f} minutes, {jobs} at a time", flush=True)
 
 
-def td_runs(folder, td_values, suffix="", extra=(), sample=True):
-    """The MLE/IRL runs in folder: td_coef 0 is --loss=mle (the same numbers as irl at td_coef 0)."""
-    loss_flags = lambda td: ["--loss=mle"] if td == 0 else ["--loss=irl", f"--td_coef={td}"]
-    return {(f"td{td:g}{suffix}", seed): (os.path.join(folder, f"td{td:g}{suffix}_s{seed}"),
-                                          loss_flags(td) + list(extra), sample)
-            for td in td_values for seed in range(seeds)}
-
-
-def label(system):
-    if system in SYSTEMS:
-        return SYSTEMS[system][0]
-    td = float(system[2:])
-    return "MLE" if td == 0 else f"IRL td_coef={td:g}"
-
-
-def read_log(out_dir):
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
+def read(path):
+    """A JSON file, or the rows of a JSONL file (a run's log.jsonl)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f] if path.endswith(".jsonl") else json.load(f)
 
 
 def pyplot():
@@ -192,59 +234,186 @@ def pyplot():
     return plt
 
 
-def score_vs_diversity():
-    """Figures 2-3: one point per (system, temperature), mean +- s.e. over seeds; and a table."""
-    done = run_all(td_runs(root, td_values))
-    fine_tuned = {}
-    for system in extra:  # GAIL and its control start from each seed's MLE checkpoint
-        _, system_flags, parent = SYSTEMS[system]
-        for seed in range(seeds):
-            start = [f"--init_from={os.path.join(root, f'{parent}_s{seed}', 'ckpt.pt')}"] if parent else []
-            fine_tuned[(system, seed)] = (os.path.join(root, f"{system}_s{seed}"), system_flags + start, True)
-    if extra and 0.0 not in td_values:  # the MLE runs GAIL starts from
-        run_all(td_runs(root, [0.0]))
-    done.update(run_all(fine_tuned))
-    total_seconds = sum(seconds for _, _, seconds in done.values())
+# ----------------------------------------------------------------------------- statistics (tests/test_experiment.py)
+def interpolate(curve, x):
+    """curve: [(Self-BLEU, score)] of one run; the score at Self-BLEU x on the piecewise linear curve
+    through its points sorted by Self-BLEU (points at the same Self-BLEU averaged)."""
+    xs = sorted({p[0] for p in curve})
+    ys = [np.mean([p[1] for p in curve if p[0] == v]) for v in xs]
+    return np.interp(x, xs, ys)
+
+
+def matched_difference(curve, reference, n_grid=21):
+    """Mean of curve - reference over n_grid Self-BLEU values evenly spaced over the range both cover;
+    None when the ranges do not overlap."""
+    low = max(min(p[0] for p in curve), min(p[0] for p in reference))
+    high = min(max(p[0] for p in curve), max(p[0] for p in reference))
+    if low > high:
+        return None
+    grid = np.linspace(low, high, n_grid)
+    return float(np.mean(interpolate(curve, grid) - interpolate(reference, grid)))
+
+
+def paired(values, reference):
+    """Per-seed differences values - reference (None where either is None): mean, s.e., sd, seeds and
+    the seeds that would resolve RESOLVE at 95% with this spread, ceil((1.96 sd / RESOLVE)^2)."""
+    diffs = [v - r for v, r in zip(values, reference) if v is not None and r is not None]
+    if not diffs:
+        return None
+    mean, se = mean_se(diffs)
+    sd = se * math.sqrt(len(diffs))
+    return dict(mean=mean, se=se, sd=sd, n=len(diffs), resolve=max(1, math.ceil((1.96 * sd / RESOLVE) ** 2)))
+
+
+def ms(values, digits=3):
+    """'mean ± s.e.' of values (None left out)."""
+    values = [v for v in values if v is not None]
+    return f"{mean_se(values)[0]:.{digits}f} ± {mean_se(values)[1]:.{digits}f}" if values else "—"
+
+
+def diff_cells(d, digits=3):
+    """A paired difference as table cells: 'mean ± s.e.' and the seeds that resolve RESOLVE."""
+    return [f"{d['mean']:+.{digits}f} ± {d['se']:.{digits}f}", str(d["resolve"])] if d else ["—", "—"]
+
+
+# ----------------------------------------------------------------------------- score vs diversity (arith, shakespeare)
+def run_dir(root, system, seed):
+    return os.path.join(root, f"{system}_s{seed}")
+
+
+def learning_curves(runs):
+    """Table rows: val accuracy at each evaluation (train.py's greedy, on its eval_prompts), mean ± s.e.;
+    runs: {label: [out_dir per seed]}, one table per schedule (its evaluation iterations)."""
+    by_schedule = {}
+    for label, dirs in runs.items():
+        logs = [read(os.path.join(d, 'log.jsonl')) for d in dirs]
+        by_schedule.setdefault(tuple(r["iter"] for r in logs[0]), []).append((label, logs))
+    rows = []
+    for iters, group in by_schedule.items():
+        rows += ["", "| system | " + " | ".join(f"iter {i}" for i in iters) + " |", "|---" * (len(iters) + 1) + "|"]
+        rows += [f"| {label} | " + " | ".join(ms([log[k].get("val/accuracy") for log in logs], 2)
+                                              for k in range(len(iters))) + " |" for label, logs in group]
+    return rows
+
+
+def reward_table(root, chosen):
+    """The reward analysis over seeds: Spearman(return, metric) over all samples, the same for log p
+    alone, what v_0 adds (their paired difference) and the pick rate within prompts."""
+    rows = ["| system | λ | Spearman(return, metric) | Spearman(log p, metric) | return − log p | "
+            "pick rate | chance | v_0 mean |", "|---" * 8 + "|"]
+    for system in [s for s in REWARD if s in chosen]:
+        runs = [read(os.path.join(run_dir(root, system, seed), "reward", "reward_summary.json"))["runs"]
+                [f"{system}_s{seed}"] for seed in range(seeds)]
+        get = lambda key: [r[key] for r in runs]
+        td = dict(f[2:].split("=") for f in SYSTEMS[system][1] if f.startswith("--td_coef")).get("td_coef", "0")
+        v0_adds = paired(get("spearman_return_metric"), get("spearman_log_prob_metric"))
+        rows.append(f"| {SYSTEMS[system][0]} | {td} | {ms(get('spearman_return_metric'))} | "
+                    f"{ms(get('spearman_log_prob_metric'))} | {diff_cells(v0_adds)[0]} | {ms(get('pick_rate'))} | "
+                    f"{ms(get('pick_chance'))} | {ms(get('v0_mean'), 2)} |")
+    return rows
+
+
+def score_vs_diversity(name):
+    """Figures 2-3: each system's curve of task score against Self-BLEU, paired differences to MLE."""
+    root, (flags, metric, _, _), chosen = os.path.join(results, name), TASKS[name], task_systems[name]
+    timed(name, "train", {(s, seed): partial(train, run_dir(root, s, seed), flags + SYSTEMS[s][1], seed)
+                          for s in chosen if s not in FROM_MLE for seed in range(seeds)})
+    mle_ckpt = lambda seed: f"--init_from={os.path.join(run_dir(root, 'mle', seed), 'ckpt.pt')}"
+    timed(name, "fine-tune from MLE", {(s, seed): partial(train, run_dir(root, s, seed), flags + SYSTEMS[s][1]
+                                                          + [mle_ckpt(seed)], seed)
+                                       for s in chosen if s in FROM_MLE for seed in range(seeds)})
+    timed(name, "sample", {(s, seed, d): partial(sample, run_dir(root, s, seed), d, seed)
+                           for s in chosen for seed in range(seeds) for d in DECODINGS})
+    analyzed = [s for s in REWARD if s in chosen]
+    timed(name, "reward analysis", {(s, seed): partial(analyze, run_dir(root, s, seed), seed)
+                                    for s in analyzed for seed in range(seeds)})
+    summary = {(s, d, seed): read(decoding_file(run_dir(root, s, seed), d))
+               for s in chosen for d in DECODINGS for seed in range(seeds)}
+    # per seed; the K samples of a deterministic decoding would be equal: Self-BLEU 1
+    get = lambda s, d, key: [1.0 if key == "self_bleu" and d in DECODINGS[:2] else summary[(s, d, seed)].get(key)
+                             for seed in range(seeds)]
+    on_curve = ["greedy"] + DECODINGS[2:]  # the temperatures, greedy as T=0
+    curve = lambda s, seed: [(get(s, d, "self_bleu")[seed], get(s, d, metric)[seed]) for d in on_curve]
+    rows = [f"## {name}: {metric} by decoding ({seeds} seeds, {max_prompts} val prompts, mean ± s.e.)", "",
+            f"| system | decoding | {metric} | Self-BLEU | distinct-2 |", "|---" * 5 + "|"]
+    rows += [f"| {SYSTEMS[s][0]} | {'T=' + d[1:] if d[0] == 't' else d} | "
+             + " | ".join(ms(get(s, d, key)) for key in (metric, "self_bleu", "distinct_2")) + " |"
+             for s in chosen for d in DECODINGS]
+    rows += ["", f"## {name}: paired differences, system − MLE (mean ± s.e. over seeds; 'seeds' = seeds that "
+             f"would resolve {RESOLVE} at 95% with the measured spread)", "",
+             f"| system | {metric} at matched Self-BLEU | seeds | greedy | seeds | {DECODINGS[1]} | seeds | "
+             f"{DECODINGS[1]} − greedy (own) |", "|---" * 8 + "|"]
+    for s in chosen[1:]:
+        matched = [matched_difference(curve(s, seed), curve("mle", seed)) for seed in range(seeds)]
+        rows.append(f"| {SYSTEMS[s][0]} | " + " | ".join(
+            diff_cells(paired(matched, [0.0] * seeds))
+            + [cell for d in DECODINGS[:2] for cell in diff_cells(paired(get(s, d, metric), get("mle", d, metric)))]
+            + diff_cells(paired(get(s, DECODINGS[1], metric), get(s, "greedy", metric)))[:1]) + " |")
+    rows += ["", f"## {name}: learning curves, greedy val {metric} at each evaluation (mean ± s.e.)"]
+    rows += learning_curves({SYSTEMS[s][0]: [run_dir(root, s, seed) for seed in range(seeds)] for s in chosen})
+    if analyzed:
+        rows += ["", f"## {name}: reward analysis (samples at T=1; at γ=1 return = log p + v_0, so within a prompt "
+                 f"return ranks as log p: the pick rate is log p's, and return − log p is what v_0 adds)", ""]
+        rows += reward_table(root, chosen)
 
     plt = pyplot()
-    header = f"| system | T | {metric} | Self-BLEU | distinct-2 | entropy | greedy acc. | ms/step (sampling) |"
-    rows = [header, "|---" * 8 + "|"]
-    fig, ax = plt.subplots(figsize=(7, 5))
-    order = [f"td{td:g}" for td in td_values] + extra
-    markers = dict(zip(sorted(set(temperature_values)), "s^ovD"))
-    for i, system in enumerate(order):
-        seed_runs = [done[(system, seed)] for seed in range(seeds)]
-        logs = [read_log(out_dir) for out_dir, _, _ in seed_runs]
-        greedy = mean_se([log[-1]["val/accuracy"] for log in logs]) if "val/accuracy" in logs[0][-1] else None
-        # the mean time per step so far, from the last evaluation that has it (a resumed run's first has not)
-        timed = [next(r for r in reversed(log) if "time/update_ms" in r) for log in logs]
-        step_ms = mean_se([r["time/update_ms"] + r["time/sample_ms"] for r in timed])
-        sample_ms = mean_se([r["time/sample_ms"] for r in timed])
-        curve = []  # the system's points, joined by a line: its trade-off as the temperature moves
-        for temperature in markers:
-            summaries = [summaries[temperature] for _, summaries, _ in seed_runs]
-            stats = {k: mean_se([s[k] for s in summaries]) for k in (metric, "self_bleu", "distinct_2", "entropy")}
-            cells = [f"{m:.3f} ± {se:.3f}" for m, se in stats.values()]
-            cells.append(f"{greedy[0]:.3f} ± {greedy[1]:.3f}" if greedy else "")
-            cells.append(f"{step_ms[0]:.0f} ({sample_ms[0]:.0f})")
-            rows.append(f"| {label(system)} | {temperature:g} | " + " | ".join(cells) + " |")
-            ax.errorbar(stats["self_bleu"][0], stats[metric][0], xerr=stats["self_bleu"][1],
-                        yerr=stats[metric][1], fmt=markers[temperature], color=plt.cm.tab10(i), capsize=3,
-                        label=f"{label(system)}, T={temperature:g}")
-            curve.append((stats["self_bleu"][0], stats[metric][0]))
-        ax.plot(*zip(*curve), color=plt.cm.tab10(i), linewidth=0.8, alpha=0.6)
-    ax.set_xlabel("Self-BLEU among K samples (lower = more diverse)")
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for i, s in enumerate(chosen):
+        x, y, se = map(np.array, zip(*sorted((np.mean(get(s, d, "self_bleu")), *mean_se(get(s, d, metric)))
+                                             for d in on_curve)))
+        color = plt.cm.tab10(i % 10)
+        ax.plot(x, y, "o-", color=color, markersize=3, label=SYSTEMS[s][0])
+        ax.fill_between(x, y - se, y + se, color=color, alpha=0.15)
+        beam, beam_se = mean_se(get(s, DECODINGS[1], metric))
+        ax.errorbar([1.0 + 0.004 * (i + 1)], [beam], yerr=[beam_se], fmt="x", color=color, capsize=2)
+    ax.set_xlabel("Self-BLEU among K samples (lower = more diverse); greedy at 1, beam search (x) just right of it")
     ax.set_ylabel(f"{metric} of samples")
-    ax.set_title(f"{task}: task score vs diversity ({seeds} seeds, mean ± s.e.)")
-    ax.legend(fontsize=6, loc="best")
+    ax.set_title(f"{name}: task score vs diversity over T={temperatures} ({seeds} seeds, band ± s.e.)")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     save_figure(fig, os.path.join(root, "figure.png"), dpi=120)
-    return rows, total_seconds
+    return rows
+
+
+# ----------------------------------------------------------------------------- val curves (finetune, small_data)
+def curves(name, groups, title):
+    """The small-data figure: val nll and greedy val accuracy against iteration, one line per group
+    {(system, data label): [out_dir per seed]}, band ± s.e.; and the table of start / final / best."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    rows = ["| system | data | val nll: start | final | min | greedy val acc.: start | final | best | "
+            "final acc. − MLE | seeds |", "|---" * 10 + "|"]
+    systems_seen = list(dict.fromkeys(s for s, _ in groups))
+    data_seen = list(dict.fromkeys(d for _, d in groups))
+    logs = {key: [read(os.path.join(d, 'log.jsonl')) for d in dirs] for key, dirs in groups.items()}
+    for (system, data), seed_logs in logs.items():
+        iters = np.array([r["iter"] for r in seed_logs[0]])
+        color, style = plt.cm.tab10(systems_seen.index(system) % 10), ["-", "--", ":", "-."][data_seen.index(data) % 4]
+        for ax, key in zip(axes, ("val/nll", "val/accuracy")):
+            mean, se = map(np.array, zip(*[mean_se([log[k][key] for log in seed_logs]) for k in range(len(iters))]))
+            ax.plot(iters, mean, style, color=color, label=f"{SYSTEMS[system][0]}, {data}")
+            ax.fill_between(iters, mean - se, mean + se, color=color, alpha=0.15)
+        column = lambda key, pick: [pick([r[key] for r in log]) for log in seed_logs]
+        first, last = (lambda v: v[0]), (lambda v: v[-1])
+        vs_mle = paired(column("val/accuracy", last), [log[-1]["val/accuracy"] for log in logs[("mle", data)]]) \
+            if system != "mle" and ("mle", data) in logs else None
+        rows.append(f"| {SYSTEMS[system][0]} | {data} | " + " | ".join(
+            [ms(column("val/nll", f)) for f in (first, last, min)]
+            + [ms(column("val/accuracy", f)) for f in (first, last, max)] + diff_cells(vs_mle)) + " |")
+    for ax, key in zip(axes, ("val nll (per completion token)", "greedy val accuracy")):
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(key)
+        ax.legend(fontsize=7)
+    axes[0].set_yscale("log")
+    fig.suptitle(f"{title} ({seeds} seeds, band ± s.e.)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, os.path.join(results, name, "figure.png"), dpi=120)
+    return [f"## {name}: {title} ({seeds} seeds, mean ± s.e.)", ""] + rows
 
 
 def small_data():
-    """Figure 7: MLE vs IRL trained on 5% and 100% of arith; val nll and accuracy over training.
-    The 100% runs are arith's own (results/arith/td*_s*) when they exist."""
+    """MLE vs IRL on 5% and 100% of arith's train split. The 100% runs are arith's own (results/arith/)."""
+    name, chosen, root = "small_data", task_systems["small_data"], os.path.join(results, "small_data")
     fraction_data = os.path.join(root, "arith_5pct")
     if not os.path.exists(os.path.join(fraction_data, "train.jsonl")):
         from data.arith.prepare import prepare
@@ -252,58 +421,95 @@ def small_data():
         with open(os.path.join(fraction_data, "train.jsonl")) as f:
             lines = f.readlines()
         write_atomically(os.path.join(fraction_data, "train.jsonl"), "".join(lines[: len(lines) // 20]))
-    full = run_all(td_runs(os.path.join(results, "arith"), td_values, sample=False))  # arith's, if there
-    small = run_all(td_runs(root, td_values, "_5pct", [f"--dataset={fraction_data}"], sample=False))
-    total_seconds = sum(seconds for _, _, seconds in list(full.values()) + list(small.values()))
-    plt = pyplot()
-    rows = ["| system | data | final val nll | final greedy val accuracy | best greedy val accuracy |", "|---" * 5 + "|"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for i, td in enumerate(td_values):
-        for data_name, done, system in (("100%", full, f"td{td:g}"), ("5%", small, f"td{td:g}_5pct")):
-            logs = [read_log(done[(system, seed)][0]) for seed in range(seeds)]
-            iters = [r["iter"] for r in logs[0]]
-            for ax, key in zip(axes, ("val/nll", "val/accuracy")):
-                means = [mean_se([log[k][key] for log in logs]) for k in range(len(iters))]
-                ax.errorbar(iters, [m for m, _ in means], yerr=[s for _, s in means], capsize=2,
-                            color=plt.cm.tab10(i), linestyle="-" if data_name == "100%" else "--",
-                            label=f"{label(f'td{td:g}')}, {data_name} of train")
-            final = [mean_se([log[-1][k] for log in logs]) for k in ("val/nll", "val/accuracy")]
-            best = mean_se([max(r["val/accuracy"] for r in log) for log in logs])
-            rows.append(f"| {label(f'td{td:g}')} | {data_name} | " + " | ".join(
-                f"{m:.3f} ± {s:.3f}" for m, s in final + [best]) + " |")
-    for ax, key in zip(axes, ("val nll (per completion token)", "greedy val accuracy")):
-        ax.set_xlabel("iteration")
-        ax.set_ylabel(key)
-        ax.legend(fontsize=7)
-    axes[0].set_yscale("log")
-    fig.suptitle(f"arith, 5% vs 100% of the train split ({seeds} seeds, mean ± s.e.)")
-    fig.tight_layout()
-    save_figure(fig, os.path.join(root, "figure.png"), dpi=120)
-    return rows, total_seconds
+    arith = os.path.join(results, "arith")
+    runs = {(s, data): partial(run_dir, folder, s + suffix) for s in chosen for data, folder, suffix in
+            (("100%", arith, ""), ("5%", root, "_5pct"))}
+    extra = {"100%": [], "5%": [f"--dataset={fraction_data}"]}
+    timed(name, "train", {(key, seed): partial(train, dirs(seed), ARITH_FLAGS + SYSTEMS[key[0]][1] + extra[key[1]],
+                                               seed) for key, dirs in runs.items() for seed in range(seeds)})
+    return curves(name, {key: [dirs(seed) for seed in range(seeds)] for key, dirs in runs.items()},
+                  "arith, 5% vs 100% of the train split")
+
+
+def finetune_data(folder):
+    """The base and shifted distributions from data/arith/prepare.py with its constants set for each
+    (then put back), and the shifted train split cut to each demo set size. Returns ({name: folder},
+    how many distributions were prepared now)."""
+    import data.arith.prepare as arith
+    folders = {"base": os.path.join(folder, "base"), "shifted": os.path.join(folder, "shifted")}
+    folders.update({n: os.path.join(folder, f"shifted{n}") for n in FINETUNE["sizes"]})
+    made = 0
+    for key, constants in (("base", FINETUNE["base"]), ("shifted", dict(FINETUNE["shifted"], SPLIT_SIZES=dict(
+            arith.SPLIT_SIZES, train=max(FINETUNE["sizes"]))))):
+        if not os.path.exists(os.path.join(folders[key], "meta.json")):
+            saved = {k: getattr(arith, k) for k in constants}
+            try:
+                for k, v in constants.items():
+                    setattr(arith, k, v)
+                arith.prepare(folders[key])
+                made += 1
+            finally:
+                for k, v in saved.items():
+                    setattr(arith, k, v)
+    chars = lambda key: set(read(os.path.join(folders[key], "meta.json"))["tokenizer"]["chars"])
+    if not chars("shifted") <= chars("base"):  # the fine-tuned model keeps the base model's tokenizer
+        fail(f"the shifted data has characters the base data lacks: {sorted(chars('shifted') - chars('base'))}")
+    for n in FINETUNE["sizes"]:
+        os.makedirs(folders[n], exist_ok=True)
+        for file in ("train.jsonl", "val.jsonl", "test.jsonl", "meta.json"):
+            with open(os.path.join(folders["shifted"], file)) as f:
+                text = "".join(f.readlines()[:n]) if file == "train.jsonl" else f.read()
+            write_atomically(os.path.join(folders[n], file), text)
+    return folders, made
+
+
+def finetune():
+    """The paper's setting: a base model per seed (MLE on the base distribution), fine-tuned by each
+    system on a small demonstration set of a shifted one; val nll and accuracy on the shifted val split."""
+    name, chosen, root = "finetune", task_systems["finetune"], os.path.join(results, "finetune")
+    t0 = time.time()
+    folders, made = finetune_data(os.path.join(root, "data"))
+    parts.append((name, "data", made, (time.time() - t0) / 60))
+    base = lambda seed: os.path.join(root, f"base_s{seed}")
+    timed(name, "base model (MLE on the base distribution)", {seed: partial(
+        train, base(seed), ARITH_FLAGS + ["--loss=mle", f"--dataset={folders['base']}"], seed)
+        for seed in range(seeds)})
+    dirs = lambda s, n, seed: os.path.join(root, f"{s}_n{n}_s{seed}")
+    timed(name, "fine-tune", {(s, n, seed): partial(train, dirs(s, n, seed), [f"--dataset={folders[n]}"]
+                                                    + FINETUNE["flags"] + SYSTEMS[s][1]
+                                                    + [f"--init_from={os.path.join(base(seed), 'ckpt.pt')}"], seed)
+                              for n in FINETUNE["sizes"] for s in chosen for seed in range(seeds)})
+    shift = ", ".join(f"{k}={v}" for k, v in FINETUNE["shifted"].items())
+    return curves(name, {(s, f"{n} demos"): [dirs(s, n, seed) for seed in range(seeds)]
+                         for n in FINETUNE["sizes"] for s in chosen},
+                  f"fine-tuning a base MLE model ({', '.join(f'{k}={v}' for k, v in FINETUNE['base'].items())}) "
+                  f"on shifted demos ({shift})")
 
 
 def main():
-    t0 = time.time()
-    rows, run_seconds = small_data() if task == "small_data" else score_vs_diversity()
-    command = ("python experiment.py " + " ".join(sys.argv[1:])).strip()
-    table_file = os.path.join(root, "table.md")
-    if run_seconds == 0 and os.path.exists(table_file):  # only redrawn: keep the timing of the runs
-        with open(table_file) as f:
-            timing = f.read().strip().splitlines()[-1].split(": ", 1)[-1]
-    elif run_seconds == 0:
-        timing = "every run was already done; this invocation redrew the table and figure from their files"
-    else:
-        timing = (f"{(time.time() - t0) / 60:.1f} minutes wall in this invocation, "
-                  f"{jobs} runs at a time ({run_seconds / 60:.1f} minutes of runs)")
-    table = "\n".join(rows) + f"\n\n`{command}`: {timing}\n"
-    write_atomically(table_file, table)
-    print(table)
-    print(f"wrote {root}/figure.png and {root}/table.md")
+    for name in task_names:
+        root = os.path.join(results, name)
+        lock_out_dir(root)  # one experiment at a time on a results folder
+        t0 = time.time()
+        rows = {"finetune": finetune, "small_data": small_data}.get(name, partial(score_vs_diversity, name))()
+        mine = [p for p in parts if p[0] == name]
+        command = shlex.join(["python", "experiment.py"] + sys.argv[1:])
+        table_file = os.path.join(root, "table.md")
+        if not any(ran for _, _, ran, _ in mine) and os.path.exists(table_file):  # only redrawn: keep the timing
+            with open(table_file) as f:
+                timing = f.read().strip().splitlines()[-1]
+        else:
+            timing = (f"`{command}`: {(time.time() - t0) / 60:.1f} minutes of wall time for {name}, {jobs} runs at "
+                      f"a time (" + "; ".join(f"{part} {minutes:.1f} ({ran} runs)" for _, part, ran, minutes in mine)
+                      + "); runs already done were skipped")
+        table = "\n".join(rows) + f"\n\n{timing}\n"
+        write_atomically(table_file, table)
+        print(table)
+        print(f"wrote {root}/figure.png and {root}/table.md")
 
 
 if __name__ == "__main__":
     try:
-        lock_out_dir(root)  # one experiment at a time on a results folder
         main()
     except (ValueError, OSError) as err:  # a folder in use, a file that cannot be written (a full disk)
         fail(err)

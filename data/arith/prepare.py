@@ -175,7 +175,12 @@ def prepare(out_dir=None):
     out_dir = out_dir or os.path.dirname(os.path.abspath(__file__))
     os.makedirs(out_dir, exist_ok=True)
     rng, rows = random.Random(SEED), {}  # prompt -> completion: a problem is in one split only
+    tries = 0  # draws since the last new problem: the knobs may allow fewer problems than the splits need
     while len(rows) < sum(SPLIT_SIZES.values()):
+        tries += 1
+        if tries > 100_000:
+            raise ValueError(f"found only {len(rows)} distinct problems of the {sum(SPLIT_SIZES.values())} that "
+                             f"SPLIT_SIZES asks for: raise MAX_OPERAND or MAX_VALUE, or lower SPLIT_SIZES")
         prompt = random_expression(rng, rng.randint(MIN_OPERANDS, MAX_OPERANDS))[0] + "="
         try:
             completion = solve(prompt, rng)
@@ -184,6 +189,7 @@ def prepare(out_dir=None):
         if prompt not in rows and "=-" not in completion \
                 and max(map(int, re.findall(r"[0-9]+", completion))) <= MAX_VALUE:
             rows[prompt] = completion
+            tries = 0
     rows, start = list(rows.items()), 0
     for split, size in SPLIT_SIZES.items():
         lines = [json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in rows[start:start + size]]

@@ -1,0 +1,46 @@
+"""experiment.py's statistics, on hand-worked examples (no training)."""
+import math
+import signal
+import sys
+
+import pytest
+
+argv, handler = sys.argv, signal.getsignal(signal.SIGINT)
+sys.argv = ["experiment.py"]  # experiment.py reads its flags at import: none here, not pytest's
+import experiment  # noqa: E402
+sys.argv = argv
+signal.signal(signal.SIGINT, handler)  # importing installs experiment.py's Ctrl-C message
+
+
+def test_interpolate_sorts_points_and_averages_ties():
+    curve = [(1.0, 0.5), (0.2, 0.1), (0.6, 0.3), (0.6, 0.5)]  # (Self-BLEU, accuracy), out of order, a tie at 0.6
+    assert experiment.interpolate(curve, 0.4) == pytest.approx(0.25)   # halfway from (0.2, 0.1) to (0.6, 0.4)
+    assert experiment.interpolate(curve, 0.8) == pytest.approx(0.45)   # halfway from (0.6, 0.4) to (1.0, 0.5)
+
+
+def test_matched_difference_on_the_common_range():
+    # system: accuracy 0.1 + 0.5 s over Self-BLEU s in [0.2, 1]; MLE: -0.06 + 0.4 s over [0.4, 1]. On the common
+    # range [0.4, 1] the difference is 0.16 + 0.1 s, linear, so its mean over an even grid is its value at 0.7: 0.23
+    system = [(0.2, 0.2), (0.6, 0.4), (1.0, 0.6)]
+    mle = [(0.4, 0.1), (1.0, 0.34)]
+    assert experiment.matched_difference(system, mle) == pytest.approx(0.23)
+    assert experiment.matched_difference(mle, system) == pytest.approx(-0.23)
+    assert experiment.matched_difference([(0.1, 0.5), (0.3, 0.5)], mle) is None  # no common Self-BLEU
+
+
+def test_paired_differences_and_seeds_to_resolve():
+    d = experiment.paired([0.50, 0.42, None, 0.47], [0.45, 0.40, 0.30, 0.43])  # the seed with a None is left out
+    diffs = [0.05, 0.02, 0.04]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / 2)
+    assert d["n"] == 3 and d["mean"] == pytest.approx(mean) and d["sd"] == pytest.approx(sd)
+    assert d["se"] == pytest.approx(sd / math.sqrt(3))
+    assert d["resolve"] == 3  # sd = 0.01528: (1.96 * 0.01528 / 0.02)^2 = 2.24, rounded up
+    assert experiment.paired([None], [0.1]) is None
+
+
+def test_table_cells():
+    assert experiment.ms([0.1, 0.3]) == "0.200 ± 0.100"
+    # differences 0.2, 0.4: sd 0.1414, (1.96 * 0.1414 / 0.02)^2 = 192.08 -> 193 seeds
+    assert experiment.diff_cells(experiment.paired([0.3, 0.5], [0.1, 0.1])) == ["+0.300 ± 0.100", "193"]
+    assert experiment.diff_cells(None) == ["—", "—"]
