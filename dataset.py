@@ -105,6 +105,12 @@ def load_dataset(dataset, tokenizer=""):
                                  f"a folder with train/val/test.jsonl or a .jsonl file")
             print(f"preparing data/{dataset} (first use) ...")
             importlib.import_module(f"data.{dataset}.prepare").prepare()
+        elif not os.path.isdir(dataset):  # a named task: its prepare.py's knobs may have changed since
+            module = importlib.import_module(f"data.{dataset}.prepare")
+            made_with = read_meta(os.path.join(folder, "meta.json")).get("settings")
+            if hasattr(module, "settings") and made_with != module.settings():
+                print(f"data/{dataset} was made with other settings than data/{dataset}/prepare.py's: preparing it again")
+                module.prepare()
         if os.path.exists(os.path.join(folder, "meta.json")):
             meta = read_meta(os.path.join(folder, "meta.json"))
         for s in ("train", "val"):

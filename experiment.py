@@ -6,7 +6,7 @@ sample.py and analyze_reward.py as a user would.
 
     python experiment.py                          # arith, then finetune (--task=all)
     python experiment.py --task=arith             # accuracy vs Self-BLEU of every system, reward analysis
-    python experiment.py --task=finetune          # a base MLE model fine-tuned on 250 / 1000 shifted demos
+    python experiment.py --task=finetune          # arith's MLE models fine-tuned on 250 / 1000 shifted demos
     python experiment.py --task=small_data        # arith, 5% vs 100% of train: val curves
     python experiment.py --task=shakespeare       # ROUGE-L vs Self-BLEU, MLE vs IRL
     python experiment.py --quick                  # a check: 2 seeds, short runs, fewer systems, into results_quick/
@@ -17,8 +17,11 @@ seeds. The headline is accuracy at matched Self-BLEU: a run's (Self-BLEU, accura
 temperatures (greedy as T=0, Self-BLEU 1), joined piecewise linearly, minus its seed's MLE curve,
 averaged over Self-BLEU values both cover.
 
-A run whose files exist is skipped, so an interrupted experiment continues where it stopped (a run
-stopped mid-training resumes from its ckpt.pt); Ctrl-C or a failed run stops the runs in progress.
+Runs go seed by seed: each is trained, sampled and analysed in one go, so a stop leaves whole runs
+(their logs and summaries, which git keeps) behind. A run whose files exist is skipped, so an
+interrupted experiment continues where it stopped (a run stopped mid-training resumes from its
+ckpt.pt, and a finished run whose weights another run needs but a fresh clone lacks trains again);
+Ctrl-C or a failed run stops the runs in progress. `--seeds=3` reports over the first 3 seeds.
 Runs go `jobs` at a time, each on one thread (OMP_NUM_THREADS=1): two one-thread runs side by side
 use a 2-core CPU better than one two-thread run after another. Numbers depend on the thread count
 and CPU through float rounding.
@@ -31,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from functools import partial
 
 import numpy as np
@@ -68,8 +71,8 @@ ARITH_FLAGS = ["--dataset=arith", "--max_iters=2000", "--lr_decay_iters=2000", "
 # GAIL (docs/method.md section 5) and its control fine-tune each seed's MLE run on this schedule
 FINE_TUNE = ["--learning_rate=1e-4", "--min_lr=1e-5", "--warmup_iters=10", "--max_iters=300",
              "--lr_decay_iters=300", "--eval_interval=100"]
-FINETUNE = dict(  # task finetune: prepare.py's constants of each distribution, demo set sizes, systems, schedule
-    base=dict(MIN_OPERANDS=3, MAX_OPERANDS=3), shifted=dict(MIN_OPERANDS=4, MAX_OPERANDS=4),
+FINETUNE = dict(  # task finetune: the shifted distribution (prepare.py's constants), demo set sizes, systems, schedule
+    shifted=dict(MIN_OPERANDS=4, MAX_OPERANDS=4),
     sizes=[250, 1000], systems="mle,irl0.1,ent0.1",
     flags=["--learning_rate=3e-4", "--min_lr=3e-5", "--warmup_iters=20", "--max_iters=400",
            "--lr_decay_iters=400", "--eval_interval=50", "--dropout=0.1"])
@@ -95,7 +98,8 @@ SYSTEMS = {  # name: (label, train.py flags)
 FROM_MLE = {"gail", "mle+ft"}  # these start from the same seed's mle checkpoint
 REWARD = ["mle"] + [s for p in ("online", "irl") for s in SYSTEMS if s.startswith(p)]  # reward analysis: λ=0, IRL
 TASKS = {  # train.py flags, the task metric sample.py reports, systems by default (and with --quick)
-    "arith": (ARITH_FLAGS, "accuracy", ",".join(SYSTEMS), "mle,ent0.1,irl0.1,online0.1,gail,mle+ft"),
+    "arith": (ARITH_FLAGS, "accuracy", ",".join(s for s in SYSTEMS if s != "irl1"),
+              "mle,ent0.1,irl0.1,online0.1,gail,mle+ft"),
     "finetune": (ARITH_FLAGS, "accuracy", FINETUNE["systems"], "mle,irl0.1"),
     "small_data": (ARITH_FLAGS, "accuracy", "mle,irl0.1", "mle,irl0.1"),
     "shakespeare": (["config/shakespeare_char.py"], "rougeL", "mle,irl0.1", "mle,irl0.1"),
@@ -133,6 +137,7 @@ DECODINGS = ["greedy", f"beam{beam_size}"] + [f"t{t:g}" for t in temperature_val
 children, children_lock = set(), threading.Lock()  # the train.py / sample.py processes now running
 stopping = threading.Event()  # set once the experiment stops: no new run starts
 parts = []  # (task, part, runs done, minutes of wall time) of this invocation
+train_locks = {}  # out_dir -> a lock: one thread trains a run (a fine-tuning run may need its base trained again)
 
 
 def stop_children():
@@ -171,19 +176,26 @@ def run(command, done_file):
     return time.time() - t0
 
 
-def train(out_dir, flags, seed):
-    """train.py into out_dir unless it finished before; a run with a checkpoint resumes, one that died
-    before its first checkpoint starts afresh. flags: the task's first (a config file sets an out_dir
-    of its own), then the system's: later flags win."""
+def train(out_dir, flags, seed, outputs=()):
+    """train.py into out_dir unless it finished before and its ckpt.pt is there, or every file of
+    outputs (what was made from its weights) is; a run with a checkpoint resumes, one that died before
+    its first checkpoint starts afresh, and so does a finished one whose weights are needed but gone
+    (git keeps a run's logs and summaries, not its weights). flags: the task's first (a config file sets
+    an out_dir of its own), then the system's: later flags win."""
     command = ["train.py", *flags, f"--out_dir={out_dir}", f"--seed={seed}", *train_args.split()]
-    trained = os.path.join(out_dir, "trained")  # written once train.py got to max_iters
-    if os.path.exists(os.path.join(out_dir, "ckpt.pt")):
-        command.append("--init_from=resume")  # the last --init_from wins
-    elif os.path.exists(os.path.join(out_dir, "log.jsonl")) and not os.path.exists(trained):
-        os.remove(os.path.join(out_dir, "log.jsonl"))  # the log of a start that saved nothing
-    seconds = run(command, trained)
-    open(trained, "w").close()
-    return seconds
+    trained, ckpt, log = (os.path.join(out_dir, f) for f in ("trained", "ckpt.pt", "log.jsonl"))
+    with train_locks.setdefault(out_dir, threading.Lock()):  # setdefault is atomic
+        if os.path.exists(trained) and (os.path.exists(ckpt) or (outputs and all(map(os.path.exists, outputs)))):
+            return 0.0
+        if os.path.exists(ckpt):
+            command.append("--init_from=resume")  # the last --init_from wins
+        else:
+            for stale in (trained, log):  # a start that saved nothing, or a finished run without its weights
+                if os.path.exists(stale):
+                    os.remove(stale)
+        seconds = run(command, trained)
+        open(trained, "w").close()
+        return seconds
 
 
 def decoding_file(out_dir, decoding):
@@ -198,19 +210,24 @@ def sample(out_dir, decoding, seed):
                decoding_file(out_dir, decoding))
 
 
+def reward_file(out_dir):
+    return os.path.join(out_dir, "reward", "reward_summary.json")
+
+
 def analyze(out_dir, seed):
     """The reward analysis of one run, on its samples at temperature 1 (drawn here if not yet)."""
     seconds = sample(out_dir, "t1", seed)
     return seconds + run(["analyze_reward.py", f"--out_dir={out_dir}", "--samples=samples_val_t1.jsonl",
-                          "--max_prompts=200", f"--results={os.path.join(out_dir, 'reward')}"],
-                         os.path.join(out_dir, "reward", "reward_summary.json"))
+                          "--max_prompts=200", f"--results={os.path.join(out_dir, 'reward')}"], reward_file(out_dir))
 
 
 def timed(name, part, calls):
-    """Run calls ({key: function returning seconds spent}) `jobs` at a time; note the part's wall time."""
+    """Run calls ({key: function returning seconds spent}) `jobs` at a time, in order; note the part's
+    wall time."""
     t0, pool = time.time(), ThreadPoolExecutor(jobs)
     try:
         futures = [pool.submit(call) for call in calls.values()]
+        wait(futures, return_when=FIRST_EXCEPTION)
         ran = sum(future.result() > 0 for future in futures)
     except BaseException:  # a failed run or Ctrl-C: stop the others now, not after every queued run
         stop_children()
@@ -316,17 +333,23 @@ def reward_table(root, chosen):
 def score_vs_diversity(name):
     """Figures 2-3: each system's curve of task score against Self-BLEU, paired differences to MLE."""
     root, (flags, metric, _, _), chosen = os.path.join(results, name), TASKS[name], task_systems[name]
-    timed(name, "train", {(s, seed): partial(train, run_dir(root, s, seed), flags + SYSTEMS[s][1], seed)
-                          for s in chosen if s not in FROM_MLE for seed in range(seeds)})
-    mle_ckpt = lambda seed: f"--init_from={os.path.join(run_dir(root, 'mle', seed), 'ckpt.pt')}"
-    timed(name, "fine-tune from MLE", {(s, seed): partial(train, run_dir(root, s, seed), flags + SYSTEMS[s][1]
-                                                          + [mle_ckpt(seed)], seed)
-                                       for s in chosen if s in FROM_MLE for seed in range(seeds)})
-    timed(name, "sample", {(s, seed, d): partial(sample, run_dir(root, s, seed), d, seed)
-                           for s in chosen for seed in range(seeds) for d in DECODINGS})
     analyzed = [s for s in REWARD if s in chosen]
-    timed(name, "reward analysis", {(s, seed): partial(analyze, run_dir(root, s, seed), seed)
-                                    for s in analyzed for seed in range(seeds)})
+
+    def pipeline(s, seed):
+        """Train one run (from its seed's MLE run for GAIL and its control), sample it at every
+        decoding, analyse its reward; seconds spent."""
+        out_dir, spent, start = run_dir(root, s, seed), 0.0, []
+        outputs = [decoding_file(out_dir, d) for d in DECODINGS] + ([reward_file(out_dir)] if s in analyzed else [])
+        if s in FROM_MLE and not all(map(os.path.exists, outputs + [os.path.join(out_dir, "trained")])):
+            spent += train(run_dir(root, "mle", seed), flags + SYSTEMS["mle"][1], seed)  # its weights are needed
+            start = [f"--init_from={os.path.join(run_dir(root, 'mle', seed), 'ckpt.pt')}"]
+        spent += train(out_dir, flags + SYSTEMS[s][1] + start, seed, outputs)
+        spent += sum(sample(out_dir, d, seed) for d in DECODINGS)
+        return spent + (analyze(out_dir, seed) if s in analyzed else 0.0)
+
+    # seed by seed, so that a stop leaves whole seeds (their logs and summaries) behind
+    timed(name, "train, sample and analyse each run", {(s, seed): partial(pipeline, s, seed)
+                                                       for seed in range(seeds) for s in chosen})
     summary = {(s, d, seed): read(decoding_file(run_dir(root, s, seed), d))
                for s in chosen for d in DECODINGS for seed in range(seeds)}
     # per seed; the K samples of a deterministic decoding would be equal: Self-BLEU 1
@@ -426,31 +449,35 @@ def small_data():
             (("100%", arith, ""), ("5%", root, "_5pct"))}
     extra = {"100%": [], "5%": [f"--dataset={fraction_data}"]}
     timed(name, "train", {(key, seed): partial(train, dirs(seed), ARITH_FLAGS + SYSTEMS[key[0]][1] + extra[key[1]],
-                                               seed) for key, dirs in runs.items() for seed in range(seeds)})
+                                               seed, [os.path.join(dirs(seed), "log.jsonl")])
+                          for key, dirs in runs.items() for seed in range(seeds)})
     return curves(name, {key: [dirs(seed) for seed in range(seeds)] for key, dirs in runs.items()},
                   "arith, 5% vs 100% of the train split")
 
 
 def finetune_data(folder):
-    """The base and shifted distributions from data/arith/prepare.py with its constants set for each
-    (then put back), and the shifted train split cut to each demo set size. Returns ({name: folder},
-    how many distributions were prepared now)."""
+    """The base distribution (data/arith as prepare.py makes it), the shifted one (prepare.py with the
+    constants of FINETUNE["shifted"], then put back), and the shifted train split cut to each demo set
+    size. Returns ({name: folder}, how many distributions were prepared now)."""
     import data.arith.prepare as arith
-    folders = {"base": os.path.join(folder, "base"), "shifted": os.path.join(folder, "shifted")}
+    folders = {"base": os.path.dirname(os.path.abspath(arith.__file__)), "shifted": os.path.join(folder, "shifted")}
     folders.update({n: os.path.join(folder, f"shifted{n}") for n in FINETUNE["sizes"]})
     made = 0
-    for key, constants in (("base", FINETUNE["base"]), ("shifted", dict(FINETUNE["shifted"], SPLIT_SIZES=dict(
-            arith.SPLIT_SIZES, train=max(FINETUNE["sizes"]))))):
-        if not os.path.exists(os.path.join(folders[key], "meta.json")):
-            saved = {k: getattr(arith, k) for k in constants}
-            try:
-                for k, v in constants.items():
-                    setattr(arith, k, v)
-                arith.prepare(folders[key])
-                made += 1
-            finally:
-                for k, v in saved.items():
-                    setattr(arith, k, v)
+    meta = os.path.join(folders["base"], "meta.json")
+    if not os.path.exists(meta) or read(meta).get("settings") != arith.settings():  # as train.py would
+        arith.prepare()
+        made += 1
+    if not os.path.exists(os.path.join(folders["shifted"], "meta.json")):
+        constants = dict(FINETUNE["shifted"], SPLIT_SIZES=dict(arith.SPLIT_SIZES, train=max(FINETUNE["sizes"])))
+        saved = {k: getattr(arith, k) for k in constants}
+        try:
+            for k, v in constants.items():
+                setattr(arith, k, v)
+            arith.prepare(folders["shifted"])
+            made += 1
+        finally:
+            for k, v in saved.items():
+                setattr(arith, k, v)
     chars = lambda key: set(read(os.path.join(folders[key], "meta.json"))["tokenizer"]["chars"])
     if not chars("shifted") <= chars("base"):  # the fine-tuned model keeps the base model's tokenizer
         fail(f"the shifted data has characters the base data lacks: {sorted(chars('shifted') - chars('base'))}")
@@ -464,26 +491,31 @@ def finetune_data(folder):
 
 
 def finetune():
-    """The paper's setting: a base model per seed (MLE on the base distribution), fine-tuned by each
-    system on a small demonstration set of a shifted one; val nll and accuracy on the shifted val split."""
+    """The paper's setting: a base model per seed (MLE on arith: task arith's own MLE run), fine-tuned by
+    each system on a small demonstration set of a shifted distribution (4 operands instead of 3); val nll
+    and accuracy on the shifted val split."""
     name, chosen, root = "finetune", task_systems["finetune"], os.path.join(results, "finetune")
     t0 = time.time()
     folders, made = finetune_data(os.path.join(root, "data"))
     parts.append((name, "data", made, (time.time() - t0) / 60))
-    base = lambda seed: os.path.join(root, f"base_s{seed}")
-    timed(name, "base model (MLE on the base distribution)", {seed: partial(
-        train, base(seed), ARITH_FLAGS + ["--loss=mle", f"--dataset={folders['base']}"], seed)
-        for seed in range(seeds)})
+    base = partial(run_dir, os.path.join(results, "arith"), "mle")
     dirs = lambda s, n, seed: os.path.join(root, f"{s}_n{n}_s{seed}")
-    timed(name, "fine-tune", {(s, n, seed): partial(train, dirs(s, n, seed), [f"--dataset={folders[n]}"]
-                                                    + FINETUNE["flags"] + SYSTEMS[s][1]
-                                                    + [f"--init_from={os.path.join(base(seed), 'ckpt.pt')}"], seed)
-                              for n in FINETUNE["sizes"] for s in chosen for seed in range(seeds)})
+
+    def fine_tune(s, n, seed):
+        """The base model of the seed (trained first if its weights are gone), then its fine-tuning run."""
+        log = os.path.join(dirs(s, n, seed), "log.jsonl")
+        started = any(os.path.exists(os.path.join(dirs(s, n, seed), f)) for f in ("trained", "ckpt.pt"))
+        spent = 0.0 if started else train(base(seed), ARITH_FLAGS + SYSTEMS["mle"][1], seed)
+        return spent + train(dirs(s, n, seed), [f"--dataset={folders[n]}"] + FINETUNE["flags"] + SYSTEMS[s][1]
+                             + [f"--init_from={os.path.join(base(seed), 'ckpt.pt')}"], seed, [log])
+
+    timed(name, "fine-tune arith's MLE run of each seed", {(s, n, seed): partial(fine_tune, s, n, seed)
+                                                            for seed in range(seeds) for n in FINETUNE["sizes"]
+                                                            for s in chosen})
     shift = ", ".join(f"{k}={v}" for k, v in FINETUNE["shifted"].items())
     return curves(name, {(s, f"{n} demos"): [dirs(s, n, seed) for seed in range(seeds)]
                          for n in FINETUNE["sizes"] for s in chosen},
-                  f"fine-tuning a base MLE model ({', '.join(f'{k}={v}' for k, v in FINETUNE['base'].items())}) "
-                  f"on shifted demos ({shift})")
+                  f"fine-tuning arith's MLE model on shifted demos ({shift})")
 
 
 def main():

@@ -127,6 +127,16 @@ def test_arith_demonstrations_are_diverse(arith_rows):
     assert len(positions) > 2
 
 
+def test_arith_says_when_its_knobs_allow_too_few_problems(tmp_path, monkeypatch):
+    # operands 1..2, two of them: 2*2 pairs times 3 operators, some negative, are fewer than 30 problems
+    for knob, value in dict(MIN_OPERANDS=2, MAX_OPERANDS=2, MAX_OPERAND=2,
+                            SPLIT_SIZES={"train": 30, "val": 1, "test": 1}).items():
+        monkeypatch.setattr(arith, knob, value)
+    with pytest.raises(ValueError, match="distinct problems of the 32 that SPLIT_SIZES asks for: raise MAX_OPERAND"):
+        arith.prepare(str(tmp_path))
+    assert not os.listdir(tmp_path)  # nothing half-written
+
+
 def test_arith_fits_a_small_block(arith_rows):
     # a char model with block_size 64 sees [EOS] + prompt + completion + [EOS] whole
     rows = [row for split in SPLITS for row in arith_rows[split]]

@@ -6,8 +6,8 @@ Multi-step arithmetic, a tiny char-level stand-in for GSM8k: no prose, just numb
 
 A prompt is an expression; a completion does one operation per step, then states the answer:
 
-    "(12+7)*(8-3)="  ->  "8-3=5;12+7=19;19*5=95#95"  or  "12+7=19;8-3=5;19*5=95#95"
     "4+9+11="        ->  "4+11=15;15+9=24#24"  or  "9+11=20;4+20=24#24"  or  "4+9=13;13+11=24#24"
+    "(12+7)*(8-3)="  ->  "8-3=5;12+7=19;19*5=95#95"  or  "12+7=19;8-3=5;19*5=95#95"   (4 operands)
 
 Steps are separated by ";", the final answer follows "#" (GSM8k's "####"). Several orders are valid,
 so that the expert is diverse and a model can be accurate *and* diverse: a step may do a "-" once both
@@ -15,7 +15,7 @@ its sides are numbers, or combine any two numbers of a chain of "+" (or of "*"),
 taken in any order (written as in the prompt; the result takes the left term's place). A demonstration
 picks uniformly among the possible steps at each point (seeded). Every value in a demonstration is a
 whole number in 0..MAX_VALUE; problems that would break this are drawn again. With the defaults a
-prompt has at most 16 characters and a completion at most 35, so a row fits block_size 64.
+row fits block_size 64 (tests/test_data_prepare.py checks it).
 
 API: prepare(out_dir=None), verify(prompt, completion), final_answer(completion), evaluate(prompt),
 solve(prompt, rng) (a random valid completion), solutions(prompt) (all), corrupt(completion, rng).
@@ -34,8 +34,9 @@ from checkpoint import write_atomically  # noqa: E402 (a temporary file, then a 
 
 out_dir = ""  # where python data/arith/prepare.py writes train/val/test.jsonl and meta.json; '' = data/arith
 
-# difficulty: tune these so a small model trained for minutes lands between "never" and "always" right
-MIN_OPERANDS, MAX_OPERANDS = 3, 4  # operands per problem (4 allows many more step orders)
+# difficulty: tuned so that train.py's default model and schedule (2000 steps, ~5 CPU minutes) reach a
+# plateau of greedy val accuracy near 0.5, neither "never" nor "always" right (results/README.md)
+MIN_OPERANDS, MAX_OPERANDS = 3, 3  # operands per problem (4 allows many more step orders, and is much harder)
 MAX_OPERAND = 20                   # operands are drawn from 1..MAX_OPERAND
 OPERATORS = "+-*"                  # any of "+-*/"; "/" is kept only where it divides exactly
 MAX_VALUE = 999                    # largest value in a demonstration (keeps the steps short)
@@ -171,6 +172,12 @@ def random_expression(rng, n):
     return left + op + right, PRECEDENCE[op]
 
 
+def settings():
+    """The knobs the data was made with (meta.json keeps them: data prepared with others is made again)."""
+    return dict(MIN_OPERANDS=MIN_OPERANDS, MAX_OPERANDS=MAX_OPERANDS, MAX_OPERAND=MAX_OPERAND, OPERATORS=OPERATORS,
+                MAX_VALUE=MAX_VALUE, SPLIT_SIZES=SPLIT_SIZES, SEED=SEED)
+
+
 def prepare(out_dir=None):
     out_dir = out_dir or os.path.dirname(os.path.abspath(__file__))
     os.makedirs(out_dir, exist_ok=True)
@@ -178,7 +185,7 @@ def prepare(out_dir=None):
     tries = 0  # draws since the last new problem: the knobs may allow fewer problems than the splits need
     while len(rows) < sum(SPLIT_SIZES.values()):
         tries += 1
-        if tries > 100_000:
+        if tries > 20_000:
             raise ValueError(f"found only {len(rows)} distinct problems of the {sum(SPLIT_SIZES.values())} that "
                              f"SPLIT_SIZES asks for: raise MAX_OPERAND or MAX_VALUE, or lower SPLIT_SIZES")
         prompt = random_expression(rng, rng.randint(MIN_OPERANDS, MAX_OPERANDS))[0] + "="
@@ -196,7 +203,7 @@ def prepare(out_dir=None):
         write_atomically(os.path.join(out_dir, f"{split}.jsonl"), "".join(lines))
         start += size
     chars = "".join(sorted(set("".join(p + c for p, c in rows))))
-    meta = {"name": "arith", "task": "arith", "tokenizer": {"kind": "char", "chars": chars}}
+    meta = {"name": "arith", "task": "arith", "tokenizer": {"kind": "char", "chars": chars}, "settings": settings()}
     write_atomically(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1) + "\n")
     return out_dir
 
