@@ -44,3 +44,28 @@ def test_table_cells():
     # differences 0.2, 0.4: sd 0.1414, (1.96 * 0.1414 / 0.02)^2 = 192.08 -> 193 seeds
     assert experiment.diff_cells(experiment.paired([0.3, 0.5], [0.1, 0.1])) == ["+0.300 ± 0.100", "193"]
     assert experiment.diff_cells(None) == ["—", "—"]
+
+
+def test_train_skips_resumes_or_starts_again(tmp_path, monkeypatch):
+    """experiment.train, with train.py replaced by a recorder: what a stop, or a fresh clone (logs and
+    summaries, no weights), leaves behind decides whether a run is skipped, resumed or trained again."""
+    calls = []
+    monkeypatch.setattr(experiment, "run", lambda command, done_file: calls.append(command) or 1.0)
+    run = tmp_path / "run"
+    run.mkdir()
+    touch = lambda *names: [(run / n).write_text("x") for n in names]
+    output = str(tmp_path / "summary.json")
+
+    touch("trained", "ckpt.pt", "log.jsonl")  # finished, weights there: skipped
+    assert experiment.train(str(run), [], 0) == 0.0 and not calls
+    (run / "ckpt.pt").unlink()  # finished, weights gone, but what was made from them is there: skipped
+    (tmp_path / "summary.json").write_text("x")
+    assert experiment.train(str(run), [], 0, [output]) == 0.0 and not calls
+    (tmp_path / "summary.json").unlink()  # ... and it is not: trained again from the start, old log gone
+    assert experiment.train(str(run), ["--loss=mle"], 0, [output]) == 1.0
+    assert "--init_from=resume" not in calls[-1] and not (run / "log.jsonl").exists()
+    (run / "trained").unlink()  # stopped mid-run with a checkpoint: resumed
+    touch("ckpt.pt", "log.jsonl")
+    experiment.train(str(run), ["--init_from=base.pt"], 0)
+    assert calls[-1][-1] == "--init_from=resume" and (run / "log.jsonl").exists()
+    assert (run / "trained").exists()  # marked finished once train.py returned
