@@ -67,7 +67,7 @@ if config["quick"]:
 globals().update(config)
 
 # the training schedule of arith (and of the base model of finetune); --quick appends its own (later flags win)
-ARITH_FLAGS = ["--dataset=arith", "--max_iters=2000", "--lr_decay_iters=2000", "--eval_interval=250"]
+ARITH_FLAGS = ["--dataset=arith", "--max_iters=3000", "--lr_decay_iters=3000", "--eval_interval=250"]
 # GAIL (docs/method.md section 5) and its control fine-tune each seed's MLE run on this schedule
 FINE_TUNE = ["--learning_rate=1e-4", "--min_lr=1e-5", "--warmup_iters=10", "--max_iters=300",
              "--lr_decay_iters=300", "--eval_interval=100"]
