@@ -81,6 +81,21 @@ def read_meta(path):
     return meta
 
 
+def prepare_task(name):
+    """Prepare data/<name> with data/<name>/prepare.py on first use, and again when the knobs its
+    meta.json records differ from prepare.py's now. True when it prepared."""
+    module = importlib.import_module(f"data.{name}.prepare")
+    meta = os.path.join(DATA_DIR, name, "meta.json")
+    if not os.path.exists(meta):
+        print(f"preparing data/{name} (first use) ...")
+    elif hasattr(module, "settings") and read_meta(meta).get("settings") != module.settings():
+        print(f"data/{name} was made with other settings than data/{name}/prepare.py's: preparing it again")
+    else:
+        return False
+    module.prepare()
+    return True
+
+
 def load_dataset(dataset, tokenizer=""):
     """Returns dict(name, task, splits={split: [(prompt, completion)]}, tokenizer, verify).
     tokenizer: '' keeps the dataset's own (char by default), 'char' or 'gpt2' overrides it,
@@ -99,18 +114,12 @@ def load_dataset(dataset, tokenizer=""):
         name = os.path.splitext(os.path.basename(dataset))[0]
     else:
         folder = dataset if os.path.isdir(dataset) else os.path.join(DATA_DIR, dataset)
-        if not os.path.isdir(dataset) and not os.path.exists(os.path.join(folder, "meta.json")):
-            if not os.path.exists(os.path.join(folder, "prepare.py")):
+        if not os.path.isdir(dataset):
+            if os.path.exists(os.path.join(folder, "prepare.py")):
+                prepare_task(dataset)
+            elif not os.path.exists(os.path.join(folder, "meta.json")):
                 raise ValueError(f"unknown dataset {dataset!r}; use arith, shakespeare, "
                                  f"a folder with train/val/test.jsonl or a .jsonl file")
-            print(f"preparing data/{dataset} (first use) ...")
-            importlib.import_module(f"data.{dataset}.prepare").prepare()
-        elif not os.path.isdir(dataset):  # a named task: its prepare.py's knobs may have changed since
-            module = importlib.import_module(f"data.{dataset}.prepare")
-            made_with = read_meta(os.path.join(folder, "meta.json")).get("settings")
-            if hasattr(module, "settings") and made_with != module.settings():
-                print(f"data/{dataset} was made with other settings than data/{dataset}/prepare.py's: preparing it again")
-                module.prepare()
         if os.path.exists(os.path.join(folder, "meta.json")):
             meta = read_meta(os.path.join(folder, "meta.json"))
         for s in ("train", "val"):

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from checkpoint import LOCK_FILE
+from dataset import prepare_task
 from tests.helpers import ROOT, run_script
 
 TRAIN = ["--n_layer=1", "--n_head=1", "--n_embd=16", "--batch_size=4", "--block_size=32", "--max_iters=2",
@@ -339,9 +340,7 @@ def base(tmp_path_factory):
     """A small copy of arith (w/data), a tiny MLE run on it (w/run) with its samples, and FILES."""
     base = tmp_path_factory.mktemp("base")
     (base / "data").mkdir()
-    if not os.path.exists(os.path.join(ROOT, "data", "arith", "meta.json")):  # as train.py's first use would
-        from data.arith.prepare import prepare
-        prepare()
+    prepare_task("arith")  # as train.py's first use would
     for split, n in (("train", 200), ("val", 20), ("test", 20)):
         with open(os.path.join(ROOT, "data", "arith", f"{split}.jsonl")) as f:
             (base / "data" / f"{split}.jsonl").write_text("".join(f.readlines()[:n]))
