@@ -405,8 +405,8 @@ def curves(name, groups, title):
     {(system, data label): [out_dir per seed]}, band ± s.e.; and the table of start / final / best."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    rows = ["| system | data | val nll: start | final | min | greedy val acc.: start | final | best | "
-            "final acc. − MLE | seeds |", "|---" * 10 + "|"]
+    rows = ["| system | data | val nll: start | final | min | final − min (overfitting) | greedy val acc.: start | "
+            "final | best | final acc. − MLE | seeds |", "|---" * 11 + "|"]
     systems_seen = list(dict.fromkeys(s for s, _ in groups))
     data_seen = list(dict.fromkeys(d for _, d in groups))
     logs = {key: [read(os.path.join(d, 'log.jsonl')) for d in dirs] for key, dirs in groups.items()}
@@ -423,6 +423,7 @@ def curves(name, groups, title):
             if system != "mle" and ("mle", data) in logs else None
         rows.append(f"| {SYSTEMS[system][0]} | {data} | " + " | ".join(
             [ms(column("val/nll", f)) for f in (first, last, min)]
+            + [ms(column("val/nll", lambda v: v[-1] - min(v)))]  # per seed: how far val nll rose from its best
             + [ms(column("val/accuracy", f)) for f in (first, last, max)] + diff_cells(vs_mle)) + " |")
     for ax, key in zip(axes, ("val nll (per completion token)", "greedy val accuracy")):
         ax.set_xlabel("iteration")
