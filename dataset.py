@@ -81,18 +81,19 @@ def read_meta(path):
     return meta
 
 
-def prepare_task(name):
-    """Prepare data/<name> with data/<name>/prepare.py on first use, and again when the knobs its
-    meta.json records differ from prepare.py's now. True when it prepared."""
+def prepare_task(name, out_dir=None):
+    """Prepare task `name` with data/<name>/prepare.py into out_dir (default data/<name>) on first use,
+    and again when the knobs its meta.json records differ from prepare.py's now. True when it prepared."""
     module = importlib.import_module(f"data.{name}.prepare")
-    meta = os.path.join(DATA_DIR, name, "meta.json")
+    where = out_dir or f"data/{name}"
+    meta = os.path.join(out_dir or os.path.join(DATA_DIR, name), "meta.json")
     if not os.path.exists(meta):
-        print(f"preparing data/{name} (first use) ...")
+        print(f"preparing {where} (first use) ...")
     elif hasattr(module, "settings") and read_meta(meta).get("settings") != module.settings():
-        print(f"data/{name} was made with other settings than data/{name}/prepare.py's: preparing it again")
+        print(f"{where} was made with other settings than data/{name}/prepare.py's: preparing it again")
     else:
         return False
-    module.prepare()
+    module.prepare(out_dir)
     return True
 
 

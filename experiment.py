@@ -467,13 +467,11 @@ def finetune_data(folder):
     folders.update({n: os.path.join(folder, f"shifted{n}") for n in FINETUNE["sizes"]})
     made = int(prepare_task("arith"))  # as train.py's first use would
     constants = dict(FINETUNE["shifted"], SPLIT_SIZES=dict(arith.SPLIT_SIZES, train=max(FINETUNE["sizes"])))
-    saved, meta = {k: getattr(arith, k) for k in constants}, os.path.join(folders["shifted"], "meta.json")
+    saved = {k: getattr(arith, k) for k in constants}
     try:
         for k, v in constants.items():
             setattr(arith, k, v)
-        if not os.path.exists(meta) or read(meta).get("settings") != arith.settings():  # new, or made with others
-            arith.prepare(folders["shifted"])
-            made += 1
+        made += prepare_task("arith", folders["shifted"])  # new, or made with other knobs
     finally:
         for k, v in saved.items():
             setattr(arith, k, v)
