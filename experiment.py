@@ -67,34 +67,37 @@ if config["quick"]:
 globals().update(config)
 
 # the training schedule of arith (and of the base model of finetune); --quick appends its own (later flags win)
-ARITH_FLAGS = ["--dataset=arith", "--max_iters=3000", "--lr_decay_iters=3000", "--eval_interval=250"]
-# GAIL (docs/method.md section 5) and its control fine-tune each seed's MLE run on this schedule
+ARITH_FLAGS = ["--dataset=arith", "--max_iters=2000", "--lr_decay_iters=2000", "--eval_interval=250"]
+# online IQ-Learn, GAIL (docs/method.md section 5) and their control fine-tune each seed's MLE run on this schedule,
+# as the paper's methods fine-tune a trained model
 FINE_TUNE = ["--learning_rate=1e-4", "--min_lr=1e-5", "--warmup_iters=10", "--max_iters=300",
              "--lr_decay_iters=300", "--eval_interval=100"]
 FINETUNE = dict(  # task finetune: the shifted distribution (prepare.py's constants), demo set sizes, systems, schedule
-    shifted=dict(MAX_OPERAND=40),  # operands 1..40, not 1..20: the base model gets 0.1-0.2 of them right
+    shifted=dict(MAX_OPERAND=24),  # operands 1..24, not 1..12: the base model gets about a fifth of them right
     sizes=[250, 1000], systems="mle,irl0.1,ent0.1",
     flags=["--learning_rate=1e-3", "--min_lr=1e-4", "--warmup_iters=20", "--max_iters=500",  # long enough that
            "--lr_decay_iters=500", "--eval_interval=50"])  # MLE overfits 250 demos: its val nll turns up
-if quick:  # the schedules cut short: from scratch, and fine-tuning (GAIL and its control, task finetune)
+if quick:  # the schedules cut short: from scratch, and fine-tuning (from MLE, and task finetune)
     ARITH_FLAGS = ARITH_FLAGS + ["--max_iters=150", "--lr_decay_iters=150", "--eval_interval=75", "--eval_prompts=50"]
     QUICK_FINE_TUNE = ["--max_iters=50", "--lr_decay_iters=50", "--eval_interval=25", "--eval_prompts=50"]
     FINE_TUNE, FINETUNE["flags"] = FINE_TUNE + QUICK_FINE_TUNE, FINETUNE["flags"] + QUICK_FINE_TUNE
-ONLINE = ["--loss=irl", "--mix_in=0.1", "--sample_fraction=0.25", "--sample_every=4", "--max_new_tokens=40"]
+ONLINE = ["--loss=irl", "--mix_in=0.1", "--sample_fraction=0.25", "--sample_every=4", "--max_new_tokens=32"] + FINE_TUNE
 SYSTEMS = {  # name: (label, train.py flags)
     "mle": ("MLE", ["--loss=mle"]),
     "ent0.01": ("MLE + entropy β=0.01", ["--loss=mle", "--entropy_coef=0.01"]),
     "ent0.1": ("MLE + entropy β=0.1", ["--loss=mle", "--entropy_coef=0.1"]),
     "irl0.1": ("IRL λ=0.1", ["--loss=irl", "--td_coef=0.1"]),
     "irl1": ("IRL λ=1", ["--loss=irl", "--td_coef=1"]),
-    "online0.01": ("online IQ-Learn α=0.1 λ=0.01", ONLINE + ["--td_coef=0.01"]),
-    "online0.1": ("online IQ-Learn α=0.1 λ=0.1", ONLINE + ["--td_coef=0.1"]),
-    "online1": ("online IQ-Learn α=0.1 λ=1", ONLINE + ["--td_coef=1"]),
-    "gail": ("GAIL (from MLE)", ["--loss=gail", "--max_new_tokens=40"] + FINE_TUNE),
-    "mle+ft": ("MLE fine-tuned as GAIL (its control)", ["--loss=mle"] + FINE_TUNE),
+    "online0.01": ("online IQ-Learn α=0.1 λ=0.01 (from MLE)", ONLINE + ["--td_coef=0.01"]),
+    "online0.1": ("online IQ-Learn α=0.1 λ=0.1 (from MLE)", ONLINE + ["--td_coef=0.1"]),
+    "online1": ("online IQ-Learn α=0.1 λ=1 (from MLE)", ONLINE + ["--td_coef=1"]),
+    "gail": ("GAIL (from MLE)", ["--loss=gail", "--max_new_tokens=32"] + FINE_TUNE),
+    "mle+ft": ("MLE fine-tuned (control)", ["--loss=mle"] + FINE_TUNE),
 }
-FROM_MLE = {"gail", "mle+ft"}  # these start from the same seed's mle checkpoint
-REWARD = ["mle"] + [s for p in ("online", "irl") for s in SYSTEMS if s.startswith(p)]  # reward analysis: λ=0, IRL
+FROM_MLE = {"gail", "mle+ft", "online0.01", "online0.1", "online1"}  # these start from the same seed's mle checkpoint
+CONTROL = "mle+ft"  # what the others of FROM_MLE are compared with: MLE on their schedule
+# the reward analysis: λ = 0 (from scratch, and on the schedule from MLE), online IQ-Learn by λ, offline IRL
+REWARD = ["mle", CONTROL] + [s for p in ("online", "irl") for s in SYSTEMS if s.startswith(p)]
 TASKS = {  # train.py flags, the task metric sample.py reports, systems by default (and with --quick)
     "arith": (ARITH_FLAGS, "accuracy", ",".join(s for s in SYSTEMS if s != "irl1"),
               "mle,ent0.1,irl0.1,online0.1,gail,mle+ft"),
@@ -334,7 +337,7 @@ def score_vs_diversity(name):
     analyzed = [s for s in REWARD if s in chosen]
 
     def pipeline(s, seed):
-        """Train one run (from its seed's MLE run for GAIL and its control), sample it at every
+        """Train one run (from its seed's MLE run for those of FROM_MLE), sample it at every
         decoding, analyse its reward; seconds spent."""
         out_dir, spent, start = run_dir(root, s, seed), 0.0, []
         outputs = [decoding_file(out_dir, d) for d in DECODINGS] + ([reward_file(out_dir)] if s in analyzed else [])
@@ -360,12 +363,14 @@ def score_vs_diversity(name):
     rows += [f"| {SYSTEMS[s][0]} | {'T=' + d[1:] if d[0] == 't' else d} | "
              + " | ".join(ms(get(s, d, key)) for key in (metric, "self_bleu", "distinct_2")) + " |"
              for s in chosen for d in DECODINGS]
-    rows += ["", f"## {name}: paired differences, system − MLE, and GAIL − its control (mean ± s.e. over seeds; "
-             f"'seeds' = seeds that would resolve {RESOLVE} at 95% with the measured spread)", "",
+    rows += ["", f"## {name}: paired differences, system − MLE, or − the control for systems fine-tuned from MLE "
+             f"(mean ± s.e. over seeds; 'seeds' = seeds that would resolve {RESOLVE} at 95% with the measured spread)",
+             "",
              f"| system | {metric} at matched Self-BLEU | seeds | greedy | seeds | {DECODINGS[1]} | seeds | "
              f"{DECODINGS[1]} − greedy (own) |", "|---" * 8 + "|"]
-    # GAIL fine-tunes MLE for a few hundred steps more: its control (MLE on the same schedule) isolates GAIL's part
-    against = [(s, "mle") for s in chosen[1:]] + [("gail", "mle+ft")] * ("gail" in chosen and "mle+ft" in chosen)
+    # online IQ-Learn and GAIL fine-tune MLE for a few hundred steps more: the control (MLE on the same schedule)
+    # isolates their part
+    against = [(s, CONTROL if s in FROM_MLE and s != CONTROL and CONTROL in chosen else "mle") for s in chosen[1:]]
     for s, base in against:
         matched = [matched_difference(curve(s, seed), curve(base, seed)) for seed in range(seeds)]
         label = SYSTEMS[s][0] + ("" if base == "mle" else f" − {SYSTEMS[base][0]}")
@@ -381,19 +386,25 @@ def score_vs_diversity(name):
         rows += reward_table(root, chosen)
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for i, s in enumerate(chosen):
-        x, y, se = map(np.array, zip(*sorted((np.mean(get(s, d, "self_bleu")), *mean_se(get(s, d, metric)))
-                                             for d in on_curve)))
-        color = plt.cm.tab10(i % 10)
-        ax.plot(x, y, "o-", color=color, markersize=3, label=SYSTEMS[s][0])
-        ax.fill_between(x, y - se, y + se, color=color, alpha=0.15)
-        beam, beam_se = mean_se(get(s, DECODINGS[1], metric))
-        ax.errorbar([1.0 + 0.004 * (i + 1)], [beam], yerr=[beam_se], fmt="x", color=color, capsize=2)
-    ax.set_xlabel("Self-BLEU among K samples (lower = more diverse); greedy at 1, beam search (x) just right of it")
-    ax.set_ylabel(f"{metric} of samples")
-    ax.set_title(f"{name}: task score vs diversity over T={temperatures} ({seeds} seeds, band ± s.e.)")
-    ax.legend(fontsize=7, loc="best")
+    # left every system; right a close-up of those within half of MLE's greedy score (a collapsed one squeezes the rest)
+    close = [s for s in chosen if np.mean(get(s, "greedy", metric)) >= np.mean(get("mle", "greedy", metric)) / 2]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    for ax, shown in zip(axes, (chosen, close)):
+        for s in shown:
+            i = chosen.index(s)  # the same colour in both panels
+            x, y, se = map(np.array, zip(*sorted((np.mean(get(s, d, "self_bleu")), *mean_se(get(s, d, metric)))
+                                                 for d in on_curve)))
+            color = plt.cm.tab10(i % 10)
+            ax.plot(x, y, "o-", color=color, markersize=3, label=SYSTEMS[s][0])
+            ax.fill_between(x, y - se, y + se, color=color, alpha=0.15)
+            beam, beam_se = mean_se(get(s, DECODINGS[1], metric))
+            ax.errorbar([1.0 + 0.004 * (i + 1)], [beam], yerr=[beam_se], fmt="x", color=color, capsize=2)
+        ax.set_xlabel("Self-BLEU among K samples (lower = more diverse); greedy at 1, beam (x) right of it")
+        ax.set_ylabel(f"{metric} of samples")
+    axes[0].set_title(f"{name}: task score vs diversity over T={temperatures} ({seeds} seeds, band ± s.e.)",
+                      fontsize=9)
+    axes[1].set_title(f"close-up: the systems within half of MLE's greedy {metric}", fontsize=9)
+    axes[0].legend(fontsize=7, loc="best")
     fig.tight_layout()
     save_figure(fig, os.path.join(root, "figure.png"), dpi=120)
     return rows
@@ -489,7 +500,7 @@ def finetune_data(folder):
 
 def finetune():
     """The paper's setting: a base model per seed (MLE on arith: task arith's own MLE run), fine-tuned by
-    each system on a small demonstration set of a shifted distribution (operands up to 40 instead of 20); val nll
+    each system on a small demonstration set of a shifted distribution (operands up to 24 instead of 12); val nll
     and accuracy on the shifted val split."""
     name, chosen, root = "finetune", task_systems["finetune"], os.path.join(results, "finetune")
     t0 = time.time()
