@@ -11,11 +11,12 @@ sample.py and analyze_reward.py as a user would.
     python experiment.py --task=shakespeare       # ROUGE-L vs Self-BLEU, MLE vs IRL
     python experiment.py --quick                  # a check: 2 seeds, short runs, fewer systems, into results_quick/
 
-Seed s of every system runs with --seed=s, so train.py starts each system from the same weights and
-draws the same batches: a difference system - MLE is taken per seed and reported as mean ± s.e. over
-seeds. The headline is accuracy at matched Self-BLEU: a run's (Self-BLEU, accuracy) points over its
-temperatures (greedy as T=0, Self-BLEU 1), joined piecewise linearly, minus its seed's MLE curve,
-averaged over Self-BLEU values both cover.
+Seed s of every system runs with --seed=s, so train.py starts each system from the same weights (those
+of FROM_MLE from seed s's MLE run) and draws the same batches: a difference system - MLE (or - CONTROL,
+MLE on the same extra steps, for those fine-tuned from MLE) is taken per seed and reported as mean ±
+s.e. over seeds. The headline is accuracy at matched Self-BLEU: a run's (Self-BLEU, accuracy) points
+over its temperatures (greedy as T=0, Self-BLEU 1), joined piecewise linearly, minus its seed's MLE
+(or CONTROL) curve, averaged over Self-BLEU values both cover.
 
 Runs go seed by seed: each is trained, sampled and analysed in one go, so a stop leaves whole runs
 (their logs and summaries, which git keeps) behind. A run whose files exist is skipped, so an
@@ -45,7 +46,7 @@ from metrics import mean_se
 
 # -----------------------------------------------------------------------------
 task = "all"  # all (arith then finetune) | arith | finetune | small_data | shakespeare
-systems = ""  # comma list of SYSTEMS below; '' = the task's own; mle always runs (every difference is against it)
+systems = ""  # comma list of SYSTEMS below; '' = the task's own; mle always runs (differences are to it or CONTROL)
 seeds = 5  # paired seeds per system
 temperatures = "0.25,0.5,0.75,1.0"  # sampling temperatures (greedy and beam search come on top)
 num_samples = 4  # K samples per prompt at each temperature
