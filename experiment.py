@@ -27,6 +27,7 @@ Runs go `jobs` at a time, each on one thread (OMP_NUM_THREADS=1): two one-thread
 use a 2-core CPU better than one two-thread run after another. Numbers depend on the thread count
 and CPU through float rounding.
 """
+import concurrent.futures  # its FIRST_EXCEPTION, a str imported by name, would become a --flag below
 import json
 import math
 import os
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import partial
 
 import numpy as np
@@ -229,7 +230,7 @@ def timed(name, part, calls):
     t0, pool = time.time(), ThreadPoolExecutor(jobs)
     try:
         futures = [pool.submit(call) for call in calls.values()]
-        wait(futures, return_when=FIRST_EXCEPTION)
+        wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
         ran = sum(future.result() > 0 for future in futures)
     except BaseException:  # a failed run or Ctrl-C: stop the others now, not after every queued run
         stop_children()
