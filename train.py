@@ -46,7 +46,7 @@ tokenizer = ""  # '' = the dataset's (char) or the checkpoint's; char | gpt2
 batch_size = 32  # examples per micro-batch (one example per row)
 block_size = 64  # longest row in tokens; longer examples are cut (see dataset.py)
 # model
-n_layer = 4  # transformer blocks
+n_layer = 2  # transformer blocks
 n_head = 4  # attention heads
 n_embd = 128  # width
 dropout = 0.0  # dropout probability (0 for small data is often fine; try 0.1 when fine-tuning)
@@ -67,7 +67,7 @@ kl_coef = 0.1  # GAIL: weight of KL(policy || starting model) on the policy's sa
 disc_n_layer = 2  # GAIL: blocks of the discriminator (a GPT of the policy's width)
 disc_learning_rate = 1e-4  # GAIL: the discriminator's AdamW learning rate (constant)
 # optimizer
-max_iters = 2000  # optimizer steps (resume: may change)
+max_iters = 4000  # optimizer steps (resume: may change)
 gradient_accumulation_steps = 1  # micro-batches per optimizer step (in total, over all processes)
 learning_rate = 1e-3  # peak learning rate (resume: may change)
 weight_decay = 0.1  # AdamW weight decay (2-D weights only)
@@ -77,7 +77,7 @@ grad_clip = 1.0  # clip the gradient norm at this value (0 = off) (resume: may c
 # learning-rate schedule
 decay_lr = True  # linear warmup then cosine decay; False = constant learning_rate (resume: may change)
 warmup_iters = 50  # steps of linear warmup (resume: may change)
-lr_decay_iters = 2000  # step at which the cosine reaches min_lr (usually = max_iters) (resume: may change)
+lr_decay_iters = 4000  # step at which the cosine reaches min_lr (usually = max_iters) (resume: may change)
 min_lr = 1e-4  # learning rate at the end of the cosine (resume: may change)
 # evaluation and logging
 eval_interval = 500  # evaluate (val loss, greedy accuracy) and save every this many steps (resume: may change)
