@@ -502,7 +502,7 @@ def finetune_data(folder):
 
 def finetune():
     """The paper's setting: a base model per seed (MLE on arith: task arith's own MLE run), fine-tuned by
-    each system on a small demonstration set of a shifted distribution (operands up to 24 instead of 12); val nll
+    each system on a small demonstration set of a shifted distribution (FINETUNE["shifted"]); val nll
     and accuracy on the shifted val split."""
     name, chosen, root = "finetune", task_systems["finetune"], os.path.join(results, "finetune")
     t0 = time.time()
