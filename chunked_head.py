@@ -37,6 +37,7 @@ is skipped).
 import torch
 import torch.nn.functional as F
 
+from baseline_losses import dft_loss
 from irl_loss import implied_reward, irl_loss, policy_stats, td_mask_of
 from model import matmul_dtype
 
@@ -77,7 +78,7 @@ class ChunkedIRLLoss(torch.autograd.Function):
     the loss; irl_loss's statistics go into the dict `stats` (an autograd Function returns tensors only)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, loss_mask, done, td_coef, gamma, chunk_size, grad_needed, stats):
+    def forward(ctx, hidden, weight, targets, loss_mask, done, td_coef, gamma, chunk_size, grad_needed, stats, dft):
         dtype = matmul_dtype(hidden)  # the matmuls in bf16 under autocast, as the full path's lm_head
         h, w, y = hidden.flatten(0, 1).to(dtype), weight.to(dtype), targets.flatten()
         float_type = torch.promote_types(dtype, torch.float32)
@@ -99,7 +100,8 @@ class ChunkedIRLLoss(torch.autograd.Function):
                 continue
             prev = (torch.arange(rows.start, rows.stop, device=h.device) - 1).clamp(min=0)
             r_prev = q[prev] - gamma * (1 - done_f[prev]) * v[rows]       # r_{t-1} = q_{t-1} - g' v_t
-            c = mask_f[rows] / n_mask - prev_coef[rows] * r_prev          # dL/dv_t
+            nll_weight = (q[rows] - v[rows]).exp() if dft else 1.0         # DFT: sg(p_t); MLE, IRL: 1
+            c = mask_f[rows] * nll_weight / n_mask - prev_coef[rows] * r_prev  # dL/dv_t
             G = exps.mul_((c / sums)[:, None]).to(dtype)                  # c_t softmax_t, in place
             del exps
             grad_h[rows] = G @ w                                          # matmul 2: dL/dh = G W
@@ -108,9 +110,12 @@ class ChunkedIRLLoss(torch.autograd.Function):
         q, v = q.view_as(targets), v.view_as(targets)
         loss, loss_stats = irl_loss(q, v, mask, done, td_coef, gamma)  # the loss and its statistics, once
         stats.update(loss_stats)
+        nll_weight = (q - v).exp() if dft else 1.0
+        if dft:
+            loss = dft_loss(q, v, mask)
         if grad_needed:
             reward = implied_reward(q, v, done, gamma)                   # r_t = q_t - g' v_{t+1}  # the onehot part: d_t onehot(y_t) through the matmul is a gather and a scatter
-            d = (-mask / n_mask + 2 * td_coef * td_mask * reward / n_td).flatten()  # dL/dq_t
+            d = (-mask * nll_weight / n_mask + 2 * td_coef * td_mask * reward / n_td).flatten()  # dL/dq_t
             grad_h += d[:, None] * w[y].to(float_type)                    # dL/dh_t += d_t W[y_t]
             grad_w.index_add_(0, y, d[:, None] * h.to(float_type))        # dL/dW[y_t] += d_t h_t
             ctx.save_for_backward(grad_h, grad_w)
@@ -122,12 +127,13 @@ class ChunkedIRLLoss(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         hidden_dtype, weight_dtype = ctx.dtypes
         return ((grad_h * grad_loss).to(hidden_dtype).view(ctx.hidden_shape), (grad_w * grad_loss).to(weight_dtype),
-                None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None)
 
 
-def chunked_irl_loss(hidden, weight, targets, loss_mask, done, td_coef, gamma=1.0, chunk_size=1024):
+def chunked_irl_loss(hidden, weight, targets, loss_mask, done, td_coef, gamma=1.0, chunk_size=1024, dft=False):
     """(loss, stats) of irl_loss.irl_loss on the logits hidden @ weight^T, chunk_size positions at
-    a time, with the same value, statistics and gradient as the full path. hidden (B, T, C) final
+    a time, with the same value, statistics and gradient as the full path. dft=True: the loss is
+    baseline_losses.dft_loss instead (each nll term weighted by sg(p_t), so its c_t and d_t too). hidden (B, T, C) final
     hidden states, weight (V, C) the tied head; padding targets (-1) read index 0, the masks remove
     them. Call it inside the autocast context the model ran in."""
     if chunk_size < 1:
@@ -135,7 +141,7 @@ def chunked_irl_loss(hidden, weight, targets, loss_mask, done, td_coef, gamma=1.
     grad_needed = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)  # not in eval
     stats = {}
     loss = ChunkedIRLLoss.apply(hidden, weight, targets.clamp(min=0), loss_mask, done, td_coef, gamma,
-                                chunk_size, grad_needed, stats)
+                                chunk_size, grad_needed, stats, dft)
     return loss, stats
 
 

@@ -26,6 +26,7 @@ from contextlib import nullcontext
 
 import torch
 
+from baseline_losses import dft_loss, gem_loss
 from checkpoint import (GPT2_NAMES, check_out_dir, gpt2_checkpoint, load_checkpoint, lock_out_dir,
                         model_from_checkpoint, save_checkpoint, tokenizer_of, write_atomically)
 from chunked_head import chunked_irl_loss, chunked_policy_stats
@@ -52,10 +53,11 @@ n_embd = 128  # width
 dropout = 0.0  # dropout probability (0 for small data is often fine; try 0.1 when fine-tuning)
 bias = False  # biases in Linear and LayerNorm layers
 # loss
-loss = "irl"  # irl (IQ-Learn: MLE + td_coef * TD term) | mle | gail (needs --init_from, see gail.py)
+loss = "irl"  # irl (IQ-Learn: MLE + td_coef * TD term) | mle | dft | gem (baseline_losses.py) | gail (needs --init_from, see gail.py)
 td_coef = 0.1  # lambda: weight of the squared TD residual (0 = MLE)
 gamma = 1.0  # discount of the implied reward (1: finite episodes); GAIL's reward-to-go too
 entropy_coef = 0.0  # beta: minus beta times the policy's mean entropy on the completions, for any loss
+gem_beta = 0.7  # GEM: temperature of its target softmax(logits / gem_beta); 1 = MLE's gradient, lower keeps more diversity
 loss_chunk = 0  # >0: head + loss over this many positions at a time, never all (B, T, vocab) logits (chunked_head.py)
 # online IQ-Learn and GAIL: the policy's own samples
 mix_in = 0.0  # online IQ-Learn (loss=irl): weight alpha of the policy's own samples in the value term
@@ -77,13 +79,14 @@ grad_clip = 1.0  # clip the gradient norm at this value (0 = off) (resume: may c
 # learning-rate schedule
 decay_lr = True  # linear warmup then cosine decay; False = constant learning_rate (resume: may change)
 warmup_iters = 50  # steps of linear warmup (resume: may change)
-lr_decay_iters = 4000  # step at which the cosine reaches min_lr (usually = max_iters) (resume: may change)
+lr_decay_iters = 0  # step at which the cosine reaches min_lr; 0 = max_iters, so a shorter run decays too (resume: may change)
 min_lr = 1e-4  # learning rate at the end of the cosine (resume: may change)
 # evaluation and logging
 eval_interval = 500  # evaluate (val loss, greedy accuracy) and save every this many steps (resume: may change)
 eval_iters = 8  # val batches per evaluation (always the same ones) (resume: may change)
 eval_prompts = 200  # val prompts for greedy accuracy (tasks with a verifier) (resume: may change)
 log_interval = 100  # print a progress line every this many steps (resume: may change)
+keep_best = ""  # early stopping: '' = off; val/accuracy (higher is better), val/nll or val/loss (lower) -> out_dir/best.pt
 # system
 device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:1 | mps (resume: may change)
 dtype = ""  # '' = bfloat16 on CUDA if supported, else float16 on CUDA, float32 elsewhere (resume: may change)
@@ -95,6 +98,7 @@ settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
 RANGES = {  # flag: (lowest, highest) allowed, None = no bound; train.py stops with one line outside them
     **{k: (0, 1) for k in ("gamma", "mix_in", "sample_fraction")},
+    "gem_beta": (0.01, 1),
     **{k: (0, 0.99) for k in ("dropout", "beta1", "beta2")},
     **{k: (0, None) for k in ("td_coef", "entropy_coef", "learning_rate", "min_lr", "weight_decay", "grad_clip",
                               "mle_weight", "kl_coef", "disc_learning_rate", "max_iters", "warmup_iters",
@@ -114,6 +118,7 @@ def fail(message):
 # -----------------------------------------------------------------------------
 # the checkpoint to start from; a resumed run continues with the settings it was started with
 ckpt_path, log_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "log.jsonl")
+best_path = os.path.join(out_dir, "best.pt")  # --keep_best: the early-stopped state
 try:
     check_out_dir(out_dir)  # before anything is loaded: a run that cannot save stops now
 except ValueError as err:
@@ -144,19 +149,22 @@ if init_from == "resume":
     globals().update(config)
 
 # checks between flags, which would otherwise fail late and obscurely
-if loss not in ("irl", "mle", "gail"):
-    fail(f"--loss={loss!r} is not a loss; use irl, mle or gail")
+if loss not in ("irl", "mle", "dft", "gem", "gail"):
+    fail(f"--loss={loss!r} is not a loss; use irl, mle, dft, gem or gail")
 if mix_in > 0 and loss != "irl":
     fail(f"--mix_in={mix_in} is online IQ-Learn's weight: it needs --loss=irl")
 if loss == "gail" and init_from == "scratch":
     fail("--loss=gail fine-tunes a trained policy; pass --init_from=path/to/mle/ckpt.pt (or resume)")
 if loss_chunk and (loss == "gail" or mix_in > 0):
     fail("--loss_chunk fuses the offline loss only; online IQ-Learn and GAIL need --loss_chunk=0")
-if loss_chunk and entropy_coef:
-    fail("--entropy_coef needs the full logits; use --loss_chunk=0 with it")
+if loss_chunk and (entropy_coef or loss == "gem"):
+    fail(f"{'--loss=gem' if loss == 'gem' else '--entropy_coef'} needs the full logits; use --loss_chunk=0 with it")
+BEST_IS_HIGHER = {"val/accuracy": True, "val/nll": False, "val/loss": False}  # what --keep_best can track
+if keep_best and keep_best not in BEST_IS_HIGHER:
+    fail(f"--keep_best={keep_best!r}: use {', '.join(BEST_IS_HIGHER)} (or '' for no best.pt)")
 if n_embd % n_head:
     fail(f"--n_embd={n_embd} must be a multiple of --n_head={n_head}")
-td_coef_used = td_coef if loss == "irl" else 0.0  # MLE is the td_coef = 0 special case
+td_coef_used = td_coef if loss == "irl" else 0.0  # MLE is the td_coef = 0 special case (DFT, GEM: no TD term)
 online = mix_in > 0 or loss == "gail"  # train on the policy's own samples too
 n_sampled = max(1, round(sample_fraction * batch_size))  # prompts per micro-batch the policy continues
 
@@ -222,6 +230,9 @@ except ValueError as err:
     fail(err)
 if not train_data or not val_data:
     fail(f"dataset {dataset} has an empty train or val split; give it examples")
+if keep_best == "val/accuracy" and (data["verify"] is None or eval_prompts == 0):
+    fail(f"--keep_best=val/accuracy needs greedy accuracy at each evaluation: "
+         f"{'--eval_prompts > 0' if data['verify'] else 'a task with a verifier'}; or use --keep_best=val/nll")
 if master and (train_cuts["prompt_cut"] or train_cuts["completion_cut"]):
     print(f"block_size={block_size}: cut the prompt of {train_cuts['prompt_cut']} and truncated the "
           f"completion of {train_cuts['completion_cut']} of {len(train_data)} train examples")
@@ -241,6 +252,7 @@ if loss == "gail":  # the discriminator, its optimizer and the frozen starting p
     optimized.append((adversary.discriminator, adversary.optimizer))
 samples = {}  # micro-step -> the policy's samples for its prompts (online IQ-Learn, GAIL)
 iter_num = 0
+best = None  # --keep_best: dict(metric, value, iter) of the state in best.pt
 train_gen = torch.Generator().manual_seed(seed + rank)  # its state is the data position
 if init_from == "resume":
     optimizer.load_state_dict(checkpoint["optimizer"])
@@ -251,6 +263,7 @@ if init_from == "resume":
     sample_lists = checkpoint.get("samples", [])
     samples = sample_lists[rank] if rank < len(sample_lists) else {}
     iter_num = checkpoint["iter_num"]
+    best = checkpoint.get("best")
     rng = checkpoint["rng"]
     torch.set_rng_state(rng["torch"])
     train_gen.set_state(rng["data"][rank] if rank < len(rng["data"]) else rng["data"][0])
@@ -281,14 +294,15 @@ def with_entropy_bonus(loss_value, stats, logits, mask):
 
 
 def offline_loss(batch, n_expert=None, with_policy_stats=False):
-    """MLE and offline IQ-Learn (irl_loss.py), from the full logits or chunk by chunk (chunked_head.py):
-    the same value and gradient."""
+    """MLE and offline IQ-Learn (irl_loss.py), DFT and GEM (baseline_losses.py), from the full logits or
+    chunk by chunk (chunked_head.py; not GEM): the same value and gradient. The statistics are
+    irl_loss's (nll, TD residual, ...) for every loss, so that val logs compare across methods."""
     mask, done = batch["loss_mask"], batch["done"]
     with autocast:
         if loss_chunk:  # never all (B, T, vocab) logits
             hidden = model(batch["idx"], head=False)
             loss_value, stats = chunked_irl_loss(hidden, raw_model.lm_head.weight, batch["targets"], mask, done,
-                                                 td_coef_used, gamma, loss_chunk)
+                                                 td_coef_used, gamma, loss_chunk, dft=loss == "dft")
             if with_policy_stats:  # entropy, accuracy: chunk-wise too
                 stats.update(chunked_policy_stats(hidden, raw_model.lm_head.weight, batch["targets"], mask,
                                                   loss_chunk))
@@ -296,6 +310,10 @@ def offline_loss(batch, n_expert=None, with_policy_stats=False):
         logits = model(batch["idx"])
         q, v = q_and_v(logits, batch["targets"])
     loss_value, stats = irl_loss(q, v, mask, done, td_coef_used, gamma)
+    if loss == "dft":
+        loss_value = dft_loss(q, v, mask)
+    elif loss == "gem":
+        loss_value = gem_loss(logits, batch["targets"], mask, gem_beta)
     if with_policy_stats:
         stats.update(policy_stats(logits, batch["targets"], mask))
     return with_entropy_bonus(loss_value, stats, logits, mask)
@@ -325,14 +343,16 @@ train_loss = gail_loss if loss == "gail" else online_loss if mix_in > 0 else off
 
 # -----------------------------------------------------------------------------
 def get_lr(it):
-    """Linear warmup, then cosine decay from learning_rate to min_lr at lr_decay_iters."""
+    """Linear warmup, then cosine decay from learning_rate to min_lr at lr_decay_iters (0: at max_iters,
+    read here and not stored in its place, so a resumed run given a new --max_iters decays to it)."""
     if not decay_lr:
         return learning_rate
+    decay_iters = lr_decay_iters or max_iters
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
+    if it > decay_iters:
         return min_lr
-    progress = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    progress = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
@@ -381,10 +401,25 @@ def save_state():
     if master:
         save_checkpoint(dict(
             model=raw_model.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
-            config=config, iter_num=iter_num, tokenizer=tok.state(), samples=sample_lists,
+            config=config, iter_num=iter_num, tokenizer=tok.state(), samples=sample_lists, best=best,
             rng=dict(torch=torch.get_rng_state(), data=states,
                      cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None),
             **{name: state.state_dict() for name, state in method_state.items()}), ckpt_path)
+
+
+def improves_best(record):
+    """--keep_best: is this evaluation better than the state in best.pt? Ties keep the earlier state, so
+    the evaluation a resumed run repeats (the same weights, the same value) changes nothing."""
+    if not keep_best:
+        return False
+    value = record[keep_best]
+    return best is None or (value > best["value"] if BEST_IS_HIGHER[keep_best] else value < best["value"])
+
+
+def save_best():
+    """out_dir/best.pt (atomically): what sample.py and analyze_reward.py read, at the best evaluation so far."""
+    save_checkpoint(dict(model=raw_model.state_dict(), model_args=model_args, config=config, iter_num=iter_num,
+                         tokenizer=tok.state(), best=best), best_path)
 
 
 def append_log(record):
@@ -462,6 +497,13 @@ while True:
         if not (math.isfinite(record["val/loss"]) and all(p.isfinite().all() for p in raw_model.parameters())):
             fail(f"the run diverged by iter {iter_num} (val loss {record['val/loss']}); stopped, {ckpt_path} keeps "
                  f"the last good state; lower --learning_rate, then --init_from=resume")
+        if improves_best(record):  # before ckpt.pt, which records it: a resume continues the same search
+            best = dict(metric=keep_best, value=record[keep_best], iter=iter_num)
+            record["best"] = True
+            try:
+                save_best() if master else None
+            except ValueError as err:
+                fail(err)
         if iter_num > start_iter or (iter_num > 0 and init_from != "resume"):
             try:
                 save_state()
@@ -522,6 +564,8 @@ while True:
         t0, tokens_seen, sample_seconds_at_log, last_log_iter = time.time(), 0, run_seconds["sample"], iter_num
 
 if master:
+    if best is not None:
+        print(f"best {keep_best} {best['value']:.4f} at iter {best['iter']}: {best_path}")
     print(f"done: {ckpt_path}\nnext: python sample.py --out_dir={out_dir}   "
           f"or   python analyze_reward.py --out_dir={out_dir}")
 if ddp:
