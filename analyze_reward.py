@@ -46,6 +46,7 @@ import math
 import os
 import random
 import sys
+import textwrap
 
 import numpy as np
 import torch
@@ -239,6 +240,11 @@ for prompt, completion in pairs:
         corrupted.append(None)
 
 # ----------------------------------------------------------------------------- score and measure
+print("return R: a completion's summed per-token reward r_t, in nats; at gamma = 1, R = log p(completion | prompt) + v0\n"
+      "v0: the value of the prompt, the part of R that depends on the prompt alone (logsumexp of the logits before\n"
+      "    the first completion token); IRL's TD term trains it toward the surprisal of the expert's completion\n"
+      "pick rate: how often the highest-return of a prompt's samples has the best metric, on the prompts whose\n"
+      "    samples differ in it; chance: what picking one at random scores on them")
 for run in runs:
     model, tok, gamma = run["model"], run["tok"], run["gamma"]
     experts = score(model, tok, [dict(kind="expert", prompt=p, completion=c, terminated=True) for p, c in pairs], gamma)
@@ -295,27 +301,34 @@ for run in runs:
                   for (name, description, _), w, se, lo, hi in zip(feature_set, fit["weights"], fit["se"],
                                                                      fit["ci_low"], fit["ci_high"])})
     s = run["summary"]
-    print(f"{run['name']} ({s['loss']}, td_coef {s['td_coef']}): return expert {fmt(s['expert_return_mean'])}, "
-          f"sample {fmt(s['sample_return_mean'])}, corrupted {fmt(s['corrupt_return_mean'])}; "
-          f"expert > corrupted {fmt(s['expert_above_corrupt'])} of {s['corrupt_pairs']}")
+    # every count below is of completions: expert + corrupted + samples, each line saying which
+    print(f"{run['name']} ({s['loss']}, td_coef {s['td_coef']}): mean return of {len(experts)} expert completions "
+          f"{fmt(s['expert_return_mean'])}, {len(sampled)} samples {fmt(s['sample_return_mean'])}, {len(corrupts)} "
+          f"corrupted {fmt(s['corrupt_return_mean'])}; expert above its corruption in {fmt(s['expert_above_corrupt'])} "
+          f"of {s['corrupt_pairs']} pairs")
+    n_prompts = len(by_prompt(with_metric))
     if len({r["metric"] for r in with_metric}) == 1:  # nothing to rank: say so rather than print n/a
         correlation = f"constant ({with_metric[0]['metric']:g}) over its {len(with_metric)} samples, no rank correlation"
     else:
-        correlation = (f"Spearman {fmt(rho)} +- {fmt(rho_se)} (log p alone: {fmt(s['spearman_log_prob_metric'])}) "
-                       f"over its {len(with_metric)} samples")
+        correlation = (f"Spearman {fmt(rho)} +- {fmt(rho_se)} s.e. (log p alone: {fmt(s['spearman_log_prob_metric'])}) "
+                       f"over its {len(with_metric)} samples of {n_prompts} prompts")
     print(f"  return vs {s['metric']}: {correlation}"
-          + (f", {fmt(rho_pooled)} +- {fmt(rho_pooled_se)} over all runs' {len(pooled)}" if pooled else "")
-          + f"; pick rate {fmt(rate)} vs chance {fmt(chance)} on {n_pick} prompts")
-    print(f"  v0 {s['v0_mean']:.3f} +- {s['v0_std']:.3f}; Spearman(v0, expert surprisal) "
-          f"{fmt(s['spearman_v0_expert_surprisal'])}; features R^2 {fmt(s['feature_r2'])} on {fit['n']} tokens")
-    for (name, _, _), column, w, lo, hi in zip(feature_set, X.T, fit["weights"], fit["ci_low"], fit["ci_high"]):
+          + (f", {fmt(rho_pooled)} +- {fmt(rho_pooled_se)} over all runs' {len(pooled)} samples" if pooled else "")
+          + f"; pick rate {fmt(rate)} vs chance {fmt(chance)} on the {n_pick} of them whose samples differ")
+    print(f"  v0 {s['v0_mean']:.3f} +- {s['v0_std']:.3f} sd over {len(experts)} prompts; Spearman(v0, expert surprisal) "
+          f"{fmt(s['spearman_v0_expert_surprisal'])}")
+    print(f"  features: R^2 {fmt(s['feature_r2'])} of r_t on the expert completions' {fit['n']} tokens; weight = nats "
+          f"of r_t above a token no feature marks, 95% interval:")
+    for (name, description, _), column, w, lo, hi in zip(feature_set, X.T, fit["weights"], fit["ci_low"],
+                                                         fit["ci_high"]):
         if math.isnan(w):  # a constant feature has no weight of its own (least_squares): say why
             print(f"    {name:20s} " + ("never fires" if not column.any() else f"constant ({column[0]:g} on every token)"))
         else:
-            print(f"    {name:20s} {w:+.3f}  [{lo:+.3f}, {hi:+.3f}]")
-telescoping = ("return = sum_k gamma^k log pi_k + v0 on terminated completions: max abs error "
-               + ", ".join(f"{fmt(r['summary']['telescoping_max_abs_error'], '.2e')} ({r['name']}, "
-                           f"{r['summary']['telescoping_checked']} completions)" for r in runs))
+            print(f"    {name:20s} {w:+.3f}  [{lo:+.3f}, {hi:+.3f}]  {description}")
+telescoping = ("check R = sum_k gamma^k log pi_k + v0 on every terminated completion: max abs error " + ", ".join(
+    f"{fmt(r['summary']['telescoping_max_abs_error'], '.2e')} ({r['name']}: {r['summary']['telescoping_checked']} of its "
+    f"{len(r['rows'])} completions: {len(r['experts'])} expert + {len(r['corrupts'])} corrupted + {len(r['sampled'])} "
+    f"samples)" for r in runs))
 print(telescoping)
 
 # ----------------------------------------------------------------------------- figures
@@ -380,8 +393,10 @@ def draw_heatmap(run):
     ax.set_xlim(-0.5, width + 7)
     ax.set_ylim(len(lines) - 0.5, -0.5)
     ax.axis("off")
-    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, fraction=0.03, pad=0.01, label="reward $r_t$")
-    ax.set_title(f"{run['name']}: per-token reward $r_t = q_t - \\gamma(1-d_t)\\,v_{{t+1}}$ (■ = EOS)", fontsize=10)
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, fraction=0.03, pad=0.01, label="reward $r_t$ (nats)")
+    ax.set_title(f"{run['name']}: the reward of each completion token, $r_t = q_t - \\gamma(1-d_t)\\,v_{{t+1}}$\n"
+                 f"blue: rewarded, red: penalised; grey: the end of the prompt; ■: EOS; R: the sum of the row",
+                 fontsize=10)
     save(fig, f"reward_heatmap_{run['name']}.png")
 
 
@@ -390,23 +405,24 @@ for run in runs:
         draw_heatmap(run)
 
 # returns of expert, sampled and corrupted completions
-fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
+fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.8), squeeze=False)
 for ax, run in zip(axes[0], runs):
     groups = [(kind, [r["ret"] for r in run[key]]) for kind, key in
-              (("expert", "experts"), ("sampled", "sampled"), ("corrupted", "corrupts")) if run[key]]
+              (("expert", "experts"), ("sampled by the model", "sampled"), ("expert, corrupted", "corrupts")) if run[key]]
     bins = np.histogram_bin_edges(np.concatenate([g for _, g in groups]), bins=30)
     for kind, values in groups:
         ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"{kind} ({len(values)})")
     above = run["summary"]["expert_above_corrupt"]
-    ax.set_title(f"{run['name']}: expert > corrupted in {fmt(above, '.1%')} of pairs", fontsize=10)
-    ax.set_xlabel("return R")
+    ax.set_title(f"{run['name']}: return of each completion\nan expert completion beats its corrupted copy "
+                 f"in {fmt(above, '.0%')} of pairs", fontsize=10)
+    ax.set_xlabel("return R = sum of the per-token rewards (nats)")
     ax.legend(fontsize=8)
-axes[0][0].set_ylabel("completions")
+axes[0][0].set_ylabel("completions (count)")
 save(fig, "reward_returns.png")
 
 # return against the task metric, sample by sample (the paper's analysis)
 if any(r["summary"]["metric"] for r in runs):
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.2), squeeze=False, layout="constrained")
     jitter = np.random.default_rng(0)
     for ax, run in zip(axes[0], runs):
         rows = [r for r in run["sampled"] if r["metric"] is not None]
@@ -415,16 +431,27 @@ if any(r["summary"]["metric"] for r in runs):
         if s["metric"] == "accuracy":  # 0/1: spread the points a little so that they can be seen
             y = y + jitter.uniform(-0.06, 0.06, len(y))
             ax.set_yticks([0, 1], ["wrong", "right"])
+            ax.set_ylabel("the sample's answer (points spread a little)")
+            best = "a right one"
+        else:
+            ax.set_ylabel("ROUGE-L of the sample against the reference (0 to 1)")
+            best = "the best"
         ax.scatter([r["ret"] for r in rows], y, s=8, alpha=0.5)
-        ax.set_title(f"{run['name']}: Spearman {fmt(s['spearman_return_metric'], '.2f')} "
-                     f"± {fmt(s['spearman_return_metric_se'], '.2f')}, "
-                     f"pick {fmt(s['pick_rate'], '.2f')} (chance {fmt(s['pick_chance'], '.2f')})", fontsize=10)
-        ax.set_xlabel("return R of the sample")
-        ax.set_ylabel(s["metric"] or "")
+        # the pick rate, said in words: the Spearman figure alone mixes prompts of different difficulty
+        ax.set_title(f"{run['name']}: return against the task score of {len(rows)} samples, Spearman ρ "
+                     f"{fmt(s['spearman_return_metric'], '.2f')} ± {fmt(s['spearman_return_metric_se'], '.2f')}\n"
+                     f"a prompt's highest-return sample is {best} in {fmt(s['pick_rate'], '.0%')} of "
+                     f"{s['pick_prompts']} prompts\n(those whose samples differ; a random pick: "
+                     f"{fmt(s['pick_chance'], '.0%')})", fontsize=9)
+        ax.set_xlabel("return R of the sample (nats)")
     save(fig, "reward_vs_metric.png")
 
 # v_0 per prompt: against the expert's surprisal, and run against run
-fig, axes = plt.subplots(1, 2 if len(runs) > 1 else 1, figsize=(10 if len(runs) > 1 else 5, 4), squeeze=False)
+fig, axes = plt.subplots(1, 2 if len(runs) > 1 else 1, figsize=(11 if len(runs) > 1 else 6, 4.6), squeeze=False,
+                         layout="constrained")  # room for the two-line title above the axes' own
+fig.suptitle("$v_0$, the value of the prompt: the part of every return that depends on the prompt alone\n"
+             "(logsumexp of the logits before the first completion token; IRL's TD term pulls it toward the grey line)",
+             fontsize=9.5)
 ax = axes[0][0]
 for run in runs:
     surprisal = [-discounted(r["log_pi"], run["gamma"]) for r in run["experts"]]
@@ -432,18 +459,19 @@ for run in runs:
                label=f"{run['name']} (Spearman {fmt(run['summary']['spearman_v0_expert_surprisal'], '.2f')})")
 low, high = ax.get_xlim()
 ax.plot([low, high], [low, high], color="grey", linewidth=0.8, label="$v_0$ = surprisal")
-ax.set_xlabel(r"surprisal of the expert completion, $-\sum_k \gamma^k \log\pi_k$")
-ax.set_ylabel(r"$v_0(x)$, value of the prompt")
+ax.set_title("one point per prompt", fontsize=9)
+ax.set_xlabel(r"surprisal of the expert's completion, $-\sum_k \gamma^k \log\pi_k$ (nats)")
+ax.set_ylabel(r"$v_0(x)$, value of the prompt (nats)")
 ax.legend(fontsize=8)
 for ax, run in zip(axes[0][1:], runs[1:2]):
     ax.scatter([r["v0"] for r in runs[0]["experts"]], [r["v0"] for r in run["experts"]], s=8, alpha=0.6)
-    ax.set_xlabel(f"$v_0$ of {runs[0]['name']}")
-    ax.set_ylabel(f"$v_0$ of {run['name']}")
-    ax.set_title("one point per prompt", fontsize=10)
+    ax.set_xlabel(f"$v_0$ of {runs[0]['name']} (nats)")
+    ax.set_ylabel(f"$v_0$ of {run['name']} (nats)")
+    ax.set_title("the same prompts under two runs, one point per prompt", fontsize=9)
 save(fig, "reward_v0.png")
 
-# instructed features: weights with 95% intervals
-fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(feature_set) + 1.2))
+# instructed features: weights with 95% intervals, each feature by its description (its docstring)
+fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(feature_set) + 1.6))
 ys = np.arange(len(feature_set))
 for j, run in enumerate(runs):
     fit = run["fit"]
@@ -451,10 +479,13 @@ for j, run in enumerate(runs):
     ax.errorbar(fit["weights"], ys + offset, xerr=[fit["weights"] - fit["ci_low"], fit["ci_high"] - fit["weights"]],
                 fmt="o", markersize=4, capsize=3, label=f"{run['name']} ($R^2$ = {fmt(fit['r2'], '.2f')})")
 ax.axvline(0, color="grey", linewidth=0.8)
-ax.set_yticks(ys, [name for name, _, _ in feature_set])
+ax.set_yticks(ys, [textwrap.fill(description or name, 40) for name, description, _ in feature_set], fontsize=8)
 ax.invert_yaxis()
-ax.set_xlabel("weight on $r_t$ with 95% interval (relative to the intercept: tokens no feature marks)")
-ax.legend(fontsize=8)
+ax.set_title(f"What the learned reward pays for: $r_t$ fitted on named features of the tokens\n"
+             f"({runs[0]['fit']['n']} tokens of expert completions; $R^2$ = the share of $r_t$'s variance they explain)",
+             fontsize=9.5)
+ax.set_xlabel("weight: nats of $r_t$ above a token no feature marks, with 95% interval")
+ax.legend(fontsize=8, title="run", title_fontsize=8)
 save(fig, "reward_features.png")
 
 # ----------------------------------------------------------------------------- write

@@ -41,8 +41,10 @@ def jsonl_rows(path, what="JSONL file"):
         if line.strip():
             try:
                 row = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as err:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({getattr(err, 'msg', err)})") from None
+            except (json.JSONDecodeError, RecursionError) as err:  # json's whole reason, with the column
+                reason = f"{err.msg}: column {err.colno}" if isinstance(err, json.JSONDecodeError) else err
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({reason}); each line of a {what} "
+                                 f"must be one whole JSON object") from None
             yield line_no, row
 
 
@@ -64,7 +66,7 @@ def read_meta(path):
     try:
         meta = json.loads(read_text(path, "meta.json"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}: column {err.colno})") from None
     if not isinstance(meta, dict):
         raise ValueError(f'{path}: must be a JSON object like {{"name": ..., "task": ..., "tokenizer": ...}}')
     if not isinstance(meta.get("name", ""), str):
@@ -119,6 +121,8 @@ def load_dataset(dataset, tokenizer=""):
             if os.path.exists(os.path.join(folder, "prepare.py")):
                 prepare_task(dataset)
             elif not os.path.exists(os.path.join(folder, "meta.json")):
+                if dataset.endswith(".jsonl") or os.sep in dataset:  # meant as a path, not a built-in name
+                    raise ValueError(f"dataset {dataset} does not exist (no such file or folder); check the path")
                 raise ValueError(f"unknown dataset {dataset!r}; use arith, shakespeare, "
                                  f"a folder with train/val/test.jsonl or a .jsonl file")
         if os.path.exists(os.path.join(folder, "meta.json")):

@@ -46,7 +46,7 @@ from configurator import configure, parse_list, stop_on_interrupt
 from metrics import mean_se
 
 # -----------------------------------------------------------------------------
-task = "all"  # all (arith then finetune) | arith | finetune | small_data | shakespeare
+task = "all"  # all (arith, finetune, then tuned) | arith | finetune | tuned | small_data | shakespeare
 systems = ""  # comma list of SYSTEMS below; '' = the task's own; mle always runs (differences are to it or CONTROL)
 seeds = 5  # paired seeds per system
 temperatures = "0.25,0.5,0.75,1.0"  # sampling temperatures (greedy and beam search come on top)
@@ -71,6 +71,7 @@ globals().update(config)
 # arith from scratch (and the base model of finetune): train.py's default model and schedule, evaluated more often,
 # so a run is what `python train.py` does; --quick appends its own schedule (later flags win)
 ARITH_FLAGS = ["--dataset=arith", "--eval_interval=250"]
+QUICK_SCRATCH = ["--max_iters=150", "--lr_decay_iters=150", "--eval_interval=75", "--eval_prompts=50"]
 # online IQ-Learn, GAIL (docs/method.md section 5) and their control fine-tune each seed's MLE run on this schedule,
 # as the paper's methods fine-tune a trained model
 FINE_TUNE = ["--learning_rate=1e-4", "--min_lr=1e-5", "--warmup_iters=10", "--max_iters=300",
@@ -81,7 +82,7 @@ FINETUNE = dict(  # task finetune: the shifted distribution (prepare.py's consta
     flags=["--learning_rate=1e-3", "--min_lr=1e-4", "--warmup_iters=20", "--max_iters=500",  # long enough that
            "--lr_decay_iters=500", "--eval_interval=50"])  # MLE overfits 250 demos: its val nll turns up
 if quick:  # the schedules cut short: from scratch, and fine-tuning (from MLE, and task finetune)
-    ARITH_FLAGS = ARITH_FLAGS + ["--max_iters=150", "--lr_decay_iters=150", "--eval_interval=75", "--eval_prompts=50"]
+    ARITH_FLAGS = ARITH_FLAGS + QUICK_SCRATCH
     QUICK_FINE_TUNE = ["--max_iters=50", "--lr_decay_iters=50", "--eval_interval=25", "--eval_prompts=50"]
     FINE_TUNE, FINETUNE["flags"] = FINE_TUNE + QUICK_FINE_TUNE, FINETUNE["flags"] + QUICK_FINE_TUNE
 ONLINE = ["--loss=irl", "--mix_in=0.1", "--sample_fraction=0.25", "--sample_every=4", "--max_new_tokens=32"] + FINE_TUNE
@@ -108,7 +109,28 @@ TASKS = {  # train.py flags, the task metric sample.py reports, systems by defau
     "small_data": (ARITH_FLAGS, "accuracy", "mle,irl0.1", "mle,irl0.1"),
     "shakespeare": (["config/shakespeare_char.py"], "rougeL", "mle,irl0.1", "mle,irl0.1"),
 }
-RESOLVE = 0.02  # the difference whose resolution (at 95%) the tables state in seeds
+TUNED_TASKS = ["finetune", "arith"]  # task tuned: best against best on these (the short fine-tuning runs first)
+TUNED = dict(  # task tuned (results/tuned/): per setting, train.py flags and families {name: (label, loss, knob)}
+    dropouts=[0, 0.1],  # every family: its three knob settings at dropout 0 and 0.1, 6 configurations
+    temperatures=[1.25, 1.5],  # on top of --temperatures: every curve reaches the most diverse one's Self-BLEU
+    arith=dict(  # from scratch, 50% longer than task arith so that MLE levels off too; early-stopped on val
+        flags=["--dataset=arith", "--eval_interval=250", "--max_iters=6000"] + (QUICK_SCRATCH if quick else []),
+        tuning_seeds=[100],  # configurations are tried on these seeds, never on the final ones (0..seeds-1)
+        families=dict(
+            mle=("MLE", "mle", [["--learning_rate=1e-3"], ["--learning_rate=2e-3"], ["--weight_decay=1.0"]]),
+            ent=("MLE + entropy", "mle", [[f"--entropy_coef={b}"] for b in (0.01, 0.03, 0.1)]),
+            dft=("DFT", "dft", [[f"--learning_rate={lr}"] for lr in ("1e-3", "2e-3", "4e-3")]),
+            gem=("GEM", "gem", [[f"--gem_beta={b}"] for b in (0.5, 0.7, 0.9)]),
+            irl=("IRL", "irl", [[f"--td_coef={t}"] for t in (0.03, 0.1, 0.3)]))),
+    finetune=dict(  # task finetune's 250 shifted demonstrations, from arith's MLE model of the seed
+        flags=FINETUNE["flags"], size=250, tuning_seeds=[100] if quick else [100, 101],
+        families=dict(
+            mle=("MLE", "mle", [["--learning_rate=1e-3"], ["--learning_rate=3e-4"], ["--weight_decay=1.0"]]),
+            dft=("DFT", "dft", [[f"--learning_rate={lr}"] for lr in ("3e-4", "1e-3", "3e-3")]),
+            gem=("GEM", "gem", [[f"--gem_beta={b}"] for b in (0.5, 0.7, 0.9)]),
+            irl=("IRL", "irl", [[f"--td_coef={t}"] for t in (0.03, 0.1, 0.3)]))))
+RESOLVE = 0.02  # the tables' 'seeds': how many bring the 95% half-width 1.96 sd / sqrt(n) down to this
+# (that is 50% power against a true difference of RESOLVE, normal quantile; 80% power needs about twice as many)
 
 
 def fail(message):
@@ -127,10 +149,10 @@ def systems_of(name):
 
 # every flag is checked before the first run trains
 try:
-    task_names = ["arith", "finetune"] if task == "all" else [task]
-    if task_names[0] not in TASKS:
-        raise ValueError(f"--task={task!r}; use all, {', '.join(TASKS)}")
-    task_systems = {name: systems_of(name) for name in task_names}
+    task_names = ["arith", "finetune", "tuned"] if task == "all" else [task]
+    if task_names[0] not in list(TASKS) + ["tuned"]:
+        raise ValueError(f"--task={task!r}; use all, tuned, {', '.join(TASKS)}")
+    task_systems = {name: systems_of(name) for name in task_names if name in TASKS}
     temperature_values = parse_list("temperatures", temperatures, float, low=0)
     check_out_dir(results, "results")
 except ValueError as err:
@@ -180,6 +202,15 @@ def run(command, done_file):
     return time.time() - t0
 
 
+def last_wins(command):
+    """The command with one --name=value per name: the last one given (the one train.py uses), in the place
+    of the first (so the echoed command reads as what runs)."""
+    named = {}
+    for arg in command:
+        named[arg.split("=")[0] if arg.startswith("--") else arg] = arg
+    return list(named.values())
+
+
 def train(out_dir, flags, seed, outputs=()):
     """train.py into out_dir unless it finished before and its ckpt.pt is there, or every file of
     outputs (what was made from its weights) is; a run with a checkpoint resumes, one that died before
@@ -197,32 +228,35 @@ def train(out_dir, flags, seed, outputs=()):
             for stale in (trained, log):  # a start that saved nothing, or a finished run without its weights
                 if os.path.exists(stale):
                     os.remove(stale)
-        seconds = run(command, trained)
+        seconds = run(last_wins(command), trained)
         open(trained, "w").close()
         return seconds
 
 
-def decoding_file(out_dir, decoding):
+def decoding_file(out_dir, decoding, split="val"):
     """sample.py's summary of one decoding (its default name)."""
-    return os.path.join(out_dir, f"samples_val_{'t0' if decoding == 'greedy' else decoding}.json")
+    return os.path.join(out_dir, f"samples_{split}_{'t0' if decoding == 'greedy' else decoding}.json")
 
 
-def sample(out_dir, decoding, seed):
+def sample(out_dir, decoding, seed, split="val", weights="ckpt.pt"):
+    """sample.py on the run's weights (ckpt.pt, or best.pt: the early-stopped state) at one decoding."""
     args = {"greedy": ["--temperature=0", "--num_samples=1"], f"beam{beam_size}": [f"--beam_size={beam_size}",
             "--num_samples=1"]}.get(decoding, [f"--temperature={decoding[1:]}", f"--num_samples={num_samples}"])
-    return run(["sample.py", f"--out_dir={out_dir}", *args, f"--max_prompts={max_prompts}", f"--seed={seed}"],
-               decoding_file(out_dir, decoding))
+    return run(["sample.py", f"--out_dir={out_dir}", f"--init_from={os.path.join(out_dir, weights)}", *args,
+                f"--split={split}", f"--max_prompts={max_prompts}", f"--seed={seed}"],
+               decoding_file(out_dir, decoding, split))
 
 
 def reward_file(out_dir):
     return os.path.join(out_dir, "reward", "reward_summary.json")
 
 
-def analyze(out_dir, seed):
+def analyze(out_dir, seed, split="val", weights="ckpt.pt"):
     """The reward analysis of one run, on its samples at temperature 1 (drawn here if not yet)."""
-    seconds = sample(out_dir, "t1", seed)
-    return seconds + run(["analyze_reward.py", f"--out_dir={out_dir}", "--samples=samples_val_t1.jsonl",
-                          "--max_prompts=200", f"--results={os.path.join(out_dir, 'reward')}"], reward_file(out_dir))
+    seconds = sample(out_dir, "t1", seed, split, weights)
+    return seconds + run(["analyze_reward.py", f"--out_dir={os.path.join(out_dir, weights)}",
+                          f"--split={split}", "--max_prompts=200",
+                          f"--results={os.path.join(out_dir, 'reward')}"], reward_file(out_dir))
 
 
 def timed(name, part, calls):
@@ -264,20 +298,25 @@ def interpolate(curve, x):
     return np.interp(x, xs, ys)
 
 
+def overlap(curve, reference):
+    """(low, high): the Self-BLEU range both curves cover; None when they do not overlap."""
+    low = max(min(p[0] for p in curve), min(p[0] for p in reference))
+    high = min(max(p[0] for p in curve), max(p[0] for p in reference))
+    return (low, high) if low <= high else None
+
+
 def matched_difference(curve, reference, n_grid=21):
     """Mean of curve - reference over n_grid Self-BLEU values evenly spaced over the range both cover;
     None when the ranges do not overlap."""
-    low = max(min(p[0] for p in curve), min(p[0] for p in reference))
-    high = min(max(p[0] for p in curve), max(p[0] for p in reference))
-    if low > high:
+    if overlap(curve, reference) is None:
         return None
-    grid = np.linspace(low, high, n_grid)
+    grid = np.linspace(*overlap(curve, reference), n_grid)
     return float(np.mean(interpolate(curve, grid) - interpolate(reference, grid)))
 
 
 def paired(values, reference):
     """Per-seed differences values - reference (None where either is None): mean, s.e., sd, seeds and
-    the seeds that would resolve RESOLVE at 95% with this spread, ceil((1.96 sd / RESOLVE)^2)."""
+    the seeds whose 95% half-width would be RESOLVE with this spread, ceil((1.96 sd / RESOLVE)^2)."""
     diffs = [v - r for v, r in zip(values, reference) if v is not None and r is not None]
     if not diffs:
         return None
@@ -317,80 +356,100 @@ def learning_curves(runs):
     return rows
 
 
-def reward_table(root, chosen):
+def reward_table(root, analyzed, table=SYSTEMS):
     """The reward analysis over seeds: Spearman(return, metric) over all samples, the same for log p
     alone, what v_0 adds (their paired difference) and the pick rate within prompts."""
     rows = ["| system | λ | Spearman(return, metric) | Spearman(log p, metric) | return − log p | "
-            "pick rate | chance | v_0 mean |", "|---" * 8 + "|"]
-    for system in [s for s in REWARD if s in chosen]:
+            "pick rate | chance | v_0 mean | seeds |", "|---" * 9 + "|"]
+    for system in analyzed:
         runs = [read(os.path.join(run_dir(root, system, seed), "reward", "reward_summary.json"))["runs"]
                 [f"{system}_s{seed}"] for seed in range(seeds)]
         get = lambda key: [r[key] for r in runs]
-        td = dict(f[2:].split("=") for f in SYSTEMS[system][1] if f.startswith("--td_coef")).get("td_coef", "0")
+        flags = dict(f[2:].split("=", 1) for f in table[system][1] if "=" in f)
+        td = flags.get("td_coef", "0.1") if flags.get("loss") == "irl" else "0"  # train.py's default λ is 0.1
         v0_adds = paired(get("spearman_return_metric"), get("spearman_log_prob_metric"))
-        rows.append(f"| {SYSTEMS[system][0]} | {td} | {ms(get('spearman_return_metric'))} | "
+        rows.append(f"| {table[system][0]} | {td} | {ms(get('spearman_return_metric'))} | "
                     f"{ms(get('spearman_log_prob_metric'))} | {diff_cells(v0_adds)[0]} | {ms(get('pick_rate'))} | "
-                    f"{ms(get('pick_chance'))} | {ms(get('v0_mean'), 2)} |")
+                    f"{ms(get('pick_chance'))} | {ms(get('v0_mean'), 2)} | "
+                    f"{sum(v is not None for v in get('spearman_return_metric'))} |")  # None: no sample right
     return rows
 
 
-def score_vs_diversity(name):
-    """Figures 2-3: each system's curve of task score against Self-BLEU, paired differences to MLE."""
-    root, (flags, metric, _, _), chosen = os.path.join(results, name), TASKS[name], task_systems[name]
-    analyzed = [s for s in REWARD if s in chosen]
+def score_vs_diversity(name, spec=None):
+    """Figures 2-3: each system's curve of task score against Self-BLEU, paired differences to MLE.
+    spec (task tuned): root, table {system: (label, flags)}, chosen (the base first), flags, metric,
+    split and weights (sample.py's --split, and ckpt.pt or best.pt), decodings, start (seed -> (seconds,
+    flags that start the run from its seed's base model)) and part_of (the task it times) in place of
+    task `name`'s."""
+    flags, metric, _, _ = TASKS.get(name, (None, None, None, None))
+    spec = dict(dict(root=os.path.join(results, name), table=SYSTEMS, chosen=task_systems.get(name), flags=flags,
+                     metric=metric, split="val", weights="ckpt.pt", decodings=DECODINGS, part_of=name,
+                     start=lambda seed: (0.0, [])), **(spec or {}))
+    root, table, chosen, flags, metric = (spec[k] for k in ("root", "table", "chosen", "flags", "metric"))
+    split, weights, base, decodings = spec["split"], spec["weights"], spec["chosen"][0], spec["decodings"]
+    analyzed = spec.get("analyzed", [s for s in REWARD if s in chosen])
+    label = lambda s: table[s][0]
+    decoded = lambda s, d, seed: decoding_file(run_dir(root, s, seed), d, split)
 
     def pipeline(s, seed):
         """Train one run (from its seed's MLE run for those of FROM_MLE), sample it at every
         decoding, analyse its reward; seconds spent."""
         out_dir, spent, start = run_dir(root, s, seed), 0.0, []
-        outputs = [decoding_file(out_dir, d) for d in DECODINGS] + ([reward_file(out_dir)] if s in analyzed else [])
-        if s in FROM_MLE and not all(map(os.path.exists, outputs + [os.path.join(out_dir, "trained")])):
+        outputs = [decoded(s, d, seed) for d in decodings] + ([reward_file(out_dir)] if s in analyzed else [])
+        finished = all(map(os.path.exists, outputs + [os.path.join(out_dir, "trained")]))
+        if s in FROM_MLE and table is SYSTEMS and not finished:
             spent += train(run_dir(root, "mle", seed), flags + SYSTEMS["mle"][1], seed)  # its weights are needed
             start = [f"--init_from={os.path.join(run_dir(root, 'mle', seed), 'ckpt.pt')}"]
-        spent += train(out_dir, flags + SYSTEMS[s][1] + start, seed, outputs)
-        spent += sum(sample(out_dir, d, seed) for d in DECODINGS)
-        return spent + (analyze(out_dir, seed) if s in analyzed else 0.0)
+        elif not finished:
+            spent, start = spec["start"](seed)  # task tuned's fine-tuning: the seed's base model
+        spent += train(out_dir, flags + table[s][1] + start, seed, outputs)
+        spent += sum(sample(out_dir, d, seed, split, weights) for d in decodings)
+        return spent + (analyze(out_dir, seed, split, weights) if s in analyzed else 0.0)
 
     # seed by seed, so that a stop leaves whole seeds (their logs and summaries) behind
-    timed(name, "train, sample and analyse each run", {(s, seed): partial(pipeline, s, seed)
+    timed(spec["part_of"], f"{name}: train, sample and analyse each run", {(s, seed): partial(pipeline, s, seed)
                                                        for seed in range(seeds) for s in chosen})
-    summary = {(s, d, seed): read(decoding_file(run_dir(root, s, seed), d))
-               for s in chosen for d in DECODINGS for seed in range(seeds)}
+    summary = {(s, d, seed): read(decoded(s, d, seed)) for s in chosen for d in decodings for seed in range(seeds)}
     # per seed; the K samples of a deterministic decoding would be equal: Self-BLEU 1
-    get = lambda s, d, key: [1.0 if key == "self_bleu" and d in DECODINGS[:2] else summary[(s, d, seed)].get(key)
+    get = lambda s, d, key: [1.0 if key == "self_bleu" and d in decodings[:2] else summary[(s, d, seed)].get(key)
                              for seed in range(seeds)]
-    on_curve = ["greedy"] + DECODINGS[2:]  # the temperatures, greedy as T=0
+    on_curve = ["greedy"] + decodings[2:]  # the temperatures, greedy as T=0
     curve = lambda s, seed: [(get(s, d, "self_bleu")[seed], get(s, d, metric)[seed]) for d in on_curve]
-    rows = [f"## {name}: {metric} by decoding ({seeds} seeds, {max_prompts} val prompts, mean ± s.e.)", "",
+    rows = [f"## {name}: {metric} by decoding ({seeds} seeds, {max_prompts} {split} prompts, mean ± s.e.)", "",
             f"| system | decoding | {metric} | Self-BLEU | distinct-2 |", "|---" * 5 + "|"]
-    rows += [f"| {SYSTEMS[s][0]} | {'T=' + d[1:] if d[0] == 't' else d} | "
+    rows += [f"| {label(s)} | {'T=' + d[1:] if d[0] == 't' else d} | "
              + " | ".join(ms(get(s, d, key)) for key in (metric, "self_bleu", "distinct_2")) + " |"
-             for s in chosen for d in DECODINGS]
-    rows += ["", f"## {name}: paired differences, system − MLE, or − the control for systems fine-tuned from MLE "
-             f"(mean ± s.e. over seeds; 'seeds' = seeds that would resolve {RESOLVE} at 95% with the measured spread)",
-             "",
-             f"| system | {metric} at matched Self-BLEU | seeds | greedy | seeds | {DECODINGS[1]} | seeds | "
-             f"{DECODINGS[1]} − greedy (own) |", "|---" * 8 + "|"]
+             for s in chosen for d in decodings]
+    rows += ["", f"## {name}: paired differences, system − {label(base)}, or − the control for systems fine-tuned "
+             f"from MLE (mean ± s.e. over seeds; 'seeds': how many would bring the 95% half-width 1.96 sd/√n "
+             f"down to {RESOLVE}, which is 50% power against a true {RESOLVE}, 80% needs about twice as many; "
+             f"'Self-BLEU range': the range both curves cover, mean over seeds)", "",
+             f"| system | {metric} at matched Self-BLEU | seeds | Self-BLEU range | greedy | seeds | {decodings[1]} | "
+             f"seeds | {decodings[1]} − greedy (own) |", "|---" * 9 + "|"]
     # online IQ-Learn and GAIL fine-tune MLE for a few hundred steps more: the control (MLE on the same schedule)
     # isolates their part
-    against = [(s, CONTROL if s in FROM_MLE and s != CONTROL and CONTROL in chosen else "mle") for s in chosen[1:]]
-    for s, base in against:
-        matched = [matched_difference(curve(s, seed), curve(base, seed)) for seed in range(seeds)]
-        label = SYSTEMS[s][0] + ("" if base == "mle" else f" − {SYSTEMS[base][0]}")
-        rows.append(f"| {label} | " + " | ".join(
-            diff_cells(paired(matched, [0.0] * seeds))
-            + [cell for d in DECODINGS[:2] for cell in diff_cells(paired(get(s, d, metric), get(base, d, metric)))]
-            + diff_cells(paired(get(s, DECODINGS[1], metric), get(s, "greedy", metric)))[:1]) + " |")
+    against = [(s, CONTROL if s in FROM_MLE and s != CONTROL and CONTROL in chosen else base) for s in chosen[1:]]
+    for s, other in against:
+        matched = [matched_difference(curve(s, seed), curve(other, seed)) for seed in range(seeds)]
+        ranges = [overlap(curve(s, seed), curve(other, seed)) for seed in range(seeds)]
+        ranges = [r for r in ranges if r]
+        span = f"{np.mean([r[0] for r in ranges]):.3f}–{np.mean([r[1] for r in ranges]):.3f}" if ranges else "none"
+        name_s = label(s) + ("" if other == base else f" − {label(other)}")
+        rows.append(f"| {name_s} | " + " | ".join(
+            diff_cells(paired(matched, [0.0] * seeds)) + [span]
+            + [cell for d in decodings[:2] for cell in diff_cells(paired(get(s, d, metric), get(other, d, metric)))]
+            + diff_cells(paired(get(s, decodings[1], metric), get(s, "greedy", metric)))[:1]) + " |")
     rows += ["", f"## {name}: learning curves, greedy val {metric} at each evaluation (mean ± s.e.)"]
-    rows += learning_curves({SYSTEMS[s][0]: [run_dir(root, s, seed) for seed in range(seeds)] for s in chosen})
+    rows += learning_curves({label(s): [run_dir(root, s, seed) for seed in range(seeds)] for s in chosen})
     if analyzed:
         rows += ["", f"## {name}: reward analysis (samples at T=1; at γ=1 return = log p + v_0, so within a prompt "
                  f"return ranks as log p: the pick rate is log p's, and return − log p is what v_0 adds)", ""]
-        rows += reward_table(root, chosen)
+        rows += reward_table(root, analyzed, table)
 
     plt = pyplot()
-    # left every system; right a close-up of those within half of MLE's greedy score (a collapsed one squeezes the rest)
-    close = [s for s in chosen if np.mean(get(s, "greedy", metric)) >= np.mean(get("mle", "greedy", metric)) / 2]
+    # left every system; right a close-up of those within half of the base's greedy score (a collapsed one squeezes
+    # the rest)
+    close = [s for s in chosen if np.mean(get(s, "greedy", metric)) >= np.mean(get(base, "greedy", metric)) / 2]
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
     for ax, shown in zip(axes, (chosen, close)):
         for s in shown:
@@ -398,15 +457,15 @@ def score_vs_diversity(name):
             x, y, se = map(np.array, zip(*sorted((np.mean(get(s, d, "self_bleu")), *mean_se(get(s, d, metric)))
                                                  for d in on_curve)))
             color = plt.cm.tab10(i % 10)
-            ax.plot(x, y, "o-", color=color, markersize=3, label=SYSTEMS[s][0])
+            ax.plot(x, y, "o-", color=color, markersize=3, label=label(s))
             ax.fill_between(x, y - se, y + se, color=color, alpha=0.15)
-            beam, beam_se = mean_se(get(s, DECODINGS[1], metric))
+            beam, beam_se = mean_se(get(s, decodings[1], metric))
             ax.errorbar([1.0 + 0.004 * (i + 1)], [beam], yerr=[beam_se], fmt="x", color=color, capsize=2)
         ax.set_xlabel("Self-BLEU among K samples (lower = more diverse); greedy at 1, beam (x) right of it")
-        ax.set_ylabel(f"{metric} of samples")
-    axes[0].set_title(f"{name}: task score vs diversity over T={temperatures} ({seeds} seeds, band ± s.e.)",
-                      fontsize=9)
-    axes[1].set_title(f"close-up: the systems within half of MLE's greedy {metric}", fontsize=9)
+        ax.set_ylabel(f"{metric} of samples ({split} split)")
+    temps = ", ".join(d[1:] for d in decodings[2:])
+    axes[0].set_title(f"{name}: task score vs diversity over T = {temps} ({seeds} seeds, band ± s.e.)", fontsize=9)
+    axes[1].set_title(f"close-up: the systems within half of {label(base)}'s greedy {metric}", fontsize=9)
     axes[0].legend(fontsize=7, loc="best")
     fig.tight_layout()
     save_figure(fig, os.path.join(root, "figure.png"), dpi=120)
@@ -529,12 +588,100 @@ def finetune():
                   f"fine-tuning arith's MLE model on shifted demos ({shift})")
 
 
+# ----------------------------------------------------------------------------- best against best (task tuned)
+def configurations(setting):
+    """{family: {configuration name: train.py flags}}: each family's knob settings at every dropout, in
+    grid order (--quick: the first two)."""
+    grid = {}
+    for family, (_, loss_name, knob) in setting["families"].items():
+        flags = [[f"--loss={loss_name}", *k, f"--dropout={d}"] for k in knob for d in TUNED["dropouts"]]
+        named = {family + "_" + "_".join(f[2:].replace("=", "") for f in fl[1:]): fl for fl in flags}
+        grid[family] = dict(list(named.items())[:2] if quick else named)
+    return grid
+
+
+def levelled(log_rows, eval_prompts=200):
+    """How much a line through the last quarter of a run's greedy val accuracies rises over that quarter,
+    and one evaluation's binomial s.e. there: levelled off when the rise is below the s.e."""
+    rows = [r for r in log_rows if "val/accuracy" in r]
+    tail = rows[-max(2, len(rows) // 4):]
+    iters, acc = np.array([r["iter"] for r in tail]), np.array([r["val/accuracy"] for r in tail])
+    rise = np.polyfit(iters, acc, 1)[0] * (iters[-1] - iters[0])
+    return float(rise), float(math.sqrt(max(acc.mean() * (1 - acc.mean()), 1e-4) / eval_prompts))
+
+
+def tuned_setting(name):
+    """Tune every family of TUNED[name] on val, then run each family's choice on the final seeds, scored on
+    the test split against the tuned MLE (score_vs_diversity). Table rows."""
+    setting, root = TUNED[name], os.path.join(results, "tuned", name)
+    grid, keep = configurations(setting), "--keep_best=val/accuracy"
+    if name == "finetune":  # the demonstrations, and the base model of each seed (arith's MLE run; retrained if gone)
+        folders, _ = finetune_data(os.path.join(results, "finetune", "data"))
+        data = [f"--dataset={folders[setting['size']]}"]
+        base = lambda seed: (run_dir(os.path.join(results, "arith"), "mle", seed) if seed < seeds
+                             else run_dir(os.path.join(root, "tuning"), "base", seed))
+
+        def start(seed):  # (seconds spent training the base model, the flag that starts from it)
+            spent = train(base(seed), ARITH_FLAGS + SYSTEMS["mle"][1], seed)
+            return spent, [f"--init_from={os.path.join(base(seed), 'ckpt.pt')}"]
+    else:
+        data, start = [], lambda seed: (0.0, [])
+
+    def tuning_run(config, flags, seed):
+        """One configuration on one tuning seed: trained, early-stopped, its best.pt decoded greedily on val."""
+        out_dir = run_dir(os.path.join(root, "tuning"), config, seed)
+        outputs = [decoding_file(out_dir, "greedy", "val")]
+        spent, start_flags = (0.0, []) if all(map(os.path.exists, outputs)) else start(seed)
+        spent += train(out_dir, data + setting["flags"] + start_flags + flags + [keep], seed, outputs)
+        return spent + sample(out_dir, "greedy", seed, "val", "best.pt")
+
+    timed("tuned", f"{name}: tune each family on val", {
+        (c, seed): partial(tuning_run, c, flags, seed) for seed in setting["tuning_seeds"]
+        for configs in grid.values() for c, flags in configs.items()})
+    rows = [f"## tuned {name}: the grid (greedy accuracy of each run's best.pt on all {max_prompts} val prompts, "
+            f"mean over tuning seeds {setting['tuning_seeds']}; 'rise': a line through the last quarter of the run's "
+            f"evaluations, against one evaluation's s.e.)", "",
+            "| family | configuration | val accuracy (best.pt) | best at iter | rise over the last quarter | s.e. | "
+            "levelled off | chosen |", "|---" * 8 + "|"]
+    table, chosen = {}, []
+    for family, configs in grid.items():
+        scores = {}
+        for c in configs:
+            dirs = [run_dir(os.path.join(root, "tuning"), c, seed) for seed in setting["tuning_seeds"]]
+            scores[c] = np.mean([read(decoding_file(d, "greedy", "val"))["accuracy"] for d in dirs])
+        pick = max(configs, key=lambda c: scores[c])  # ties: the first in grid order
+        for c in configs:
+            dirs = [run_dir(os.path.join(root, "tuning"), c, seed) for seed in setting["tuning_seeds"]]
+            logs = [read(os.path.join(d, "log.jsonl")) for d in dirs]
+            best_iters = [max((r for r in log if "val/accuracy" in r), key=lambda r: r["val/accuracy"])["iter"]
+                          for log in logs]
+            rises = [levelled(log) for log in logs]
+            rows.append(f"| {setting['families'][family][0]} | {c} | {scores[c]:.3f} | "
+                        f"{', '.join(map(str, best_iters))} | {', '.join(f'{r:+.3f}' for r, _ in rises)} | "
+                        f"{', '.join(f'{e:.3f}' for _, e in rises)} | "
+                        f"{'yes' if all(r < e for r, e in rises) else 'no'} | {'✓' if c == pick else ''} |")
+        table[family] = (f"{setting['families'][family][0]} ({pick.split('_', 1)[1]})",
+                         data + setting["flags"] + configs[pick] + [keep])
+        chosen.append(family)
+    decodings = DECODINGS + [f"t{t:g}" for t in TUNED["temperatures"] if f"t{t:g}" not in DECODINGS]
+    rows += [""] + score_vs_diversity(f"tuned {name}", dict(
+        root=root, table=table, chosen=chosen, flags=[], metric="accuracy", split="test", weights="best.pt",
+        analyzed=chosen if name == "arith" else [], decodings=decodings, start=start, part_of="tuned"))
+    return rows
+
+
+def tuned():
+    """Best against best: every family tuned on val with the same budget, early-stopped, then compared on test."""
+    return [row for name in TUNED_TASKS for row in tuned_setting(name) + [""]]
+
+
 def main():
     for name in task_names:
         root = os.path.join(results, name)
         lock_out_dir(root)  # one experiment at a time on a results folder
         t0 = time.time()
-        rows = {"finetune": finetune, "small_data": small_data}.get(name, partial(score_vs_diversity, name))()
+        rows = {"finetune": finetune, "small_data": small_data, "tuned": tuned}.get(
+            name, partial(score_vs_diversity, name))()
         mine = [p for p in parts if p[0] == name]
         command = shlex.join(["python", "experiment.py"] + sys.argv[1:])
         table_file = os.path.join(root, "table.md")

@@ -11,7 +11,9 @@ Sample from a trained checkpoint and score the samples: task metric and diversit
 Writes out_dir/samples_<split>_t<temperature>.jsonl (_beam<N> with beam search) (prompt, sample, reference, per-sample
 metrics) and the same name .json with the averages: accuracy (tasks with a verifier) or
 ROUGE-1/2/L (text), Self-BLEU and distinct-1/2 over the K samples of each prompt, mean length in
-tokens, the policy's mean per-token entropy on the split's reference completions, and tokens/s.
+tokens, tokens/s, and reference_entropy: the policy's mean per-token entropy (nats) on the split's
+reference completions. The summary records how it decoded (decoding: sampling, greedy or beam) and
+only the knobs that decoding used (temperature is null for beam search, top_k null unless sampling).
 """
 import json
 import os
@@ -130,8 +132,11 @@ for j, completion in zip(jobs, completions):
                    rougeL=metrics.rouge_l(text, reference))
     rows.append(row)
 
+method = "beam" if beam_size else "sampling" if temperature > 0 else "greedy"  # what made the completions
 summary = dict(checkpoint=init_from or os.path.join(out_dir, "ckpt.pt"), split=None if start else split,
-               prompts=len(pairs), num_samples=num_samples, temperature=temperature, top_k=top_k, beam_size=beam_size,
+               prompts=len(pairs), num_samples=num_samples, decoding=method,  # and only the knobs it used:
+               temperature=None if beam_size else temperature, top_k=top_k if method == "sampling" else None,
+               beam_size=beam_size or None,
                tokens_per_second=n_tokens / seconds, length=sum(r["length"] for r in rows) / len(rows))
 for key in ("correct", "rouge1", "rouge2", "rougeL"):
     if key in rows[0]:
@@ -141,14 +146,15 @@ if num_samples > 1:  # diversity among the K samples of each prompt, averaged ov
     summary["self_bleu"] = sum(map(metrics.self_bleu, groups)) / len(groups)
     summary["distinct_1"] = sum(metrics.distinct_n(g, 1) for g in groups) / len(groups)
     summary["distinct_2"] = sum(metrics.distinct_n(g, 2) for g in groups) / len(groups)
-if data is not None:  # the policy's entropy on the data (reference completions of this split)
+if data is not None:  # the policy's entropy on the split's reference completions, not on what it decoded:
+    # a property of the model, the same for every decoding, hence the name
     examples, _ = encode_split(tok, pairs, block_size)
     entropies = []
     with torch.no_grad():
         for i in range(0, len(examples), 64):
             batch = {k: v.to(device) for k, v in make_batch(examples[i:i + 64], tok.eos_id).items()}
             entropies.append(policy_stats(model(batch["idx"]), batch["targets"], batch["loss_mask"])["entropy"])
-    summary["entropy"] = sum(entropies) / len(entropies)
+    summary["reference_entropy"] = sum(entropies) / len(entropies)
 
 # ---------------------------------------------------------------------------- write
 try:

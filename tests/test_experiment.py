@@ -39,6 +39,19 @@ def test_paired_differences_and_seeds_to_resolve():
     assert experiment.paired([None], [0.1]) is None
 
 
+def test_last_wins_keeps_one_value_per_flag():
+    command = ["train.py", "config/x.py", "--max_iters=150", "--lr=1", "--max_iters=50", "--init_from=resume"]
+    assert experiment.last_wins(command) == ["train.py", "config/x.py", "--max_iters=50", "--lr=1",
+                                             "--init_from=resume"]
+
+
+def test_levelled_fits_a_line_through_the_last_quarter():
+    # 8 evaluations; the last quarter (iters 600, 700) rises 0.70 -> 0.74: +0.04 over it; s.e. at 0.72 of 200 prompts
+    log = [{"iter": 100 * i, "val/accuracy": a} for i, a in enumerate([0, .2, .4, .5, .6, .65, .70, .74])]
+    rise, se = experiment.levelled(log)
+    assert rise == pytest.approx(0.04) and se == pytest.approx(math.sqrt(0.72 * 0.28 / 200))
+
+
 def test_table_cells():
     assert experiment.ms([0.1, 0.3]) == "0.200 ± 0.100"
     # differences 0.2, 0.4: sd 0.1414, (1.96 * 0.1414 / 0.02)^2 = 192.08 -> 193 seeds
@@ -67,5 +80,5 @@ def test_train_skips_resumes_or_starts_again(tmp_path, monkeypatch):
     (run / "trained").unlink()  # stopped mid-run with a checkpoint: resumed
     touch("ckpt.pt", "log.jsonl")
     experiment.train(str(run), ["--init_from=base.pt"], 0)
-    assert calls[-1][-1] == "--init_from=resume" and (run / "log.jsonl").exists()
+    assert "--init_from=resume" in calls[-1] and "--init_from=base.pt" not in calls[-1] and (run / "log.jsonl").exists()
     assert (run / "trained").exists()  # marked finished once train.py returned

@@ -69,7 +69,7 @@ BAD_INPUT = [  # (script, flags, words of the one-line message); {w} is the work
     ("train.py", ["--dataset={w}/no_field.jsonl"], 'no_field.jsonl:3: needs string fields "prompt" and "completion"'),
     ("train.py", ["--dataset={w}/empty.jsonl"], "empty.jsonl has no examples"),
     ("train.py", ["--dataset={w}/empty_val"], "val.jsonl has no examples"),
-    ("train.py", ["--dataset={w}/nowhere"], "unknown dataset"),
+    ("train.py", ["--dataset={w}/nowhere"], "nowhere does not exist (no such file or folder); check the path"),
     ("train.py", ["--init_from={w}/run/ckpt.pt", "--dataset={w}/exotic.jsonl"], "'ß' is not in this char vocabulary"),
     ("train.py", ["--batch_size=0"], "--batch_size=0 must be >= 1"),
     ("train.py", ["--eval_interval=0"], "--eval_interval=0 must be >= 1"),

@@ -1,11 +1,41 @@
 """sample.py end to end on tiny checkpoints: train a few steps, sample, and check the files it writes
-against the rows themselves (the summary must be the mean of the per-sample metrics)."""
+against the rows themselves (the summary must be the mean of the per-sample metrics), and against what is
+computed here from the checkpoint: greedy samples by a plain argmax loop over the model's forward, the
+answers' correctness by Python's arithmetic, the policy's entropy on the reference completions."""
 import json
+import re
 
 import pytest
+import torch
 
-from metrics import distinct_n, rouge_l, self_bleu
-from tests.helpers import TINY, run_script
+from dataset import load_dataset
+from metrics import distinct_n, rouge_l, rouge_n, self_bleu
+from model import GPT, GPTConfig
+from tests.helpers import TINY, one_thread, run_script
+
+
+def load_model(out_dir):
+    checkpoint = torch.load(out_dir / "ckpt.pt", weights_only=True)
+    model = GPT(GPTConfig(**checkpoint["model_args"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
+@torch.no_grad()
+def greedy_by_forward(model, prompt_ids, eos_id, max_new_tokens=128):
+    """The argmax of forward() on the whole sequence, one token at a time, until EOS, max_new_tokens or a
+    full window. Returns (tokens, how many of them are sure): a near-tie of the two best logits (< 1e-4)
+    is a coin toss for float rounding, so tokens from there on are not compared."""
+    seq, out, sure = list(prompt_ids), [], None
+    while len(out) < max_new_tokens and len(seq) < model.config.block_size:
+        top = model(torch.tensor([seq]))[0, -1].topk(2)
+        if sure is None and top.values[0] - top.values[1] < 1e-4:
+            sure = len(out)
+        seq.append(top.indices[0].item())
+        out.append(seq[-1])
+        if out[-1] == eos_id:
+            break
+    return out, len(out) if sure is None else sure
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +63,13 @@ def read_outputs(path):
     return rows, summary
 
 
+@one_thread()
 def test_arith_samples_and_metrics(arith_run):
     result = run_script(["--max_prompts=6", "--num_samples=4", "--seed=3", f"--out_dir={arith_run}"], "sample.py")
     assert "tok/s" in result.stdout
     rows, summary = read_outputs(arith_run / "samples_val_t1.jsonl")
     assert len(rows) == 6 * 4 and summary["prompts"] == 6 and summary["num_samples"] == 4
-    for key in ("accuracy", "self_bleu", "distinct_1", "distinct_2", "length", "entropy", "tokens_per_second"):
+    for key in ("accuracy", "self_bleu", "distinct_1", "distinct_2", "length", "reference_entropy", "tokens_per_second"):
         assert key in summary, key
     assert summary["accuracy"] == sum(r["correct"] for r in rows) / len(rows)
     groups = [[r["sample"] for r in rows[i:i + 4]] for i in range(0, 24, 4)]
@@ -46,12 +77,33 @@ def test_arith_samples_and_metrics(arith_run):
     assert summary["self_bleu"] == pytest.approx(sum(map(self_bleu, groups)) / 6)
     assert summary["distinct_2"] == pytest.approx(sum(distinct_n(g, 2) for g in groups) / 6)
     assert summary["length"] == pytest.approx(sum(r["length"] for r in rows) / len(rows))
+    assert summary["distinct_1"] == pytest.approx(sum(distinct_n(g, 1) for g in groups) / 6)
+    # the rows against the data and the checkpoint: val prompts 0..5 in order, K rows each; an answer is
+    # correct when what follows "#" is the prompt's value (Python's arithmetic); a sample is as long as its
+    # characters (char tokenizer), plus its EOS if it ended with one, or it stopped at the window or limit
+    data = load_dataset("arith")
+    tok, pairs = data["tokenizer"], data["splits"]["val"][:6]
+    assert [(r["prompt"], r["reference"]) for r in rows] == [pair for pair in pairs for _ in range(4)]
+    for r in rows:
+        answer = r["sample"].split("#", 1)[1] if "#" in r["sample"] else ""
+        assert r["correct"] == bool(re.fullmatch(r"-?[0-9]+", answer) and int(answer) == eval(r["prompt"][:-1]))
+        assert r["length"] == len(tok.encode(r["sample"])) + r["terminated"]
+        assert r["terminated"] or r["length"] == 128 or 1 + len(r["prompt"]) + r["length"] == 64
+    # the policy's entropy on the reference completions of the 6 val rows, per completion token
+    model, entropies = load_model(arith_run), []
+    with torch.no_grad():
+        for prompt, completion in pairs:
+            ids = [tok.eos_id] + tok.encode(prompt) + tok.encode(completion) + [tok.eos_id]
+            logp = torch.log_softmax(model(torch.tensor([ids[:-1]]))[0, len(prompt):], -1)
+            entropies += (-(logp.exp() * logp).sum(-1)).tolist()
+    assert summary["reference_entropy"] == pytest.approx(sum(entropies) / len(entropies), rel=1e-5)
     # the same seed gives the same samples
     run_script(["--max_prompts=6", "--num_samples=4", "--seed=3", f"--out_dir={arith_run}",
                 f"--out_file={arith_run / 'again.jsonl'}"], "sample.py")
     assert [r["sample"] for r in read_outputs(arith_run / "again.jsonl")[0]] == [r["sample"] for r in rows]
 
 
+@one_thread()
 def test_greedy_and_own_prompts(arith_run, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("1+2*3=\n(4+5)*6=\n")
@@ -60,6 +112,13 @@ def test_greedy_and_own_prompts(arith_run, tmp_path):
     rows, summary = read_outputs(arith_run / "samples_start_t0.jsonl")
     assert [r["prompt"] for r in rows] == ["1+2*3="] * 2 + ["(4+5)*6="] * 2
     assert rows[0]["sample"] == rows[1]["sample"] and rows[2]["sample"] == rows[3]["sample"]  # greedy
+    model, tok = load_model(arith_run), load_dataset("arith")["tokenizer"]
+    for r in rows:  # what a plain argmax loop over forward() writes
+        tokens, sure = greedy_by_forward(model, [tok.eos_id] + tok.encode(r["prompt"]), tok.eos_id)
+        assert r["sample"].startswith(tok.decode(tokens[:sure])) and sure > 0
+        if sure == len(tokens):
+            assert r["sample"] == tok.decode(tokens) and r["length"] == len(tokens)
+            assert r["terminated"] == (tokens[-1] == tok.eos_id)
     assert summary["self_bleu"] == pytest.approx((self_bleu([rows[0]["sample"]] * 2) + self_bleu([rows[2]["sample"]] * 2)) / 2)
     assert "accuracy" not in summary  # own prompts have no reference
 
@@ -67,9 +126,11 @@ def test_greedy_and_own_prompts(arith_run, tmp_path):
 def test_text_task_reports_rouge(text_run):
     run_script(["--max_prompts=3", "--num_samples=2", f"--out_dir={text_run}"], "sample.py")
     rows, summary = read_outputs(text_run / "samples_val_t1.jsonl")
-    for key in ("rouge1", "rouge2", "rougeL", "self_bleu", "distinct_1", "entropy"):
+    for key in ("rouge1", "rouge2", "rougeL", "self_bleu", "distinct_1", "reference_entropy"):
         assert key in summary, key
     assert summary["rougeL"] == pytest.approx(sum(rouge_l(r["sample"], r["reference"]) for r in rows) / len(rows))
+    for key, rouge in (("rouge1", lambda c, r: rouge_n(c, r, 1)), ("rouge2", lambda c, r: rouge_n(c, r, 2))):
+        assert summary[key] == pytest.approx(sum(rouge(r["sample"], r["reference"]) for r in rows) / len(rows)), key
     # a text task has no verifier: train.py logged no greedy accuracy, only the token accuracy
     log = [json.loads(line) for line in open(text_run / "log.jsonl")]
     assert "val/accuracy" not in log[-1] and "val/token_accuracy" in log[-1]
