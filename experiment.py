@@ -47,7 +47,7 @@ from metrics import mean_se
 
 # -----------------------------------------------------------------------------
 task = "all"  # all (arith, finetune, then tuned) | arith | finetune | tuned | small_data | shakespeare
-systems = ""  # comma list of SYSTEMS below; '' = the task's own; mle always runs (differences are to it or CONTROL)
+systems = ""  # '' = the task's own; or some of mle,ent0.01,ent0.1,irl0.1,irl1,online0.01,online0.1,online1,gail,mle+ft
 seeds = 5  # paired seeds per system
 temperatures = "0.25,0.5,0.75,1.0"  # sampling temperatures (greedy and beam search come on top)
 num_samples = 4  # K samples per prompt at each temperature
@@ -64,6 +64,8 @@ argv = ["--quick=True" if arg == "--quick" else arg for arg in sys.argv[1:]]  # 
 config, given = configure(settings, __file__, argv, with_given=True, ranges=dict(
     seeds=(1, None), jobs=(1, None), num_samples=(2, None), max_prompts=(1, None), beam_size=(1, None)))
 QUICK = dict(seeds=2, max_prompts=100, temperatures="0.5,1", results="results_quick")  # unless a flag sets it
+QUICK_NOTE = ("**--quick checks that every part runs (2 seeds, runs of 150 steps, 100 prompts, fewer systems): "
+              "its numbers say nothing about the methods.**")
 if config["quick"]:
     config.update({k: v for k, v in QUICK.items() if k not in given})
 globals().update(config)
@@ -78,6 +80,7 @@ FINE_TUNE = ["--learning_rate=1e-4", "--min_lr=1e-5", "--warmup_iters=10", "--ma
              "--lr_decay_iters=300", "--eval_interval=100"]
 FINETUNE = dict(  # task finetune: the shifted distribution (prepare.py's constants), demo set sizes, systems, schedule
     shifted=dict(MAX_OPERAND=40),  # operands 1..40, not 1..20: most of them are new to the base model
+    shift_label="problems with operands up to 40 (the base model's went up to 20)",
     sizes=[250, 1000], systems="mle,irl0.1,ent0.1",
     flags=["--learning_rate=1e-3", "--min_lr=1e-4", "--warmup_iters=20", "--max_iters=500",  # long enough that
            "--lr_decay_iters=500", "--eval_interval=50"])  # MLE overfits 250 demos: its val nll turns up
@@ -162,7 +165,7 @@ stop_on_interrupt("experiment.py", "the runs in progress were stopped; finished 
 DECODINGS = ["greedy", f"beam{beam_size}"] + [f"t{t:g}" for t in temperature_values if t > 0]
 children, children_lock = set(), threading.Lock()  # the train.py / sample.py processes now running
 stopping = threading.Event()  # set once the experiment stops: no new run starts
-parts = []  # (task, part, runs done, minutes of wall time) of this invocation
+parts = []  # (task, part, runs done, runs in all, minutes of wall time) of this invocation
 train_locks = {}  # out_dir -> a lock: one thread trains a run (a fine-tuning run may need its base trained again)
 
 
@@ -272,8 +275,8 @@ def timed(name, part, calls):
         pool.shutdown(cancel_futures=True)
         raise
     pool.shutdown()
-    parts.append((name, part, ran, (time.time() - t0) / 60))
-    print(f"{name}: {part}: {ran} of {len(calls)} runs in {parts[-1][3]:.1f} minutes, {jobs} at a time", flush=True)
+    parts.append((name, part, ran, len(calls), (time.time() - t0) / 60))
+    print(f"{name}: {part}: {ran} of {len(calls)} runs in {parts[-1][4]:.1f} minutes, {jobs} at a time", flush=True)
 
 
 def read(path):
@@ -447,26 +450,27 @@ def score_vs_diversity(name, spec=None):
         rows += reward_table(root, analyzed, table)
 
     plt = pyplot()
-    # left every system; right a close-up of those within half of the base's greedy score (a collapsed one squeezes
-    # the rest)
-    close = [s for s in chosen if np.mean(get(s, "greedy", metric)) >= np.mean(get(base, "greedy", metric)) / 2]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
-    for ax, shown in zip(axes, (chosen, close)):
-        for s in shown:
-            i = chosen.index(s)  # the same colour in both panels
-            x, y, se = map(np.array, zip(*sorted((np.mean(get(s, d, "self_bleu")), *mean_se(get(s, d, metric)))
-                                                 for d in on_curve)))
-            color = plt.cm.tab10(i % 10)
-            ax.plot(x, y, "o-", color=color, markersize=3, label=label(s))
-            ax.fill_between(x, y - se, y + se, color=color, alpha=0.15)
-            beam, beam_se = mean_se(get(s, decodings[1], metric))
-            ax.errorbar([1.0 + 0.004 * (i + 1)], [beam], yerr=[beam_se], fmt="x", color=color, capsize=2)
-        ax.set_xlabel("Self-BLEU among K samples (lower = more diverse); greedy at 1, beam (x) right of it")
-        ax.set_ylabel(f"{metric} of samples ({split} split)")
+    # one panel of the systems that work; one that collapsed (greedy below half the base's) would squeeze the rest
+    # into a strip, so it is named in a note instead
+    shown = [s for s in chosen if np.mean(get(s, "greedy", metric)) >= np.mean(get(base, "greedy", metric)) / 2]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for s in shown:
+        color = plt.cm.tab10(chosen.index(s) % 10)
+        x, y, se = map(np.array, zip(*sorted((np.mean(get(s, d, "self_bleu")), *mean_se(get(s, d, metric)))
+                                             for d in on_curve)))
+        ax.plot(x, y, "o-", color=color, markersize=4, label=label(s))
+        ax.fill_between(x, y - se, y + se, color=color, alpha=0.15)
+        beam, beam_se = mean_se(get(s, decodings[1], metric))  # deterministic: Self-BLEU 1, beside greedy's dot
+        ax.errorbar([1.0], [beam], yerr=[beam_se], fmt="x", color=color, markersize=8, capsize=3)
+    ax.set_xlabel("Self-BLEU among the K samples of a prompt (lower = more diverse; greedy and beam search at 1)")
+    ax.set_ylabel(f"{metric} of the completions, {split} split")
     temps = ", ".join(d[1:] for d in decodings[2:])
-    axes[0].set_title(f"{name}: task score vs diversity over T = {temps} ({seeds} seeds, band ± s.e.)", fontsize=9)
-    axes[1].set_title(f"close-up: the systems within half of {label(base)}'s greedy {metric}", fontsize=9)
-    axes[0].legend(fontsize=7, loc="best")
+    ax.set_title(f"{name}: task score against diversity, each curve greedy (right) to T = {temps}\n"
+                 f"x = beam search ({decodings[1][4:]} beams); mean over {seeds} seeds, band ± s.e.", fontsize=10)
+    collapsed = [f"{label(s)} (greedy {np.mean(get(s, 'greedy', metric)):.2f})" for s in chosen if s not in shown]
+    if collapsed:
+        ax.text(0.01, 0.01, "not shown, collapsed: " + "; ".join(collapsed), transform=ax.transAxes, fontsize=8)
+    ax.legend(fontsize=9, loc="best")
     fig.tight_layout()
     save_figure(fig, os.path.join(root, "figure.png"), dpi=120)
     return rows
@@ -503,6 +507,9 @@ def curves(name, groups, title):
         ax.set_ylabel(key)
         ax.legend(fontsize=7)
     axes[0].set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+    for ticks in (axes[0].yaxis.set_major_formatter, axes[0].yaxis.set_minor_formatter):
+        ticks(FormatStrFormatter("%.2g"))  # 0.6, not 6×10⁻¹
     fig.suptitle(f"{title} ({seeds} seeds, band ± s.e.)", fontsize=9)
     fig.tight_layout()
     save_figure(fig, os.path.join(results, name, "figure.png"), dpi=120)
@@ -567,7 +574,7 @@ def finetune():
     name, chosen, root = "finetune", task_systems["finetune"], os.path.join(results, "finetune")
     t0 = time.time()
     folders, made = finetune_data(os.path.join(root, "data"))
-    parts.append((name, "data", made, (time.time() - t0) / 60))
+    parts.append((name, "data", made, 2, (time.time() - t0) / 60))  # base and shifted distributions
     base = partial(run_dir, os.path.join(results, "arith"), "mle")
     dirs = lambda s, n, seed: os.path.join(root, f"{s}_n{n}_s{seed}")
 
@@ -582,18 +589,19 @@ def finetune():
     timed(name, "fine-tune arith's MLE run of each seed", {(s, n, seed): partial(fine_tune, s, n, seed)
                                                             for seed in range(seeds) for n in FINETUNE["sizes"]
                                                             for s in chosen})
-    shift = ", ".join(f"{k}={v}" for k, v in FINETUNE["shifted"].items())
     return curves(name, {(s, f"{n} demos"): [dirs(s, n, seed) for seed in range(seeds)]
                          for n in FINETUNE["sizes"] for s in chosen},
-                  f"fine-tuning arith's MLE model on shifted demos ({shift})")
+                  f"fine-tuning arith's MLE model on demonstrations of {FINETUNE['shift_label']}")
 
 
 # ----------------------------------------------------------------------------- best against best (task tuned)
 def configurations(setting):
     """{family: {configuration name: train.py flags}}: each family's knob settings at every dropout, in
-    grid order (--quick: the first two)."""
+    grid order (--quick: MLE and IRL, the first two of each)."""
     grid = {}
     for family, (_, loss_name, knob) in setting["families"].items():
+        if quick and family not in ("mle", "irl"):
+            continue
         flags = [[f"--loss={loss_name}", *k, f"--dropout={d}"] for k in knob for d in TUNED["dropouts"]]
         named = {family + "_" + "_".join(f[2:].replace("=", "") for f in fl[1:]): fl for fl in flags}
         grid[family] = dict(list(named.items())[:2] if quick else named)
@@ -685,13 +693,17 @@ def main():
         mine = [p for p in parts if p[0] == name]
         command = shlex.join(["python", "experiment.py"] + sys.argv[1:])
         table_file = os.path.join(root, "table.md")
-        if not any(ran for _, _, ran, _ in mine) and os.path.exists(table_file):  # only redrawn: keep the timing
+        if not any(ran for _, _, ran, _, _ in mine) and os.path.exists(table_file):  # only redrawn: keep the timing
             with open(table_file) as f:
                 timing = f.read().strip().splitlines()[-1]
         else:
             timing = (f"`{command}`: {(time.time() - t0) / 60:.1f} minutes of wall time for {name}, {jobs} runs at "
-                      f"a time (" + "; ".join(f"{part} {minutes:.1f} ({ran} runs)" for _, part, ran, minutes in mine)
-                      + "); runs already done were skipped")
+                      f"a time (" + "; ".join(f"{part} {minutes:.1f} ({ran} of {total} run{'s' * (total != 1)})"
+                                              for _, part, ran, total, minutes in mine) + ")"
+                      + ("; the others were done before and skipped" if any(r < t for _, _, r, t, _ in mine) else ""))
+        if quick:
+            rows = [QUICK_NOTE, ""] + rows
+            print(QUICK_NOTE)
         table = "\n".join(rows) + f"\n\n{timing}\n"
         write_atomically(table_file, table)
         print(table)
