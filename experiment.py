@@ -154,7 +154,7 @@ def systems_of(name):
 try:
     task_names = ["arith", "finetune", "tuned"] if task == "all" else [task]
     if task_names[0] not in list(TASKS) + ["tuned"]:
-        raise ValueError(f"--task={task!r}; use all, tuned, {', '.join(TASKS)}")
+        raise ValueError(f"--task={task!r}; use all, {', '.join(list(TASKS)[:2] + ['tuned'] + list(TASKS)[2:])}")
     task_systems = {name: systems_of(name) for name in task_names if name in TASKS}
     temperature_values = parse_list("temperatures", temperatures, float, low=0)
     check_out_dir(results, "results")

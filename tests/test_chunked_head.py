@@ -1,12 +1,13 @@
 """chunked_head.py against the full-logits path (itself checked against IQ-Learn written out in
-test_irl_loss.py), a float64 gradcheck, and a record of every tensor it makes: the (B, T, V)
-logits never exist."""
+test_irl_loss.py), on batches whose rows come in every order (the longest first, last, in the middle, a
+completion that fills the window) cut into chunks that do and do not divide them; a float64 gradcheck, and
+a record of every tensor it makes: the (B, T, V) logits never exist."""
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
 from chunked_head import chunked_irl_loss, chunked_policy_stats
-from tests.helpers import demonstration_masks
+from tests.helpers import ROW_ORDERS, demonstration_masks, one_thread, rows_of_kinds
 from irl_loss import irl_loss, policy_stats, q_and_v
 
 
@@ -17,6 +18,16 @@ def random_batch(B=3, T=7, C=5, V=50, dtype=torch.float64, seed=0):
     weight = torch.randn(V, C, generator=g, dtype=dtype)
     targets = torch.randint(V, (B, T), generator=g)
     loss_mask, done = demonstration_masks(targets, dtype)
+    return hidden, weight, targets, loss_mask, done
+
+
+def batch_of_rows(kinds, T=7, C=5, V=50, dtype=torch.float64, seed=0):
+    """random_batch with one row of each kind of tests/helpers.py ROW_KINDS, in the order given."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(len(kinds), T, C, generator=g, dtype=dtype)
+    weight = torch.randn(V, C, generator=g, dtype=dtype)
+    targets = torch.randint(V, (len(kinds), T), generator=g)
+    loss_mask, done = rows_of_kinds(targets, kinds, dtype)
     return hidden, weight, targets, loss_mask, done
 
 
@@ -47,6 +58,31 @@ def test_values_and_gradients_equal_full_logits(dtype, tol, chunk_size, td_coef,
     got = loss_and_grads(chunked(chunk_size), *batch, td_coef, gamma)
     for name, a, b in zip(("stats", "loss", "dL/dhidden", "dL/dweight"), got, expected):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=name)
+
+
+def chunk_sizes_for(n, T):
+    """1, sizes that do not divide the n = B * T flattened positions and sizes that do, one chunk short of
+    all of them, all of them exactly, and more than all."""
+    return sorted({1, 5, T, n // 2, n - 1, n, n + 3})
+
+
+@one_thread()
+@pytest.mark.parametrize("order", ROW_ORDERS)
+@pytest.mark.parametrize("td_coef,gamma", [(0.0, 1.0), (0.7, 0.9)])
+def test_every_row_order_and_chunk_size_equals_full_logits(order, td_coef, gamma):
+    """The last chunk must reach the last flattened position: it is a completion token (EOS, or the last
+    token of a truncated row) when the longest row comes last, never when padding does."""
+    batch = batch_of_rows(ROW_ORDERS[order])
+    B, T = batch[2].shape
+    expected = loss_and_grads(full, *batch, td_coef, gamma)
+    assert expected[1] > 0 and (expected[2].abs().sum(-1) > 0).sum() == batch[3].sum()  # every masked h counts
+    for chunk_size in chunk_sizes_for(B * T, T):
+        got = loss_and_grads(chunked(chunk_size), *batch, td_coef, gamma)
+        for name, a, b in zip(("stats", "loss", "dL/dhidden", "dL/dweight"), got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=f"{name}, chunk_size {chunk_size}")
+        stats = chunked_policy_stats(*batch[:3], batch[3], chunk_size)
+        expected_stats = policy_stats(batch[0] @ batch[1].T, batch[2], batch[3])
+        assert stats == pytest.approx(expected_stats, rel=1e-12, abs=1e-12), chunk_size
 
 
 @pytest.mark.parametrize("td_coef", [0.0, 1.3])  # MLE and IRL share the path

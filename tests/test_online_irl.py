@@ -1,14 +1,17 @@
 """online_irl_loss (docs/method.md section 4) against a transition-by-transition reference, the literal
 formula of docs/method.md on fully terminated batches, the offline loss at mix_in = 0, and the sign of its
-gradient on v; and a few online IQ-Learn steps through train.py."""
+gradient on v; and online IQ-Learn through train.py: a few steps, and one step's loss, value gap and
+gradient against the reference on the very demonstrations and samples it trained on."""
 import re
 
 import pytest
 import torch
 
 from irl_loss import irl_loss, online_irl_loss, q_and_v
-from tests.helpers import TINY, run_script
+from model import GPT, GPTConfig
+from tests.helpers import TINY, one_thread, run_script
 from tests.test_irl_loss import random_batch
+from tests.test_train import arith_examples, train_losses
 
 
 def online_loss(logits, batch, policy_logits, policy, mix_in, td_coef, gamma):
@@ -115,3 +118,58 @@ def test_online_irl_trains_through_train_py(tmp_path):
     lines = re.findall(r"^iter \d+: loss (\S+),.*value_gap (\S+), \d+ ms/iter \((\d+) sampling\)", out, re.M)
     assert len(lines) == 3 and all(float(loss) == float(loss) for loss, _, _ in lines)  # finite, not NaN
     assert int(lines[0][2]) > 0  # iter 0 samples; the time is reported
+
+
+def example_transitions(model, examples, eos_id, gamma):
+    """transitions() for (prompt ids, completion ids) pairs, each run through the model on its own: a
+    completion that ends in EOS terminated there, any other was cut (no next state for its last token)."""
+    for prompt, completion in examples:
+        tokens = torch.tensor(prompt + completion)
+        logits = model(tokens[None, :-1])
+        loss_mask = torch.zeros(1, len(tokens) - 1)
+        loss_mask[0, len(prompt) - 1:] = 1
+        done = torch.zeros(1, len(tokens) - 1)
+        done[0, -1] = float(completion[-1] == eos_id)
+        yield from transitions(logits, tokens[None, 1:], loss_mask, done, gamma)
+
+
+@one_thread()
+def test_online_irl_step_in_train_py_equals_the_reference(tmp_path):
+    """train.py's online IQ-Learn on the batch it trained on: the demonstrations it drew (torch.randint from
+    a generator seeded seed, as tests/test_train.py checks) and the policy's samples for the first half of
+    their prompts, which the checkpoint keeps. With learning_rate=0 and beta1=0 the checkpoint also holds
+    the weights the step read and its gradient (AdamW's first moment); the printed loss and value gap, and
+    that gradient, are the transition-by-transition reference's."""
+    seed, batch_size, mix_in, td_coef, gamma = 7, 8, 0.3, 0.5, 0.9
+    out = run_script(TINY + [f"--seed={seed}", f"--mix_in={mix_in}", f"--td_coef={td_coef}", f"--gamma={gamma}",
+                             "--sample_fraction=0.5", "--max_new_tokens=12", "--max_iters=1", "--eval_interval=1",
+                             "--eval_prompts=0", "--learning_rate=0", "--decay_lr=False", "--weight_decay=0",
+                             "--beta1=0", "--grad_clip=0", f"--out_dir={tmp_path}"]).stdout
+    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    model = GPT(GPTConfig(**checkpoint["model_args"]))
+    model.load_state_dict(checkpoint["model"])
+    optimizer = model.configure_optimizers(0.0, 0.0, (0.0, 0.99), "cpu")
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    tok, train = arith_examples("train")
+    rows = torch.randint(len(train), (batch_size,), generator=torch.Generator().manual_seed(seed)).tolist()
+    expert = [train[i] for i in rows]
+    samples = [(list(p), list(c)) for p, c in checkpoint["samples"][0][0]]
+    assert [p for p, _ in samples] == [p for p, _ in expert[:batch_size // 2]]  # the first half of the prompts
+    assert all(1 <= len(c) <= 12 and tok.eos_id not in c[:-1] for _, c in samples)  # EOS ends a sample
+
+    mean = lambda xs: torch.stack(xs).mean()
+    on_expert = list(example_transitions(model, expert, tok.eos_id, gamma))
+    on_policy = list(example_transitions(model, samples, tok.eos_id, gamma))
+    value_gap = (mean([v - vn for q, v, vn, ok in on_policy if ok])
+                 - mean([v - vn for q, v, vn, ok in on_expert if ok]))
+    loss = (mean([v - q for q, v, vn, ok in on_expert]) + mix_in * value_gap
+            + td_coef * mean([(q - vn) ** 2 for q, v, vn, ok in on_expert if ok]))
+    line = re.search(r"^iter 0: loss (\S+),.*value_gap (\S+),", out, re.M)
+    assert float(line[1]) == pytest.approx(loss.item(), abs=2e-4) and float(train_losses(out)[0]) == float(line[1])
+    assert float(line[2]) == pytest.approx(value_gap.item(), abs=2e-4) and abs(value_gap.item()) > 1e-3
+    loss.backward()
+    for name, p in model.named_parameters():
+        state = optimizer.state[p]
+        assert state["step"] == 1, name
+        error = (state["exp_avg"] - p.grad).norm() / p.grad.norm()
+        assert error < 1e-4, (name, error.item())

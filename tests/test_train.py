@@ -1,5 +1,8 @@
-"""train.py end to end on tiny models: overfitting, exact resume, flags, nanoGPT checkpoints, DDP."""
+"""train.py end to end on tiny models: overfitting, exact resume, flags, nanoGPT checkpoints, DDP; and what a
+run does against its definition written out here: the learning-rate schedule, the accumulated gradient (one
+process and DDP), MLE as F.cross_entropy."""
 import json
+import math
 import os
 import re
 import subprocess
@@ -7,10 +10,12 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from dataset import load_dataset
 from irl_loss import irl_loss, q_and_v
 from model import GPT, GPTConfig
-from tests.helpers import ROOT, TINY, run_script
+from tests.helpers import ROOT, TINY, one_thread, run_script
 
 
 def train_losses(stdout):
@@ -51,17 +56,43 @@ def test_resume_continues_exactly(tmp_path):
     assert [r["iter"] for r in log] == [0, 5, 10]  # the resumed run did not duplicate its eval line
 
 
+@one_thread()
 def test_loss_mle_equals_irl_with_td_coef_zero(tmp_path):
     args = TINY + ["--max_iters=3", "--eval_interval=3"]
     mle = run_script(args + [f"--out_dir={tmp_path / 'm'}", "--loss=mle"])
     irl0 = run_script(args + [f"--out_dir={tmp_path / 'i'}", "--loss=irl", "--td_coef=0"])
     assert train_losses(mle.stdout) == train_losses(irl0.stdout)
+    # and MLE is cross-entropy: the logged val nll of the saved model is F.cross_entropy over the completion
+    # tokens of the val batch (eval_iters=1: val rows 0..7), each row run through the model on its own
+    checkpoint = torch.load(tmp_path / "m" / "ckpt.pt", weights_only=True)
+    model = GPT(GPTConfig(**checkpoint["model_args"]))
+    model.load_state_dict(checkpoint["model"])
+    with torch.no_grad():
+        _, nll = reference_loss(model, arith_examples("val")[1][:8], 0.0, 1.0)
+    last = json.loads(open(tmp_path / "m" / "log.jsonl").readlines()[-1])
+    assert last["iter"] == 3 and last["val/nll"] == pytest.approx(nll.item(), rel=1e-5)
+    assert last["val/loss"] == last["val/nll"]
 
 
-def test_loss_chunk_gives_the_same_run(tmp_path):
+def rows_that_fill_the_window(path):
+    """A JSONL dataset whose every row fills block_size=15 exactly: [EOS] + 4 prompt chars + 10 completion
+    chars + EOS (terminated at the last position), or a longer completion cut by the window (truncated).
+    Every row of a batch is then a longest row, so the last flattened position is a completion token."""
+    rows = [{"prompt": f"Q{i:02d}:", "completion": f" answer {i:02d}" + (" and so on" if i % 3 == 0 else "")}
+            for i in range(40)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return [f"--dataset={path}", "--block_size=15"]
+
+
+@pytest.mark.parametrize("data", ["arith", "rows that fill the window"])
+def test_loss_chunk_gives_the_same_run(tmp_path, data):
     """The chunked head (chunked_head.py) changes memory, not numbers: the same losses and val
-    statistics (entropy and token accuracy computed chunk by chunk too), up to float rounding."""
+    statistics (entropy and token accuracy computed chunk by chunk too), up to float rounding. On
+    arith the rows vary in length (the last one is usually padded); on rows that fill the window, the
+    last flattened position of every batch is a completion token, which the last chunk must reach."""
     args = TINY + ["--max_iters=3", "--eval_interval=3"]
+    if data != "arith":
+        args += rows_that_fill_the_window(tmp_path / "full.jsonl")
     full = run_script(args + [f"--out_dir={tmp_path / 'full'}"])
     chunked = run_script(args + [f"--out_dir={tmp_path / 'chunked'}", "--loss_chunk=37"])  # 37 divides no B*T here
     expected, got = train_losses(full.stdout), train_losses(chunked.stdout)
@@ -79,7 +110,7 @@ def test_loss_chunk_gives_the_same_run(tmp_path):
     ("--gamma=1.5", "--gamma=1.5 must lie in [0, 1]"),
     ("--loss_chunk=-1", "--loss_chunk=-1 must be >= 0"),
     ("--init_from=nonsense", "use scratch, resume, a path ending in .pt, gpt2[-medium|-large|-xl] or a Hugging Face"),
-    ("--loss=ppo", "--loss='ppo' is not a loss; use irl, mle or gail"),
+    ("--loss=ppo", "--loss='ppo' is not a loss; use irl, mle, dft, gem or gail"),
     ("--mix_in=1.5", "--mix_in=1.5 must lie in [0, 1]"),
     ("--loss=gail", "--loss=gail fine-tunes a trained policy; pass --init_from=path/to/mle/ckpt.pt"),
 ])
@@ -135,3 +166,120 @@ def test_entropy_coef_subtracts_beta_times_the_entropy(tmp_path):
         assert loss == pytest.approx(nll + 0.1 * td - 0.5 * entropy, abs=2e-4)
     refused = run_script(TINY + ["--entropy_coef=0.5", "--loss_chunk=8", f"--out_dir={tmp_path / 'c'}"], check=False)
     assert refused.returncode != 0 and "--entropy_coef needs the full logits" in refused.stderr
+
+
+# ----------------------------------------------------------------------------- the schedule and the gradient
+# checked against what they are defined to be, written out here, from what train.py writes as a user runs it
+
+def test_learning_rate_follows_its_closed_form(tmp_path):
+    """The lr of every step (log.jsonl, --eval_interval=1) against the schedule written out: linear warmup
+    lr(it) = learning_rate (it + 1) / (warmup_iters + 1) for it < warmup_iters, then a cosine from
+    learning_rate at warmup_iters to min_lr at lr_decay_iters, and min_lr after it; and the optimizer
+    (the checkpoint's param groups) ran with the lr logged."""
+    peak, low, warmup, decay, last = 1e-3, 1e-4, 3, 9, 12
+    run_script(TINY + [f"--max_iters={last}", "--eval_interval=1", "--eval_prompts=0", f"--learning_rate={peak}",
+                       f"--min_lr={low}", f"--warmup_iters={warmup}", f"--lr_decay_iters={decay}",
+                       f"--out_dir={tmp_path}"])
+
+    def expected(it):
+        if it < warmup:
+            return peak * (it + 1) / (warmup + 1)
+        if it > decay:
+            return low
+        return low + 0.5 * (1 + math.cos(math.pi * (it - warmup) / (decay - warmup))) * (peak - low)
+
+    lrs = {record["iter"]: record["lr"] for record in map(json.loads, open(tmp_path / "log.jsonl"))}
+    assert sorted(lrs) == list(range(last + 1))
+    for it, lr in lrs.items():
+        assert lr == pytest.approx(expected(it), rel=1e-12), it
+    # the landmarks, by hand: warmup starts above 0, reaches the peak, half way, the end and past it
+    assert lrs[0] == pytest.approx(peak / 4) and lrs[2] == pytest.approx(peak * 3 / 4)
+    assert lrs[warmup] == pytest.approx(peak) and lrs[6] == pytest.approx((peak + low) / 2)
+    assert lrs[decay] == pytest.approx(low) and lrs[last] == pytest.approx(low)
+    groups = torch.load(tmp_path / "ckpt.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [group["lr"] for group in groups] == [lrs[last]] * len(groups)
+
+
+def arith_examples(split):
+    """(tokenizer, [(prompt ids, completion ids)]) of an arith split, encoded here: [EOS] + prompt, and
+    completion + [EOS] (every arith row fits block_size 64 whole)."""
+    data = load_dataset("arith")
+    tok = data["tokenizer"]
+    examples = [([tok.eos_id] + tok.encode(p), tok.encode(c) + [tok.eos_id]) for p, c in data["splits"][split]]
+    assert max(len(p) + len(c) for p, c in examples) <= 65
+    return tok, examples
+
+
+def reference_loss(model, examples, td_coef, gamma):
+    """The loss of one micro-batch from its definition, each example run through the model alone (no
+    padding): MLE is F.cross_entropy over the completion tokens; IRL adds td_coef times the mean over
+    transitions of r_t^2, r_t = q_t - gamma v_{t+1}, and r_t = q_t for the final EOS (V after it is 0)."""
+    logits, targets, rewards = [], [], []
+    for p, c in examples:
+        tokens = torch.tensor(p + c)
+        row = model(tokens[None, :-1])[0][len(p) - 1:]  # the positions whose target is a completion token
+        q = row.gather(-1, tokens[len(p):, None]).squeeze(-1)
+        v = torch.logsumexp(row, -1)
+        rewards.append(q - gamma * torch.cat([v[1:], v.new_zeros(1)]))
+        logits.append(row)
+        targets.append(tokens[len(p):])
+    nll = F.cross_entropy(torch.cat(logits), torch.cat(targets))
+    return nll + td_coef * torch.cat(rewards).square().mean(), nll
+
+
+@one_thread()
+@pytest.mark.parametrize("processes,accumulation,loss", [(1, 3, "mle"), (2, 4, "irl")])
+def test_accumulated_gradient_is_the_gradient_of_the_mean_loss(tmp_path, processes, accumulation, loss):
+    """One optimizer step over `accumulation` micro-batches (in all, over `processes` DDP processes) takes
+    the gradient of their mean loss. With learning_rate=0 the weights stay, and with beta1=0 AdamW's first
+    moment after its first step is the gradient itself: the checkpoint holds both. The reference draws
+    each process's micro-batches as train.py does (torch.randint from a generator seeded seed + rank,
+    checked against the data position the checkpoint saved), computes each loss from its definition
+    (reference_loss) and differentiates their mean. Dividing the loss by the number of micro-batches
+    twice, or not at all, scales the gradient, which AdamW's sign-like steps would hide."""
+    seed, batch_size, td_coef, gamma = 7, 8, (0.5 if loss == "irl" else 0.0), 0.9
+    args = TINY + [f"--loss={loss}", f"--td_coef={td_coef}", f"--gamma={gamma}", f"--seed={seed}",
+                   f"--gradient_accumulation_steps={accumulation}", "--max_iters=1", "--eval_interval=1",
+                   "--eval_iters=2", "--eval_prompts=0", "--learning_rate=0", "--decay_lr=False",
+                   "--weight_decay=0", "--beta1=0", "--grad_clip=0", f"--out_dir={tmp_path}"]
+    if processes == 1:
+        stdout = run_script(args).stdout
+    else:
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+             "train.py"] + args, cwd=ROOT, capture_output=True, text=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=240)
+        assert result.returncode == 0, result.stdout + result.stderr
+        stdout = result.stdout
+    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    model = GPT(GPTConfig(**checkpoint["model_args"]))
+    model.load_state_dict(checkpoint["model"])
+    optimizer = model.configure_optimizers(0.0, 0.0, (0.0, 0.99), "cpu")
+    optimizer.load_state_dict(checkpoint["optimizer"])
+
+    tok, train = arith_examples("train")
+    losses = []
+    for rank in range(processes):
+        gen = torch.Generator().manual_seed(seed + rank)
+        for _ in range(accumulation // processes):
+            rows = torch.randint(len(train), (batch_size,), generator=gen).tolist()
+            losses.append(reference_loss(model, [train[i] for i in rows], td_coef, gamma)[0])
+        assert torch.equal(gen.get_state(), checkpoint["rng"]["data"][rank])  # the same draws as train.py's
+        if rank == 0:  # the progress line prints the last micro-batch's loss (rank 0's)
+            assert float(train_losses(stdout)[0]) == pytest.approx(losses[-1].item(), abs=2e-4)
+    torch.stack(losses).mean().backward()
+    for name, p in model.named_parameters():
+        state = optimizer.state[p]
+        assert state["step"] == 1, name
+        error = (state["exp_avg"] - p.grad).norm() / p.grad.norm()
+        assert error < 1e-4, (name, error.item())
+
+    # the evaluation: the same eval_iters val batches every time, each row i * batch_size + j of val
+    _, val = arith_examples("val")
+    batches = [reference_loss(model, [val[(i * batch_size + j) % len(val)] for j in range(batch_size)], td_coef,
+                              gamma) for i in range(2)]
+    log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [record["iter"] for record in log] == [0, 1]
+    for record in log:  # the weights did not move: both evaluations are of the same model
+        assert record["val/nll"] == pytest.approx(sum(nll.item() for _, nll in batches) / 2, rel=1e-5)
+        assert record["val/loss"] == pytest.approx(sum(total.item() for total, _ in batches) / 2, rel=1e-5)
