@@ -100,7 +100,7 @@ def prepare_task(name, out_dir=None):
 
 
 def load_dataset(dataset, tokenizer=""):
-    """Returns dict(name, task, splits={split: [(prompt, completion)]}, tokenizer, verify).
+    """Returns dict(name, task, splits={split: [(prompt, completion)]}, tokenizer, verify, scores).
     tokenizer: '' keeps the dataset's own (char by default), 'char' or 'gpt2' overrides it,
     a Tokenizer object (e.g. from a checkpoint) is used as is."""
     meta = {}
@@ -147,8 +147,10 @@ def load_dataset(dataset, tokenizer=""):
         tok = tokenizer_from_state(meta["tokenizer"])
 
     task = meta.get("task", "text")
-    verify = importlib.import_module(f"data.{task}.prepare").verify if task != "text" else None
-    return dict(name=name, task=task, splits=splits, tokenizer=tok, verify=verify)
+    module = importlib.import_module(f"data.{task}.prepare") if task != "text" else None
+    verify = module.verify if module else None
+    scores = getattr(module, "scores", None)  # a task's metrics beyond right / wrong (cmudict: PER, BLEU)
+    return dict(name=name, task=task, splits=splits, tokenizer=tok, verify=verify, scores=scores)
 
 
 def prepare_main(prepare, script_path):

@@ -127,6 +127,7 @@ for j, completion in zip(jobs, completions):
                terminated=bool(completion) and completion[-1] == tok.eos_id)
     if verify is not None:
         row["correct"] = bool(verify(prompt, text))
+        row.update(data["scores"](prompt, text) if data["scores"] else {})
     elif reference is not None:
         row.update(rouge1=metrics.rouge_n(text, reference, 1), rouge2=metrics.rouge_n(text, reference, 2),
                    rougeL=metrics.rouge_l(text, reference))
@@ -138,7 +139,7 @@ summary = dict(checkpoint=init_from or os.path.join(out_dir, "ckpt.pt"), split=N
                temperature=None if beam_size else temperature, top_k=top_k if method == "sampling" else None,
                beam_size=beam_size or None,
                tokens_per_second=n_tokens / seconds, length=sum(r["length"] for r in rows) / len(rows))
-for key in ("correct", "rouge1", "rouge2", "rougeL"):
+for key in ("correct", "rouge1", "rouge2", "rougeL", "phoneme_error_rate", "bleu"):
     if key in rows[0]:
         summary["accuracy" if key == "correct" else key] = sum(r[key] for r in rows) / len(rows)
 if num_samples > 1:  # diversity among the K samples of each prompt, averaged over prompts
