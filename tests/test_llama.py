@@ -6,15 +6,15 @@ run on them. transformers is the reference; skipped without it (requirements-dev
 No test downloads anything."""
 import json
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from checkpoint import hf_checkpoint, model_from_checkpoint
+from checkpoint import hf_checkpoint, is_hf_model, model_from_checkpoint
 from tests.helpers import ROOT, TINY, TINY_MODEL, run_script
+from tests.test_train import train_losses
 from tokenizer import HFTokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -179,6 +179,25 @@ def test_every_tensor_is_accounted_for(tokenizer_json, tmp_path):
         hf_checkpoint(str(tmp_path))
 
 
+def test_a_hub_name_is_downloaded_and_a_failed_download_is_one_line(tmp_path, monkeypatch):
+    """--init_from=owner/name asks the hub (here a stand-in that fails as it does without a network);
+    a local folder with config.json is read as it is, and a .pt path or a folder without it is no model."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    asked = []
+
+    def no_network(name, **kwargs):
+        asked.append(name)
+        raise OSError("Name or service not known\nmore lines")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    with pytest.raises(ValueError, match=r"^--init_from=HuggingFaceTB/SmolLM2-135M: no such folder, and the Hugging "
+                                         r"Face hub did not give it \(OSError: Name or service not known\)$"):
+        hf_checkpoint("HuggingFaceTB/SmolLM2-135M")
+    assert asked == ["HuggingFaceTB/SmolLM2-135M"]
+    (tmp_path / "config.json").write_text("{}")
+    assert is_hf_model("HuggingFaceTB/SmolLM2-135M") and is_hf_model(str(tmp_path))
+    assert not any(map(is_hf_model, ["out/ckpt.pt", str(tmp_path.parent), "gpt2", "./a/b"]))
+
+
 def test_chunked_head_equals_full_logits_with_an_untied_head(tokenizer_json, tmp_path):
     """train.py's --loss_chunk path reads lm_head.weight, which is not the embedding when untied: same
     loss and gradients as the full logits, for IRL and MLE."""
@@ -208,10 +227,6 @@ def test_chunked_head_equals_full_logits_with_an_untied_head(tokenizer_json, tmp
 # -----------------------------------------------------------------------------
 # the scripts, as a user runs them, on a Hugging Face folder
 RUN = [flag for flag in TINY if flag not in TINY_MODEL] + ["--block_size=48", "--warmup_iters=1"]
-
-
-def train_losses(stdout):
-    return {int(m[1]): m[2] for m in re.finditer(r"^iter (\d+): loss (\S+),", stdout, re.M)}
 
 
 def run_with(argv, **env):
