@@ -18,7 +18,7 @@ from tests.test_train import train_losses
 from tokenizer import HFTokenizer
 
 transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
+pytest.importorskip("tokenizers")
 
 VOCAB, TOKENS = 300, 280  # the model's rows and the tokenizer's tokens: a padded vocabulary, as Qwen's
 SPECIAL = ["<|endoftext|>", "<|begin_of_text|>", "<|im_start|>", "<|im_end|>"]
@@ -85,8 +85,9 @@ def save_family(folder, family, tokenizer_json, seed=0):
     hf_model.save_pretrained(folder)
     (folder / "tokenizer.json").write_text(tokenizer_json)
     llama = family.startswith("llama")
+    im_end = {"__type": "AddedToken", "content": "<|im_end|>", "special": True}  # as older files write a token
     tok_config = dict(tokenizer_class="PreTrainedTokenizerFast", bos_token="<|begin_of_text|>" if llama else None,
-                      eos_token="<|endoftext|>" if llama else {"__type": "AddedToken", "content": "<|im_end|>", "special": True})
+                      eos_token="<|endoftext|>" if llama else im_end)
     if llama:
         tok_config["chat_template"] = "{{ bos_token }}" + CHATML
     else:
