@@ -7,6 +7,13 @@ and the median step is reported. Ends with a table of the ratios and their targe
     python bench.py                                  # default model size, char and GPT-2 vocabularies
     python bench.py --device=cuda --dtype=bfloat16 --batch_size=8 --block_size=1024 --n_layer=12 \
         --n_head=12 --n_embd=768 --vocab_sizes=50304 --loss_chunk=256 --compile=True   # GPT-2 124M
+    python bench.py --device=cuda --dtype=bfloat16 --batch_size=8 --block_size=1024 --n_layer=28 \
+        --n_head=16 --n_kv_head=8 --n_embd=1024 --vocab_sizes=49152,151936 --loss_chunk=1024 \
+        --shapes=llama --compile=True   # about Qwen3-0.6B's shape (its head_dim is 128, here 64)
+
+Each model shape runs beside the other: gpt2 (LayerNorm, learned positions, GELU MLP) and llama
+(model.py's Llama family: RMSNorm, rotary positions, SwiGLU MLP of 3 x n_embd, n_kv_head key/value
+heads), both with a tied head, as SmolLM2 and the small Qwens have.
 
 Training variants (forward + backward + AdamW step):
     ce           F.cross_entropy on the full logits (the textbook MLE)
@@ -45,7 +52,9 @@ block_size = 64  # tokens per row
 n_layer = 4  # transformer blocks
 n_head = 4  # attention heads
 n_embd = 128  # width
-vocab_sizes = "32,50304"  # comma-separated vocabularies to run: 32 ~ the char tasks, 50304 = GPT-2
+vocab_sizes = "32,50304"  # comma-separated vocabularies to run: 32 ~ the char tasks, 50304 = GPT-2, 151936 = Qwen
+shapes = "gpt2,llama"  # comma-separated model shapes to run: gpt2 | llama (see above)
+n_kv_head = 0  # llama shape: key/value heads (grouped-query attention); 0 = n_head / 2, or n_head if it is odd
 td_coef = 0.1  # the IRL variants' td_coef
 loss_chunk = 128  # positions per chunk on the chunked path (B*T / 16 at the default size)
 steps = 20  # timed steps per variant (after warmup)
@@ -65,12 +74,18 @@ settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
 RANGES = {k: (1, None) for k in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "loss_chunk", "steps",
                                   "max_new_tokens", "sample_batch")}
-RANGES.update(td_coef=(0, None), warmup=(0, None), temperature=(0, None), threads=(0, None))
+RANGES.update(td_coef=(0, None), warmup=(0, None), temperature=(0, None), threads=(0, None), n_kv_head=(0, None))
 globals().update(configure(settings, __file__, ranges=RANGES))
 stop_on_interrupt("bench.py", "it writes no files")
 try:
     device = check_device(device)
     vocabs = parse_list("vocab_sizes", vocab_sizes, int, low=2)
+    model_shapes = [shape.strip() for shape in shapes.split(",")]
+    if set(model_shapes) - {"gpt2", "llama"}:
+        raise ValueError(f"--shapes={shapes!r}: use gpt2, llama or gpt2,llama")
+    n_kv_head = n_kv_head or (n_head // 2 if n_head % 2 == 0 else n_head)
+    if n_head % n_kv_head:
+        raise ValueError(f"--n_head={n_head} must be a multiple of --n_kv_head={n_kv_head}")
 except ValueError as err:
     raise SystemExit(f"bench.py: error: {err}")
 if dtype not in ("float32", "bfloat16"):
@@ -96,10 +111,11 @@ def make_batch(vocab_size):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def new_model(vocab_size, block=block_size):
+def new_model(shape, vocab_size, block=block_size):
     torch.manual_seed(seed)  # identical weights for every variant
+    llama = dict(llama=True, n_kv_head=n_kv_head, mlp_hidden=3 * n_embd) if shape == "llama" else {}
     return GPT(GPTConfig(block_size=block, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                         n_embd=n_embd, bias=False)).to(device)
+                         n_embd=n_embd, bias=False, **llama)).to(device)
 
 
 def loss_of(q, v, batch, variant):
@@ -111,9 +127,9 @@ def chunked_loss_of(hidden, weight, batch, variant):
                             td_coef if "irl" in variant else 0.0, 1.0, loss_chunk)[0]
 
 
-def train_step(variant, vocab_size, batch):
+def train_step(variant, shape, vocab_size, batch):
     """One step function per variant, each with its own copy of the model and optimizer."""
-    raw_model = new_model(vocab_size)
+    raw_model = new_model(shape, vocab_size)
     model = torch.compile(raw_model) if compile else raw_model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -213,10 +229,10 @@ def gpu_peak_flops():
     return None
 
 
-def sampling_tokens_per_s(vocab_size):
+def sampling_tokens_per_s(shape, vocab_size):
     """generate() tokens/s recomputing the prefix, with the key/value cache, and (compile_decode)
     with the compiled decode step, whose compilation is left out (interleaved, median of 3)."""
-    model = new_model(vocab_size, block=PROMPT_LEN + max_new_tokens)
+    model = new_model(shape, vocab_size, block=PROMPT_LEN + max_new_tokens)
     prompts = torch.randint(vocab_size, (sample_batch, PROMPT_LEN), generator=torch.Generator().manual_seed(seed)).tolist()
     decodings = {"recomputed": dict(use_cache=False), "cached": dict(use_cache=True)}
     if compile_decode:
@@ -231,9 +247,9 @@ def sampling_tokens_per_s(vocab_size):
     return {name: sample_batch * max_new_tokens / median(t) for name, t in times.items()}
 
 
-def run(vocab_size):
+def run(shape, vocab_size):
     batch = make_batch(vocab_size)
-    steps_of = {v: train_step(v, vocab_size, batch) for v in ("ce", "mle", "irl", "mle_chunked", "irl_chunked")}
+    steps_of = {v: train_step(v, shape, vocab_size, batch) for v in ("ce", "mle", "irl", "mle_chunked", "irl_chunked")}
     steps_of.update({v: head_step(v, vocab_size, batch) for v in ("head_full", "head_chunked")})
     memory, times = {}, {v: [] for v in steps_of}
     for variant, step in steps_of.items():
@@ -247,7 +263,8 @@ def run(vocab_size):
     tokens = batch_size * block_size
     flops = gpu_peak_flops() if cuda else None
 
-    print(f"\nvocab {vocab_size}: {n_layer} layers x {n_embd} wide, batch {batch_size} x {block_size}, "
+    kv_heads = f" ({n_kv_head} key/value heads)" if shape == "llama" else ""
+    print(f"\n{shape} shape, vocab {vocab_size}: {n_layer} layers x {n_embd} wide{kv_heads}, batch {batch_size} x {block_size}, "
           f"loss_chunk {loss_chunk}, {device} {dtype}{' compiled' if compile else ''}, median of {steps} steps")
     print(f"  {'variant':13s} {'ms/step':>9s} {'tokens/s':>10s} {'peak MiB':>9s}" + ("   MFU" if flops else ""))
     for variant in steps_of:
@@ -255,7 +272,7 @@ def run(vocab_size):
         if flops and not variant.startswith("head"):
             mfu = f" {100 * steps_of[variant].model.estimate_mfu(batch_size, ms[variant] / 1000, block_size, flops):5.1f}%"
         print(f"  {variant:13s} {ms[variant]:9.1f} {tokens / ms[variant] * 1000:10.0f} {memory[variant] / 2**20:9.1f}{mfu}")
-    sampling = sampling_tokens_per_s(vocab_size)
+    sampling = sampling_tokens_per_s(shape, vocab_size)
     print(f"  sampling {sample_batch} x {max_new_tokens} new tokens at temperature {temperature}, tokens/s: "
           + ", ".join(f"{name} {tokens_per_s:.0f}" for name, tokens_per_s in sampling.items()))
     ratio = lambda d, a, b: d[a] / d[b]
@@ -277,8 +294,9 @@ def run(vocab_size):
 
 
 if __name__ == "__main__":
-    results = {vocab: run(vocab) for vocab in vocabs}
+    runs = [(shape, vocab) for shape in model_shapes for vocab in vocabs]
+    results = {key: run(*key) for key in runs}
     print(f"\nratios ({device} {dtype}; memory = peak above the step's start)")
-    print(f"  {'':37s}" + "".join(f"{'V=' + str(v):>10s}" for v in vocabs) + "  target")
-    for name in results[vocabs[0]]:
-        print(f"  {name:37s}" + "".join(f"{results[v][name][0]:10.3f}" for v in vocabs) + f"  {results[vocabs[0]][name][1]}")
+    print(f"  {'':37s}" + "".join(f"{shape + ' V=' + str(v):>17s}" for shape, v in runs) + "  target")
+    for name in results[runs[0]]:
+        print(f"  {name:37s}" + "".join(f"{results[key][name][0]:17.3f}" for key in runs) + f"  {results[runs[0]][name][1]}")

@@ -1,6 +1,7 @@
 """
 Checkpoints: written atomically, read safely and checked field by field, turned back into a model
-and its tokenizer, or made from OpenAI's GPT-2 weights; and the other files the scripts write
+and its tokenizer, or made from a pretrained model's (hf_checkpoint: OpenAI's GPT-2, or a Hugging
+Face model of the Llama family with its own tokenizer); and the other files the scripts write
 (logs, samples, results): write_atomically(), save_figure(), and check_out_dir() /
 check_output_path() / lock_out_dir() for where they go.
 
@@ -16,12 +17,14 @@ disk leaves either the old file or the new one, whole, and no temporary file beh
 """
 import fcntl
 import os
+import re
 import tempfile
 
 import torch
 
+from configurator import read_json
 from model import GPT, GPTConfig, strip_compile_prefix
-from tokenizer import check_tokenizer_state, tokenizer_from_state
+from tokenizer import check_tokenizer_state, pretrained_tokenizer_state, tokenizer_from_state
 
 LOCK_FILE = "run.lock"  # in an out_dir: held (flock) by the process that trains into it
 UMASK = os.umask(0o022)  # mkstemp makes files only the owner can read; renamed files get the usual mode
@@ -167,6 +170,7 @@ def check_checkpoint(checkpoint, path, for_resume=False):
         bad("model_args['dropout']", f"is {args['dropout']!r}, not a number in [0, 1)")
     if args.get("gelu_approximate", "none") not in ("none", "tanh"):
         bad("model_args['gelu_approximate']", f"is {args['gelu_approximate']!r}, not 'none' or 'tanh'")
+    check_llama_args(args, bad)
     model = meta_model(args)
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     check_weights(checkpoint["model"], expected, path, "model")
@@ -207,6 +211,29 @@ def check_checkpoint(checkpoint, path, for_resume=False):
                                                   ("discriminator", "disc_optimizer", "reference")):
             bad("gail", "is missing or lacks discriminator, disc_optimizer or reference")
         check_weights(parts["reference"], expected, path, "gail['reference']")
+
+
+LLAMA_ARGS = dict(llama=bool, tie_weights=bool, qkv_bias=bool, qk_norm=bool, n_kv_head=int, head_dim=int,
+                  mlp_hidden=int, norm_eps=float, rope_theta=float)  # optional: absent, they are GPT-2's
+ROPE_SCALING = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def check_llama_args(args, bad):
+    """The model_args of the Llama family (model.py's GPTConfig) where present: bad(field, problem) otherwise."""
+    wanted = {bool: "True or False", int: "a whole number >= 0", float: "a number > 0"}
+    for key, kind in LLAMA_ARGS.items():
+        value = args.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        fits = (isinstance(value, bool) if kind is bool else number and isinstance(value, int) and value >= 0
+                if kind is int else number and value > 0)
+        if key in args and not fits:
+            bad(f"model_args[{key!r}]", f"is {value!r}, not {wanted[kind]}")
+    scaling = args.get("rope_scaling")
+    if scaling is not None and not (isinstance(scaling, dict) and all(
+            isinstance(scaling.get(k), (int, float)) and scaling[k] > 0 for k in ROPE_SCALING)):
+        bad("model_args['rope_scaling']", f"is {scaling!r:.80}, not None or a dict of {', '.join(ROPE_SCALING)}")
+    if args["n_head"] % (args.get("n_kv_head") or args["n_head"]):
+        bad("model_args", f"has n_head={args['n_head']}, not a multiple of n_kv_head={args['n_kv_head']}")
 
 
 def meta_model(model_args):
@@ -315,3 +342,134 @@ def gpt2_checkpoint(name_or_dir):
     state = {k: (v.t() if k.endswith(transposed) else v).float() for k, v in hf_model.state_dict().items()
              if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     return dict(model=state, model_args=model_args)
+
+
+# Today's open models: the Llama family, read from a Hugging Face folder (config.json, *.safetensors,
+# tokenizer.json) into model.py's GPT with config.llama set. SmolLM2 is a LlamaForCausalLM.
+HF_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+# our name in a block -> the Hugging Face names it is made of: c_attn holds q, k, v and c_fc holds gate, up
+# one after the other, so that each is one matmul, as in GPT-2
+HF_BLOCK_NAMES = {"ln_1": ["input_layernorm"], "ln_2": ["post_attention_layernorm"],
+                  "attn.c_attn": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                  "attn.c_proj": ["self_attn.o_proj"], "attn.q_norm": ["self_attn.q_norm"],
+                  "attn.k_norm": ["self_attn.k_norm"], "mlp.c_fc": ["mlp.gate_proj", "mlp.up_proj"],
+                  "mlp.c_proj": ["mlp.down_proj"]}
+HF_TOP_NAMES = {"transformer.wte.weight": "model.embed_tokens.weight", "transformer.ln_f.weight": "model.norm.weight",
+                "lm_head.weight": "lm_head.weight"}
+
+
+def is_hf_model(init_from):
+    """Does --init_from name a Hugging Face model: a folder with config.json, or a hub name owner/name?"""
+    if os.path.isdir(init_from):
+        return os.path.isfile(os.path.join(init_from, "config.json"))
+    parts = init_from.split("/")
+    return len(parts) == 2 and all(parts) and not init_from.endswith(".pt") and not init_from.startswith(".")
+
+
+def hf_folder(name_or_dir):
+    """The local folder of a Hugging Face model: name_or_dir itself, or the hub's copy, downloaded
+    once (config, weights and tokenizer files only) by huggingface_hub, which transformers installs."""
+    if os.path.isdir(name_or_dir):
+        return name_or_dir
+    try:
+        from huggingface_hub import snapshot_download  # imported lazily: only a download needs it
+    except ImportError:
+        raise ValueError(f"downloading {name_or_dir} needs huggingface_hub: pip install transformers") from None
+    try:
+        return snapshot_download(name_or_dir, allow_patterns=["*.json", "*.safetensors", "*.jinja"])
+    except Exception as err:  # no network, no such model, a gated model without a login ...
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise ValueError(f"--init_from={name_or_dir}: no such folder, and the Hugging Face hub did not give it "
+                         f"({type(err).__name__}: {first})") from None
+
+
+def hf_checkpoint(name_or_dir, chat_template=False):
+    """A pretrained model as a checkpoint of this repository, with its tokenizer: GPT-2 (a name of
+    GPT2_NAMES, or a GPT2LMHeadModel folder), or a model of HF_ARCHITECTURES from a folder or hub
+    name. chat_template: store the model's chat template with the tokenizer, so that every prompt
+    is formatted with it (tokenizer.HFTokenizer.format_prompt)."""
+    if name_or_dir in GPT2_NAMES:
+        folder, architecture = name_or_dir, "GPT2LMHeadModel"
+    else:
+        folder = hf_folder(name_or_dir)
+        config = read_json(os.path.join(folder, "config.json"), "config.json")
+        architecture = (config.get("architectures") or ["(none named)"])[0]
+    if architecture == "GPT2LMHeadModel":
+        if chat_template:
+            raise ValueError("GPT-2 has no chat template; drop --chat_template=True")
+        return dict(gpt2_checkpoint(folder), tokenizer={"kind": "gpt2"})
+    if architecture not in HF_ARCHITECTURES:
+        raise ValueError(f"{name_or_dir} is a {architecture}; --init_from reads GPT2LMHeadModel, "
+                         f"{', '.join(HF_ARCHITECTURES)} (Llama 3, SmolLM2, Qwen2/2.5, Qwen3)")
+    model_args = llama_model_args(config, architecture, name_or_dir)
+    tokenizer = pretrained_tokenizer_state(folder, config, chat_template)
+    return dict(model=llama_state_dict(folder, model_args, name_or_dir), model_args=model_args, tokenizer=tokenizer)
+
+
+def llama_model_args(config, architecture, name):
+    """model_args of a Llama-family config.json; ValueError for a variant model.py does not implement."""
+    rope = config.get("rope_parameters") or dict(config.get("rope_scaling") or {}, rope_theta=config.get("rope_theta", 1e4))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    unsupported = [what for what, differs in (
+        (f"hidden_act={config.get('hidden_act')}", config.get("hidden_act", "silu") != "silu"),
+        (f"rope_type={rope_type}", rope_type not in ("default", "llama3")),
+        ("attention_bias", config.get("attention_bias")), ("mlp_bias", config.get("mlp_bias")),
+        ("sliding-window attention", config.get("use_sliding_window")
+         or any(t != "full_attention" for t in config.get("layer_types") or [])),
+    ) if differs]
+    if unsupported:
+        raise ValueError(f"{name} is a {architecture} variant model.py does not implement ({', '.join(unsupported)})")
+    try:
+        n_embd, n_head = config["hidden_size"], config["num_attention_heads"]
+        return dict(llama=True, n_layer=config["num_hidden_layers"], n_head=n_head, n_embd=n_embd,
+                    n_kv_head=config.get("num_key_value_heads") or n_head,
+                    head_dim=config.get("head_dim") or n_embd // n_head, mlp_hidden=config["intermediate_size"],
+                    vocab_size=config["vocab_size"], block_size=config["max_position_embeddings"], bias=False,
+                    dropout=0.0, norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+                    rope_theta=float(rope["rope_theta"]),
+                    rope_scaling={k: float(rope[k]) for k in ROPE_SCALING} if rope_type == "llama3" else None,
+                    tie_weights=bool(config.get("tie_word_embeddings", False)),
+                    qkv_bias=architecture == "Qwen2ForCausalLM", qk_norm=architecture == "Qwen3ForCausalLM")
+    except KeyError as err:
+        raise ValueError(f"{name}: config.json lacks {err.args[0]}") from None
+
+
+def llama_state_dict(folder, model_args, name):
+    """Our state dict from the folder's safetensors, every tensor accounted for: each of our weights
+    made of the Hugging Face tensors it holds, and none of those left over (ValueError otherwise)."""
+    try:
+        from safetensors.torch import load_file  # imported lazily: only a pretrained model needs it
+    except ImportError:
+        raise ValueError(f"reading {name} needs safetensors: pip install transformers") from None
+    index = os.path.join(folder, "model.safetensors.index.json")
+    files = sorted(set(read_json(index)["weight_map"].values())) if os.path.isfile(index) else ["model.safetensors"]
+    tensors = {}
+    for file in files:
+        if not os.path.isfile(os.path.join(folder, file)):
+            raise ValueError(f"{name} has no {file}; this repository reads a model's weights from safetensors")
+        tensors.update(load_file(os.path.join(folder, file)))
+    tensors = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}  # a buffer, not a weight
+    expected = {k: tuple(v.shape) for k, v in meta_model(model_args).state_dict().items()}
+    state, used = {}, set()
+    for ours in expected:
+        if ours == "lm_head.weight" and model_args["tie_weights"]:
+            used.add("lm_head.weight")  # a tied model may store its head too: the embedding is what it uses
+            continue
+        if ours.startswith("transformer.h."):
+            layer, module, kind = re.match(r"transformer\.h\.(\d+)\.(.+)\.(\w+)$", ours).groups()
+            sources = [f"model.layers.{layer}.{hf}.{kind}" for hf in HF_BLOCK_NAMES[module]]
+        else:
+            sources = [HF_TOP_NAMES[ours]]
+        missing = [s for s in sources if s not in tensors]
+        if missing:
+            raise ValueError(f"{name}: the weights lack {missing[0]}, which its config.json implies")
+        state[ours] = torch.cat([tensors[s] for s in sources]).float()
+        used.update(sources)
+    if model_args["tie_weights"]:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    left_over = sorted(set(tensors) - used)
+    if left_over:
+        raise ValueError(f"{name}: the weights hold {left_over[0]}, which model.py has no place for "
+                         f"({len(left_over)} unused tensors in all)")
+    check_weights(state, expected, name, "model")
+    return state

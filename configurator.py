@@ -15,11 +15,12 @@ plain value (bool, number, string, None) it assigns must be a setting.
 
 This is where input enters, so the checks every script shares live here too: check_device(),
 parse_list() for comma-separated flags, read_text() for any text file a user names (file and line
-of a bad byte), and stop_on_interrupt(), which configure() installs: Ctrl-C ends a script with
-one line, not a traceback.
+of a bad byte), read_json() for a JSON object in one, and stop_on_interrupt(), which configure()
+installs: Ctrl-C ends a script with one line, not a traceback.
 """
 import ast
 import difflib
+import json
 import math
 import re
 import signal
@@ -48,6 +49,17 @@ def read_text(path, what="file"):
         line = data[:err.start].count(b"\n") + 1
         raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[err.start:err.start + 1]!r}); "
                          f"save the {what} as UTF-8") from None
+
+
+def read_json(path, what="JSON file"):
+    """The JSON object in a file (a model's config.json); ValueError naming the file and line otherwise."""
+    try:
+        value = json.loads(read_text(path, what))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}: column {err.colno})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return value
 
 
 def check_value(key, value, default, shown=None):

@@ -8,7 +8,8 @@ fixed shuffle.
 
 A row of a batch holds exactly one example, right-padded:
 
-    tokens   = [EOS] + prompt + completion + [EOS]     (the first EOS marks "start", as in GPT-2)
+    tokens   = [EOS] + prompt + completion + [EOS]     (the first EOS marks "start", as in GPT-2;
+                                                        a pretrained model's own BOS if it has one)
     idx      = tokens[:-1]                             the states s_t
     targets  = tokens[1:]                              the actions a_t = y_t
     loss_mask_t = 1 where targets_t is a completion token (the final EOS included)
@@ -167,9 +168,10 @@ def prepare_main(prepare, script_path):
 
 
 def encode_example(tok, prompt, completion=None):
-    """Token ids of one example: ([EOS] + prompt, completion + [EOS]); the completion is None for
-    a bare prompt (sampling)."""
-    prompt_ids = [tok.eos_id] + tok.encode(prompt)
+    """Token ids of one example: ([BOS] + prompt, completion + [EOS]); the completion is None for
+    a bare prompt (sampling). BOS is EOS but for a pretrained model with a BOS of its own, and the
+    prompt goes through the model's chat template if the tokenizer carries one (tokenizer.py)."""
+    prompt_ids = [tok.bos_id] + tok.encode(tok.format_prompt(prompt))
     if completion is None:
         return prompt_ids
     return prompt_ids, tok.encode(completion) + [tok.eos_id]

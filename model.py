@@ -3,6 +3,17 @@ The GPT language model: nanoGPT's architecture with nanoGPT's parameter names, s
 load as they are. Beyond nanoGPT it exposes the final hidden states (the IRL loss reads every
 position) and has a batched generate() for prompts of different lengths, with a key/value cache
 and, for GPUs, a decode step of fixed shapes that torch.compile can capture as one CUDA graph.
+
+The same class runs today's open models of the Llama family (Llama 3, SmolLM2, Qwen2, Qwen3;
+checkpoint.hf_checkpoint loads them) when config.llama is set. What differs from GPT-2, and why:
+    RMSNorm       for LayerNorm: x / rms(x) * weight, no mean and no bias (cheaper, as good)
+    rotary        for learned positions: q and k of each head are rotated by an angle proportional
+                  to the position, so that q . k depends on positions only through their distance
+    SwiGLU        for the GELU MLP: c_proj(silu(gate) * up), a gated unit (c_fc computes gate and up)
+    grouped-query attention: n_kv_head < n_head key/value heads, each shared by a group of query
+                  heads: a smaller key/value cache at about the same quality
+and per model: an untied head (the larger ones), biases on q, k, v (Qwen2) and RMSNorm
+on each head's q and k (Qwen3).
 """
 import inspect
 import math
@@ -23,6 +34,24 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in the Linears and LayerNorms; False is a little better and faster
     gelu_approximate: str = "none"  # exact GELU as nanoGPT; 'tanh' for OpenAI's GPT-2 weights ("gelu_new")
+    # the Llama family (see the top of this file); the defaults are GPT-2's
+    llama: bool = False  # RMSNorm, rotary positions (no wpe) and a SwiGLU MLP
+    n_kv_head: int = 0  # key/value heads, each shared by n_head // n_kv_head query heads; 0 = n_head
+    head_dim: int = 0  # width of a head; 0 = n_embd // n_head (Qwen3's is wider)
+    mlp_hidden: int = 0  # width of the MLP's hidden layer; 0 = 4 * n_embd
+    norm_eps: float = 1e-6  # RMSNorm's epsilon (GPT-2's LayerNorm keeps 1e-5)
+    rope_theta: float = 10000.0  # rotary base: head dimension pair i turns by position * rope_theta^(-2i / head_dim)
+    rope_scaling: dict = None  # Llama 3's longer context (see rotary_frequencies); None = plain rotary
+    tie_weights: bool = True  # lm_head shares the token embedding's matrix (GPT-2, the small Llamas and Qwens)
+    qkv_bias: bool = False  # biases on q, k and v only (Qwen2)
+    qk_norm: bool = False  # RMSNorm on each head's q and k (Qwen3)
+
+    def __post_init__(self):
+        assert self.head_dim or self.n_embd % self.n_head == 0, "n_embd must be a multiple of n_head"
+        self.n_kv_head = self.n_kv_head or self.n_head
+        self.head_dim = self.head_dim or self.n_embd // self.n_head
+        self.mlp_hidden = self.mlp_hidden or 4 * self.n_embd
+        assert self.n_head % self.n_kv_head == 0, "n_head must be a multiple of n_kv_head"
 
 
 def matmul_dtype(tensor):
@@ -49,18 +78,63 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class RMSNorm(nn.Module):
+    """Llama's norm: x / sqrt(mean(x^2) + eps) * weight, in float32 as Llama computes it."""
+
+    def __init__(self, ndim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.eps = eps
+
+    def forward(self, x):
+        return F.rms_norm(x.float(), self.weight.shape, self.weight, self.eps).type_as(x)
+
+
+def norm(config, ndim):
+    """The model's normalisation layer: GPT-2's LayerNorm or Llama's RMSNorm."""
+    return RMSNorm(ndim, config.norm_eps) if config.llama else LayerNorm(ndim, bias=config.bias)
+
+
+def rotary_frequencies(config):
+    """inv_freq_i = rope_theta^(-2i / head_dim), the angle per position of head dimension pair i. Llama 3's
+    rope_scaling stretches the context: wavelengths longer than the original context / low_freq_factor turn
+    factor times slower, those shorter than it / high_freq_factor are kept, and those between are blended."""
+    pair_index = torch.arange(0, config.head_dim, 2, dtype=torch.int64).float()  # 2i
+    inv_freq = 1.0 / config.rope_theta ** (pair_index / config.head_dim)
+    if config.rope_scaling:  # factor, low_freq_factor, high_freq_factor, original_max_position_embeddings
+        s = config.rope_scaling
+        wavelength = 2 * math.pi / inv_freq
+        keep = (s["original_max_position_embeddings"] / wavelength - s["low_freq_factor"]) \
+            / (s["high_freq_factor"] - s["low_freq_factor"])  # 1 (and above): kept, 0 (and below): slowed down
+        keep = keep.clamp(0, 1)
+        inv_freq = inv_freq * ((1 - keep) / s["factor"] + keep)
+    return inv_freq
+
+
+def rotate(x, cos, sin):
+    """Rotary embedding of q or k (B, heads, T, hs): dimensions i and i + hs/2 are the pair turned by
+    angle position * inv_freq_i (the half-split layout of Hugging Face's Llama weights)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * sin.to(x.dtype)
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        # q, k, v at once (n_kv_head key and value heads: n_head for GPT-2)
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim,
+                                bias=config.bias or config.qkv_bias)
+        self.c_proj = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.bias)
+        self.qk_norm = config.qk_norm
+        if self.qk_norm:  # Qwen3: q and k normalised per head, which keeps the attention logits in range
+            self.q_norm = RMSNorm(config.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(config.head_dim, config.norm_eps)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head = config.n_head
         self.dropout = config.dropout
 
-    def forward(self, x, attn_mask=None, kv=None, past=0):
+    def forward(self, x, attn_mask=None, kv=None, past=0, rope=None):
         """x (B, T, C) -> y (B, T, C).
 
         attn_mask: bool (B, T, past + T), True where a query may attend to a key; None means
@@ -68,10 +142,17 @@ class CausalSelfAttention(nn.Module):
         holds the keys and values of the first `past` positions, and this call adds its own.
         past may also be a 1-element tensor (GPT.decode_step): then the one new position is written
         at that slot and the queries read the whole cache, attn_mask (B, 1, max_length) hiding the
-        slots not written yet, so that no shape depends on how far decoding has gone."""
+        slots not written yet, so that no shape depends on how far decoding has gone.
+        rope: (cos, sin) of the rotary angles (Llama), or None (GPT-2: positions were added to x)."""
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
+        q, k, v = q.view(B, T, nh, hs), k.view(B, T, nkv, hs), v.view(B, T, nkv, hs)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hs)
+        if rope is not None:  # rotated before the cache: a cached key keeps its own position
+            q, k = rotate(q, *rope), rotate(k, *rope)
         if kv is not None and torch.is_tensor(past):  # one in-place write into the tensor itself, not a view
             kv.index_copy_(3, past, torch.stack((k, v)))  # of it, so that a compiled step copies nothing
             k, v = kv[0], kv[1]
@@ -86,36 +167,44 @@ class CausalSelfAttention(nn.Module):
         elif attn_mask is not None:
             attn_mask = attn_mask.unsqueeze(1)  # the same mask for every head
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=nkv != nh)  # each k, v head serves nh // nkv q heads
+        y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
+    """GPT-2: c_proj(gelu(c_fc(x))). Llama's SwiGLU: c_fc computes a gate and an up half at once,
+    c_proj(silu(gate) * up)."""
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate=config.gelu_approximate)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.swiglu = config.llama
+        self.c_fc = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * config.mlp_hidden, bias=config.bias)
+        self.act = nn.SiLU() if self.swiglu else nn.GELU(approximate=config.gelu_approximate)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.swiglu:  # the gate's half, through silu, scales the other half
+            gate, up = h.chunk(2, dim=-1)
+            return self.dropout(self.c_proj(self.act(gate) * up))
+        return self.dropout(self.c_proj(self.act(h)))
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, kv=None, past=0):
-        x = x + self.attn(self.ln_1(x), attn_mask, kv, past)
+    def forward(self, x, attn_mask=None, kv=None, past=0, rope=None):
+        x = x + self.attn(self.ln_1(x), attn_mask, kv, past, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -128,14 +217,16 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **({} if config.llama else dict(wpe=nn.Embedding(config.block_size, config.n_embd))),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=norm(config, config.n_embd),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying: one matrix both embeds tokens and scores them (fewer parameters, GPT-2 does it)
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_weights:  # one matrix both embeds tokens and scores them (fewer parameters, GPT-2 does it)
+            self.transformer.wte.weight = self.lm_head.weight
+        if config.llama:  # not a weight: computed from the config, so not in the state dict
+            self.register_buffer("inv_freq", rotary_frequencies(config), persistent=False)
 
         # GPT-2 initialisation: N(0, 0.02), and the projections that write into the residual stream
         # scaled down by sqrt(2 * n_layer) (two per block) so the stream's variance does not grow with depth
@@ -154,11 +245,24 @@ class GPT(nn.Module):
 
     def get_num_params(self, non_embedding=True):
         """Number of parameters. The token embedding is shared with lm_head so it counts as a real
-        weight; the position embedding does not (non_embedding=True), as in nanoGPT."""
+        weight; the position embedding does not (non_embedding=True), as in nanoGPT, nor does an
+        untied token embedding (a table lookup: no matmul)."""
         n_params = sum(p.numel() for p in self.parameters())  # parameters() lists a tied tensor once
         if non_embedding:
-            n_params -= self.transformer.wpe.weight.numel()
+            n_params -= sum(module.weight.numel() for name, module in self.transformer.items()
+                            if name == "wpe" or (name == "wte" and not self.config.tie_weights))
         return n_params
+
+    def embed(self, idx, positions):
+        """Token embeddings (B, T, C) and the rotary (cos, sin) for the attention. GPT-2 adds a learned
+        vector per position to x and has no rope (None); Llama adds nothing and rotates q and k in
+        every layer by angles positions * inv_freq: cos and sin (B or 1, 1, T, head_dim)."""
+        x = self.transformer.wte(idx)
+        if not self.config.llama:
+            return x + self.transformer.wpe(positions), None
+        angles = positions[..., None].float() * self.inv_freq  # ([B,] T, head_dim / 2)
+        angles = torch.cat((angles, angles), dim=-1).unsqueeze(-3)  # both halves of a pair turn alike
+        return x, (angles.cos(), angles.sin())
 
     def hidden_states(self, idx, positions=None, attn_mask=None, kv_cache=None):
         """Final hidden states after ln_f, (B, T, C), for token ids idx (B, T).
@@ -177,9 +281,10 @@ class GPT(nn.Module):
             assert past + T <= self.config.block_size, \
                 f"cannot run a sequence of length {past + T}, block_size is only {self.config.block_size}"
             positions = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+        x, rope = self.embed(idx, positions)
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, attn_mask, kv_cache["kv"][i] if kv_cache is not None else None, past)
+            x = block(x, attn_mask, kv_cache["kv"][i] if kv_cache is not None else None, past, rope)
         if kv_cache is not None:
             kv_cache["length"] = past + T
         return self.transformer.ln_f(x)
@@ -188,8 +293,8 @@ class GPT(nn.Module):
         """An empty key/value cache for hidden_states(): room for max_length positions of every
         layer, allocated once and filled in place, because appending with torch.cat would copy the
         whole cache at every new token. Keys and values are matmul outputs: bf16 under bf16 autocast."""
-        n_head, head_size = self.config.n_head, self.config.n_embd // self.config.n_head
-        kv = [torch.empty(2, batch_size, n_head, max_length, head_size, device=self.lm_head.weight.device,
+        n_kv_head, head_size = self.config.n_kv_head, self.config.head_dim
+        kv = [torch.empty(2, batch_size, n_kv_head, max_length, head_size, device=self.lm_head.weight.device,
                           dtype=matmul_dtype(self.lm_head.weight)) for _ in range(self.config.n_layer)]  # one per layer
         return {"kv": kv, "length": 0}
 
@@ -217,9 +322,9 @@ class GPT(nn.Module):
         token, position: (B, 1); kv: static_kv_cache()["kv"], of which this step writes slot `slot`
         (a 1-element tensor: a Python int would be a new constant, and a new graph, every step);
         attn_mask: bool (B, 1, max_length), True on the slots each row may attend to, this one included."""
-        x = self.transformer.wte(token) + self.transformer.wpe(position)  # no dropout: eval only
+        x, rope = self.embed(token, position)  # no dropout: eval only
         for block, layer_kv in zip(self.transformer.h, kv):
-            x = block(x, attn_mask, layer_kv, slot)
+            x = block(x, attn_mask, layer_kv, slot, rope)
         return self.lm_head(self.transformer.ln_f(x[:, -1]))
 
     def forward(self, idx, head=True):
@@ -252,7 +357,7 @@ class GPT(nn.Module):
         actually run, not block_size: a fine-tuning batch is often much shorter than the window."""
         cfg = self.config
         N = self.get_num_params()
-        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, seq_len or cfg.block_size
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.head_dim, seq_len or cfg.block_size
         flops_per_token = 6 * N + 12 * L * H * Q * T
         flops_per_iter = flops_per_token * T * fwdbwd_per_iter
         return flops_per_iter / dt / peak_flops
@@ -263,8 +368,8 @@ class GPT(nn.Module):
         """Continue each prompt (a non-empty list of token ids) by up to max_new_tokens tokens.
 
         Returns one list of new token ids per prompt. A row stops right after it emits eos_id, so a
-        completion that ends with eos_id terminated and any other was cut. Positions are learned and
-        absolute (no sliding window), so a row also stops when prompt + completion fills block_size.
+        completion that ends with eos_id terminated and any other was cut. Positions are absolute
+        (no sliding window), so a row also stops when prompt + completion fills block_size.
         temperature 0 is greedy; otherwise logits / temperature, optional top_k, and a sample drawn
         with `generator` (a seeded torch.Generator makes it reproducible).
 

@@ -12,6 +12,7 @@ value term also on the policy's own samples) or by GAIL (gail.py). docs/method.m
     python train.py --init_from=resume               # continue the run in out_dir
     python train.py --init_from=path/to/ckpt.pt      # fine-tune a checkpoint (ours or nanoGPT's)
     python train.py --init_from=gpt2 --dataset=mine.jsonl --loss_chunk=1024   # fine-tune GPT-2 (transformers)
+    python train.py --init_from=HuggingFaceTB/SmolLM2-135M --dataset=mine.jsonl --loss_chunk=1024  # or a Llama, Qwen
     torchrun --standalone --nproc_per_node=4 train.py    # several GPUs (DDP)
 
 Writes out_dir/ckpt.pt (atomically) and out_dir/log.jsonl (one JSON line per evaluation).
@@ -27,7 +28,7 @@ from contextlib import nullcontext
 import torch
 
 from baseline_losses import dft_loss, gem_loss
-from checkpoint import (GPT2_NAMES, check_out_dir, gpt2_checkpoint, load_checkpoint, lock_out_dir,
+from checkpoint import (GPT2_NAMES, check_out_dir, hf_checkpoint, is_hf_model, load_checkpoint, lock_out_dir,
                         model_from_checkpoint, save_checkpoint, tokenizer_of, write_atomically)
 from chunked_head import chunked_irl_loss, chunked_policy_stats
 from configurator import check_device, configure, help_lines
@@ -40,10 +41,11 @@ from model import GPT, GPTConfig
 # every setting from its checkpoint except those marked "(resume: may change)".
 # I/O
 out_dir = "out"  # where ckpt.pt and log.jsonl are written (resume: may change)
-init_from = "scratch"  # scratch | resume (continue out_dir) | path/to/ckpt.pt (ours or nanoGPT's) | gpt2[-medium|-large|-xl] | a Hugging Face GPT-2 folder (resume: may change)
+init_from = "scratch"  # scratch | resume (continue out_dir) | path/to/ckpt.pt (ours or nanoGPT's) | gpt2[-medium|-large|-xl] | a Hugging Face folder or hub name of GPT-2, Llama 3, SmolLM2, Qwen2/2.5 or Qwen3 (resume: may change)
 # data
 dataset = "arith"  # arith | shakespeare | a folder of train/val/test.jsonl | a .jsonl file
 tokenizer = ""  # '' = the dataset's (char) or the checkpoint's; char | gpt2
+chat_template = False  # format each prompt with the pretrained model's chat template (--init_from a Hugging Face model that has one)
 batch_size = 32  # examples per micro-batch (one example per row)
 block_size = 64  # longest row in tokens; longer examples are cut (see dataset.py)
 # model
@@ -86,6 +88,9 @@ eval_interval = 500  # evaluate (val loss, greedy accuracy) and save every this 
 eval_iters = 8  # val batches per evaluation (always the same ones) (resume: may change)
 eval_prompts = 200  # val prompts for greedy accuracy (tasks with a verifier) (resume: may change)
 log_interval = 100  # print a progress line every this many steps (resume: may change)
+wandb_log = False  # also log to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no network); log.jsonl stays the record (resume: may change)
+wandb_project = "nanoirl"  # the W&B project (resume: may change)
+wandb_run_name = ""  # the W&B run's name; '' = out_dir's name (resume: may change)
 keep_best = ""  # early stopping: '' = off; val/accuracy (higher is better), val/nll or val/loss (lower) -> out_dir/best.pt
 # system
 device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:1 | mps (resume: may change)
@@ -126,14 +131,22 @@ except ValueError as err:
 if init_from != "resume" and os.path.exists(ckpt_path):
     fail(f"{out_dir} already holds a run (its ckpt.pt); continue it with --init_from=resume, "
          f"or train into a new --out_dir")
-from_hf = init_from in GPT2_NAMES or os.path.isfile(os.path.join(init_from, "config.json"))  # GPT-2 weights
+from_hf = init_from in GPT2_NAMES or is_hf_model(init_from)  # pretrained weights: GPT-2 or the Llama family
 if init_from not in ("scratch", "resume") and not init_from.endswith(".pt") and not from_hf:
     fail(f"--init_from={init_from!r}: use scratch, resume, a path ending in .pt, gpt2[-medium|-large|-xl] "
-         f"or a Hugging Face GPT-2 folder (with config.json)")
+         f"or a Hugging Face model: a folder with config.json, or a hub name like HuggingFaceTB/SmolLM2-135M")
+if chat_template and not from_hf and init_from != "resume":
+    fail("--chat_template=True formats prompts with a pretrained model's template: pass --init_from=a Hugging "
+         "Face model that has one")
+if wandb_log and int(os.environ.get("RANK", 0)) == 0:  # imported only when asked for, by the process that logs
+    try:
+        import wandb
+    except ImportError:
+        fail("--wandb_log=True needs Weights & Biases, which is not installed: pip install wandb")
 checkpoint = None
 try:
-    if from_hf:  # GPT-2 read by transformers, as a checkpoint with GPT-2's BPE tokenizer
-        checkpoint = dict(gpt2_checkpoint(init_from), tokenizer={"kind": "gpt2"})
+    if from_hf:  # the model's weights and its own tokenizer (GPT-2's BPE for GPT-2)
+        checkpoint = hf_checkpoint(init_from, chat_template)
     elif init_from != "scratch":
         checkpoint = load_checkpoint(ckpt_path, for_resume=True) if init_from == "resume" else load_checkpoint(init_from)
 except ValueError as err:
@@ -465,8 +478,23 @@ def interrupted(*_):
                                                  if saved else "no checkpoint was saved yet"))
 
 
+def out_of_memory(kind, err, traceback):
+    """sys.excepthook: a run that does not fit on the GPU ends with one line naming what makes it fit,
+    not a traceback. With a vocabulary of 50k-150k tokens the (B, T, V) logits and their gradient
+    are usually what does not fit, and --loss_chunk never makes them."""
+    if not issubclass(kind, torch.OutOfMemoryError):
+        return sys.__excepthook__(kind, err, traceback)
+    logits_gib = batch_size * block_size * model_args["vocab_size"] * 4 / 2**30
+    fix = (f"pass --loss_chunk=1024: the head and the loss then run 1024 positions at a time, where the logits "
+           f"of a micro-batch ({batch_size} x {block_size} x {model_args['vocab_size']}) take {logits_gib:.1f} GiB "
+           f"in float32, and their gradient as much; or " if not loss_chunk and not online else "")
+    print(f"train.py: error: CUDA out of memory ({str(err).splitlines()[0][:100]}); {fix}lower --batch_size "
+          f"(with a larger --gradient_accumulation_steps to keep the batch) or --block_size", file=sys.stderr)
+
+
 # -----------------------------------------------------------------------------
 # the training loop
+sys.excepthook = out_of_memory
 if master:
     try:
         lock_out_dir(out_dir)  # makes it; a second process on this out_dir stops here, at once
@@ -476,6 +504,10 @@ if master:
     print(f"{data['name']}: {len(train_data)} train / {len(val_data)} val examples; model "
           f"{raw_model.get_num_params() / 1e6:.2f}M params; loss={loss} td_coef={td_coef_used} gamma={gamma}; "
           f"device={device} dtype={dtype}")
+wandb_run = None  # --wandb_log: the records of log.jsonl and the progress lines, also on Weights & Biases
+if master and wandb_log:
+    wandb_run = wandb.init(project=wandb_project, name=wandb_run_name or os.path.basename(os.path.abspath(out_dir)),
+                           config=config)
 signal.signal(signal.SIGINT, interrupted)
 start_iter = last_log_iter = iter_num
 t0, tokens_seen = time.time(), 0
@@ -514,6 +546,8 @@ while True:
             acc = f", val accuracy {record['val/accuracy']:.3f}" if "val/accuracy" in record else ""
             print(f"eval {iter_num}: val loss {record['val/loss']:.4f}, val nll {record['val/nll']:.4f}, "
                   f"val td {record['val/td']:.4f}{acc}")
+            if wandb_run:
+                wandb_run.log(record, step=iter_num)
         t0 += time.time() - t_eval  # progress lines time training steps only
     if iter_num >= max_iters:
         break
@@ -561,6 +595,10 @@ while True:
         split = f" ({1000 * sample_seconds / steps:.0f} sampling)" if online else ""
         print(f"iter {iter_num - 1}: loss {loss_value.item():.4f}, nll {stats['nll']:.4f}{extra}, "
               f"{1000 * dt / steps:.0f} ms/iter{split}, {tokens_seen * world_size / dt:.0f} tok/s")
+        if wandb_run:
+            wandb_run.log({"train/loss": loss_value.item(), **{f"train/{k}": v for k, v in stats.items()},
+                           "time/ms_per_iter": 1000 * dt / steps, "tokens_per_s": tokens_seen * world_size / dt},
+                          step=iter_num - 1)
         t0, tokens_seen, sample_seconds_at_log, last_log_iter = time.time(), 0, run_seconds["sample"], iter_num
 
 if master:
@@ -568,6 +606,8 @@ if master:
         print(f"best {keep_best} {best['value']:.4f} at iter {best['iter']}: {best_path}")
     print(f"done: {ckpt_path}\nnext: python sample.py --out_dir={out_dir}   "
           f"or   python analyze_reward.py --out_dir={out_dir}")
+    if wandb_run:
+        wandb_run.finish()
 if ddp:
     torch.distributed.barrier()  # rank 0 may still be writing: no rank tears the group down before all are done
     torch.distributed.destroy_process_group()
