@@ -707,7 +707,9 @@ def main():
         table = "\n".join(rows) + f"\n\n{timing}\n"
         write_atomically(table_file, table)
         print(table)
-        print(f"wrote {root}/figure.png and {root}/table.md")
+        figures = [os.path.join(root, t, "figure.png") for t in TUNED_TASKS] if name == "tuned" else [
+            os.path.join(root, "figure.png")]
+        print(f"wrote {', '.join(figures)} and {table_file}")
 
 
 if __name__ == "__main__":
