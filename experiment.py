@@ -119,6 +119,7 @@ TUNED = dict(  # task tuned (results/tuned/): per setting, train.py flags and fa
     arith=dict(  # from scratch, 50% longer than task arith so that MLE levels off too; early-stopped on val
         flags=["--dataset=arith", "--eval_interval=250", "--max_iters=6000"] + (QUICK_SCRATCH if quick else []),
         tuning_seeds=[100],  # configurations are tried on these seeds, never on the final ones (0..seeds-1)
+        longer=(["mle", "irl"], 12000),  # these families' choices run again twice as long: has the answer levelled?
         families=dict(
             mle=("MLE", "mle", [["--learning_rate=1e-3"], ["--learning_rate=2e-3"], ["--weight_decay=1.0"]]),
             ent=("MLE + entropy", "mle", [[f"--entropy_coef={b}"] for b in (0.01, 0.03, 0.1)]),
@@ -672,9 +673,29 @@ def tuned_setting(name):
                          data + setting["flags"] + configs[pick] + [keep])
         chosen.append(family)
     decodings = DECODINGS + [f"t{t:g}" for t in TUNED["temperatures"] if f"t{t:g}" not in DECODINGS]
-    rows += [""] + score_vs_diversity(f"tuned {name}", dict(
-        root=root, table=table, chosen=chosen, flags=[], metric="accuracy", split="test", weights="best.pt",
-        analyzed=chosen if name == "arith" else [], decodings=decodings, start=start, part_of="tuned"))
+    finals = dict(root=root, table=table, chosen=chosen, flags=[], metric="accuracy", split="test",
+                  weights="best.pt", analyzed=chosen if name == "arith" else [], decodings=decodings, start=start,
+                  part_of="tuned")
+    rows += [""] + score_vs_diversity(f"tuned {name}", finals) + [""] + levelled_rows(f"tuned {name}", finals)
+    if "longer" in setting and not quick:  # the same choices, trained twice as long (no new tuning)
+        families, iters = setting["longer"]
+        longer = dict(finals, root=os.path.join(root, "longer"), chosen=families, analyzed=[], table={
+            f: (f"{table[f][0]}, {iters} steps", table[f][1] + [f"--max_iters={iters}"]) for f in families})
+        rows += [""] + score_vs_diversity(f"tuned {name}, {iters} steps", longer) + [""] + levelled_rows(
+            f"tuned {name}, {iters} steps", longer)
+    return rows
+
+
+def levelled_rows(name, spec):
+    """Table rows: per system of spec (score_vs_diversity's), the rise of a line through the last quarter of
+    each final run's evaluations, against one evaluation's binomial s.e., and how many runs levelled off."""
+    rows = [f"## {name}: levelled off? (the rise of a line through the last quarter of each run's greedy val "
+            f"accuracies, mean ± s.e. over seeds, against one evaluation's s.e.)", "",
+            "| system | rise over the last quarter | one evaluation's s.e. | runs levelled off |", "|---" * 4 + "|"]
+    for s in spec["chosen"]:
+        rises = [levelled(read(os.path.join(run_dir(spec["root"], s, seed), "log.jsonl"))) for seed in range(seeds)]
+        rows.append(f"| {spec['table'][s][0]} | {ms([r for r, _ in rises])} | {ms([e for _, e in rises])} | "
+                    f"{sum(r < e for r, e in rises)} of {seeds} |")
     return rows
 
 
