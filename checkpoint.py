@@ -236,8 +236,7 @@ def check_config(config, path, settings=READ_SETTINGS):
     try:
         check_settings(config, settings, TRAIN_RANGES, "config[{!r}]")
     except ValueError as err:
-        raise ValueError(f"checkpoint {path}: {err}, as train.py's flag; it must be a ckpt.pt written by train.py "
-                         f"or nanoGPT") from None
+        raise ValueError(f"checkpoint {path}: {err}; it must be a ckpt.pt written by train.py or nanoGPT") from None
 
 
 LLAMA_ARGS = dict(llama=bool, tie_weights=bool, qkv_bias=bool, qk_norm=bool, n_kv_head=int, head_dim=int,

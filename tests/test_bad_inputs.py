@@ -257,7 +257,7 @@ CASES = NO_GPU + [  # (id, script, flags, words of the message (one string, or a
     ("sample-ckpt-tokenizer-bogus", "sample.py", [BAD], "tokenizer is not a tokenizer state", "ckpt_tokenizer_bogus"),
     ("sample-ckpt-no-tokenizer", "sample.py", [BAD], "has no tokenizer", "ckpt_no_tokenizer"),
     ("sample-ckpt-config-list", "sample.py", [BAD], "config is a list", "ckpt_config_list"),
-    ("sample-ckpt-config-dataset", "sample.py", [BAD], "config['dataset'] is 5", "ckpt_config_dataset_int"),
+    ("sample-ckpt-config-dataset", "sample.py", [BAD], "config['dataset'] takes a string, not 5", "ckpt_config_dataset_int"),
     ("sample-ckpt-iter-num", "sample.py", [BAD], "iter_num is '2'", "ckpt_iter_num_str"),
     ("sample-start-latin1", "sample.py", ["--start=FILE:{w}/latin1.txt"], "latin1.txt:2: not UTF-8", ""),
     ("sample-start-folder", "sample.py", ["--start=FILE:{w}/run"], "cannot read prompt file", ""),
