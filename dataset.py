@@ -166,8 +166,8 @@ def check_alphabet(tok, splits, paths):
         return
     path, line_no, ch = next((path, line_no, ch) for path in paths for line_no, row in jsonl_rows(path)
                              for ch in row["prompt"] + row["completion"] if ch in unknown)
-    raise ValueError(f"{path}:{line_no}: character {ch!r} is not in the checkpoint's char vocabulary "
-                     f"({len(tok.chars)} characters); use data written in the alphabet it was trained on")
+    raise ValueError(f"{path}:{line_no}: character {ch!r} is not in this char vocabulary (the checkpoint's "
+                     f"{len(tok.chars)} characters); use data written in the alphabet it was trained on")
 
 
 def prepare_main(prepare, script_path):
