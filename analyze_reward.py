@@ -325,8 +325,9 @@ for run in runs:
     for (name, description, _), column, w, lo, hi in zip(feature_set, X.T, fit["weights"], fit["ci_low"],
                                                          fit["ci_high"]):
         if math.isnan(w):  # no weight of its own (least_squares): say why
-            why = ("never fires" if not column.any() else f"constant ({column[0]:g} on every token)" if column.std() == 0
-                   else "left out: a linear combination of the intercept and the features above on these tokens")
+            why = ("never fires" if not column.any() else
+                   f"constant ({column[0]:g} on every token)" if column.std() == 0 else
+                   "left out: a linear combination of the intercept and the features above on these tokens")
             print(f"    {name:20s} {why}")
         else:
             print(f"    {name:20s} {w:+.3f}  [{lo:+.3f}, {hi:+.3f}]  {description}")

@@ -76,7 +76,7 @@ settings = {k: v for k, v in globals().items() if not k.startswith("_")
 RANGES = {k: (1, None) for k in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "loss_chunk", "steps",
                                   "max_new_tokens", "sample_batch")}
 RANGES.update(td_coef=(0, None), warmup=(0, None), temperature=(0, None), n_kv_head=(0, None), seed=SEED_RANGE,
-              threads=(0, os.cpu_count()))  # more threads than cores only slow torch down (and crash it by the thousand)
+              threads=(0, os.cpu_count()))  # more threads than cores slow torch down (by the thousand, crash it)
 globals().update(configure(settings, __file__, ranges=RANGES))
 stop_on_interrupt("bench.py", "it writes no files")
 PROMPT_LEN = 16  # sampling: tokens of each prompt

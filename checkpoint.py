@@ -122,7 +122,7 @@ def lock_out_dir(folder):
 
 MODEL_ARGS = dict(n_layer=int, n_head=int, n_embd=int, block_size=int, vocab_size=int, bias=bool)  # required
 RESUME_FIELDS = dict(optimizer=dict, config=dict, iter_num=int, rng=dict)
-TRAIN_RANGES = {  # train.py's flags: (lowest, highest) allowed, None = no bound; a checkpoint's config is held to them too
+TRAIN_RANGES = {  # train.py's flags: (lowest, highest) allowed, None = no bound; a checkpoint's config too
     **{k: (0, 1) for k in ("gamma", "mix_in", "sample_fraction")},
     "gem_beta": (0.01, 1),
     **{k: (0, 0.99) for k in ("dropout", "beta1", "beta2")},
@@ -135,7 +135,7 @@ TRAIN_RANGES = {  # train.py's flags: (lowest, highest) allowed, None = no bound
     "block_size": (2, None),  # a prompt token and a completion token: the fewest a row can learn from
     "seed": SEED_RANGE,
 }
-# of a checkpoint's config, what sample.py and analyze_reward.py read (and GAIL's state needs), each of its default's type
+# of a checkpoint's config, what sample.py and analyze_reward.py read (and GAIL's state needs), of its default's type
 READ_SETTINGS = dict(dataset="", loss="", tokenizer="", gamma=1.0, td_coef=0.0, disc_n_layer=1)
 
 
@@ -318,7 +318,8 @@ def check_optimizer(state, model, field, bad):
     for i, (group, default) in enumerate(zip(groups, reference.param_groups)):  # lr, betas, eps, ...
         for key in default.keys() - {"params"}:
             if key in group and not like_adamw(group[key], default[key]):
-                bad(f"{field}['param_groups'][{i}][{key!r}]", f"is {group[key]!r:.40}, not like AdamW's {default[key]!r}")
+                bad(f"{field}['param_groups'][{i}][{key!r}]",
+                    f"is {group[key]!r:.40}, not like AdamW's {default[key]!r}")
     for index, moments in state["state"].items():
         if not isinstance(index, int) or not 0 <= index < len(shapes) or not isinstance(moments, dict):
             bad(field, f"has state for a parameter {index!r} the model does not have")

@@ -26,6 +26,7 @@ is that kind's reward and each weight is the difference from it: with every kind
 the columns would sum to the intercept and no weight would be identifiable.
 """
 import inspect
+import math
 import os
 import string
 
@@ -165,7 +166,9 @@ def feature_value(feature, tokens, t):
         if not isinstance(value, (bool, int, float, np.number, np.bool_)):
             problem = f"returns {value!r:.40}, not a bool or a number"
         elif not -LARGEST <= value <= LARGEST:  # nan and inf too; compared, not converted: float(10**400) overflows
-            problem = f"returns {value!r:.40}, not a finite number within +-{LARGEST:g}; scale it"
+            shown = (f"about {'-' * (value < 0)}10^{int(abs(value).bit_length() * math.log10(2))}"
+                     if isinstance(value, int) else repr(value))  # (repr of 10**5000 is refused too)
+            problem = f"returns {shown}, not a finite number within +-{LARGEST:g}; scale it"
         else:
             return float(value)
     raise ValueError(f"{feature.__code__.co_filename}: feature {feature.__name__}(tokens, t={t}) {problem} "

@@ -345,7 +345,8 @@ def test_tiny_temperature_is_greedy():
     model = tiny_model()
     greedy = model.generate(PROMPTS, 12, temperature=0.0)
     for temperature in (1e-6, 1e-45, 1e-300):
-        assert model.generate(PROMPTS, 12, temperature=temperature, generator=torch.Generator().manual_seed(0)) == greedy
+        g = torch.Generator().manual_seed(0)
+        assert model.generate(PROMPTS, 12, temperature=temperature, generator=g) == greedy
 
 
 @torch.no_grad()
