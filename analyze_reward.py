@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from checkpoint import check_out_dir, load_checkpoint, model_from_checkpoint, save_figure, tokenizer_of, write_atomically
-from configurator import check_device, configure
+from configurator import SEED_RANGE, check_device, configure
 from dataset import encode_example, fit_to_block, jsonl_rows, load_dataset, make_batch
 from features import feature_matrix, is_eos, least_squares, load_features, token_texts
 from irl_loss import q_and_v, token_rewards
@@ -67,7 +67,7 @@ split = "val"  # split of the expert completions
 max_prompts = 200  # expert completions (each with one corruption) scored per run (0 = all)
 samples = ""  # sample.py's JSONL in each run's folder; '' = samples_<split>_t1.jsonl; none = skip
 features = ""  # a .py file of feature functions (see features.py); '' = the task's default set
-heatmap_rows = 4  # expert completions and samples, each, drawn in the heatmaps
+heatmap_rows = 4  # expert completions and samples, each, drawn in the heatmaps (0 = no heatmaps)
 batch_size = 64  # completions scored together
 seed = 1337  # seed of the corruptions
 device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:1 | mps
@@ -75,7 +75,7 @@ device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:
 settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
 globals().update(configure(settings, __file__, ranges=dict(
-    max_prompts=(0, None), heatmap_rows=(0, None), batch_size=(1, None))))
+    max_prompts=(0, None), heatmap_rows=(0, None), batch_size=(1, None), seed=SEED_RANGE)))
 PROMPT_CHARS = 24  # the heatmaps show at most the end of a prompt this long
 
 
@@ -294,6 +294,9 @@ for run in runs:
         fit = least_squares(X, y)
     except ValueError as err:
         fail(f"{err} (features of run {run['name']})")
+    if features and fit["dependent"]:  # the analyst's own choice: say so rather than leave it out
+        fail(f"{features}: feature {feature_set[fit['dependent'][0]][0]} is a linear combination of the intercept and "
+             f"the features before it on the {fit['n']} tokens of run {run['name']}; drop it, or use more prompts")
     run["fit"] = fit
     run["summary"].update(
         feature_r2=finite(fit["r2"]), feature_tokens=fit["n"], feature_intercept=fit["intercept"],
@@ -321,8 +324,11 @@ for run in runs:
           f"of r_t above a token no feature marks, 95% interval:")
     for (name, description, _), column, w, lo, hi in zip(feature_set, X.T, fit["weights"], fit["ci_low"],
                                                          fit["ci_high"]):
-        if math.isnan(w):  # a constant feature has no weight of its own (least_squares): say why
-            print(f"    {name:20s} " + ("never fires" if not column.any() else f"constant ({column[0]:g} on every token)"))
+        if math.isnan(w):  # no weight of its own (least_squares): say why
+            why = ("never fires" if not column.any() else
+                   f"constant ({column[0]:g} on every token)" if column.std() == 0 else
+                   "left out: a linear combination of the intercept and the features above on these tokens")
+            print(f"    {name:20s} {why}")
         else:
             print(f"    {name:20s} {w:+.3f}  [{lo:+.3f}, {hi:+.3f}]  {description}")
 telescoping = ("check R = sum_k gamma^k log pi_k + v0 on every terminated completion: max abs error " + ", ".join(
@@ -401,7 +407,7 @@ def draw_heatmap(run):
 
 
 for run in runs:
-    if run["experts"] or run["sampled"]:
+    if heatmap_rows and (run["experts"] or run["sampled"]):
         draw_heatmap(run)
 
 # returns of expert, sampled and corrupted completions

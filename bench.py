@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from chunked_head import chunked_irl_loss
-from configurator import check_device, configure, parse_list, stop_on_interrupt
+from checkpoint import check_fits
+from configurator import SEED_RANGE, check_device, configure, parse_list, stop_on_interrupt
 from irl_loss import irl_loss, q_and_v
 from model import GPT, GPTConfig
 
@@ -74,9 +75,11 @@ settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
 RANGES = {k: (1, None) for k in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "loss_chunk", "steps",
                                   "max_new_tokens", "sample_batch")}
-RANGES.update(td_coef=(0, None), warmup=(0, None), temperature=(0, None), threads=(0, None), n_kv_head=(0, None))
+RANGES.update(td_coef=(0, None), warmup=(0, None), temperature=(0, None), n_kv_head=(0, None), seed=SEED_RANGE,
+              threads=(0, os.cpu_count()))  # more threads than cores slow torch down (by the thousand, crash it)
 globals().update(configure(settings, __file__, ranges=RANGES))
 stop_on_interrupt("bench.py", "it writes no files")
+PROMPT_LEN = 16  # sampling: tokens of each prompt
 try:
     device = check_device(device)
     vocabs = parse_list("vocab_sizes", vocab_sizes, int, low=2)
@@ -86,17 +89,19 @@ try:
     n_kv_head = n_kv_head or (n_head // 2 if n_head % 2 == 0 else n_head)
     if n_head % n_kv_head:
         raise ValueError(f"--n_head={n_head} must be a multiple of --n_kv_head={n_kv_head}")
+    if n_embd % n_head:
+        raise ValueError(f"--n_embd={n_embd} must be a multiple of --n_head={n_head}")
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"--dtype={dtype!r}; use float32 or bfloat16")
+    largest = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=max(vocabs), bias=False,
+                   block_size=max(block_size, PROMPT_LEN + max_new_tokens))  # gpt2's, which has a position table
+    check_fits(largest, device)
 except ValueError as err:
     raise SystemExit(f"bench.py: error: {err}")
-if dtype not in ("float32", "bfloat16"):
-    raise SystemExit(f"bench.py: error: --dtype={dtype!r}; use float32 or bfloat16")
-if n_embd % n_head:
-    raise SystemExit(f"bench.py: error: --n_embd={n_embd} must be a multiple of --n_head={n_head}")
 cuda = device.startswith("cuda")
 if threads > 0:
     torch.set_num_threads(threads)
 autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-PROMPT_LEN = 16
 
 
 def make_batch(vocab_size):

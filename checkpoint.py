@@ -16,13 +16,14 @@ shares (tempfile.mkstemp), fsynced, then renamed over the old one: a crash, Ctrl
 disk leaves either the old file or the new one, whole, and no temporary file behind.
 """
 import fcntl
+import math
 import os
 import re
 import tempfile
 
 import torch
 
-from configurator import read_json
+from configurator import SEED_RANGE, check_settings, read_json
 from model import GPT, GPTConfig, strip_compile_prefix
 from tokenizer import check_tokenizer_state, pretrained_tokenizer_state, tokenizer_from_state
 
@@ -121,6 +122,21 @@ def lock_out_dir(folder):
 
 MODEL_ARGS = dict(n_layer=int, n_head=int, n_embd=int, block_size=int, vocab_size=int, bias=bool)  # required
 RESUME_FIELDS = dict(optimizer=dict, config=dict, iter_num=int, rng=dict)
+TRAIN_RANGES = {  # train.py's flags: (lowest, highest) allowed, None = no bound; a checkpoint's config too
+    **{k: (0, 1) for k in ("gamma", "mix_in", "sample_fraction")},
+    "gem_beta": (0.01, 1),
+    **{k: (0, 0.99) for k in ("dropout", "beta1", "beta2")},
+    **{k: (0, None) for k in ("td_coef", "entropy_coef", "learning_rate", "min_lr", "weight_decay", "grad_clip",
+                              "mle_weight", "kl_coef", "disc_learning_rate", "warmup_iters", "lr_decay_iters",
+                              "eval_prompts", "loss_chunk")},
+    **{k: (1, None) for k in ("batch_size", "gradient_accumulation_steps", "n_layer", "n_head", "n_embd",
+                              "sample_every", "max_new_tokens", "disc_n_layer", "eval_interval", "eval_iters",
+                              "log_interval", "max_iters")},  # max_iters=0 would train nothing and save nothing
+    "block_size": (2, None),  # a prompt token and a completion token: the fewest a row can learn from
+    "seed": SEED_RANGE,
+}
+# of a checkpoint's config, what sample.py and analyze_reward.py read (and GAIL's state needs), of its default's type
+READ_SETTINGS = dict(dataset="", loss="", tokenizer="", gamma=1.0, td_coef=0.0, disc_n_layer=1)
 
 
 def load_checkpoint(path, for_resume=False):
@@ -172,8 +188,7 @@ def check_checkpoint(checkpoint, path, for_resume=False):
         bad("model_args['gelu_approximate']", f"is {args['gelu_approximate']!r}, not 'none' or 'tanh'")
     check_llama_args(args, bad)
     model = meta_model(args)
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    check_weights(checkpoint["model"], expected, path, "model")
+    check_weights(checkpoint["model"], shapes(model), path, "model")
     if "tokenizer" in checkpoint:
         try:
             vocab_size = check_tokenizer_state(checkpoint["tokenizer"])
@@ -184,10 +199,7 @@ def check_checkpoint(checkpoint, path, for_resume=False):
     config = checkpoint.get("config", {})
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         bad("config", f"is a {kind_of(config)}, not a dict of settings")
-    for key, kinds in (("dataset", str), ("loss", str), ("tokenizer", str), ("gamma", (int, float)),
-                       ("td_coef", (int, float))):  # what sample.py and analyze_reward.py read
-        if key in config and (not isinstance(config[key], kinds) or isinstance(config[key], bool)):
-            bad(f"config[{key!r}]", f"is {config[key]!r}, of the wrong type")
+    check_config(config, path)
     iter_num = checkpoint.get("iter_num", 0)
     if not isinstance(iter_num, int) or isinstance(iter_num, bool) or iter_num < 0:
         bad("iter_num", f"is {iter_num!r}, not a whole number >= 0")
@@ -210,7 +222,21 @@ def check_checkpoint(checkpoint, path, for_resume=False):
         if not isinstance(parts, dict) or not all(isinstance(parts.get(k), dict) for k in
                                                   ("discriminator", "disc_optimizer", "reference")):
             bad("gail", "is missing or lacks discriminator, disc_optimizer or reference")
-        check_weights(parts["reference"], expected, path, "gail['reference']")
+        check_weights(parts["reference"], shapes(model), path, "gail['reference']")
+        if "disc_n_layer" not in config:
+            bad("config", "lacks disc_n_layer, the depth of GAIL's discriminator")
+        discriminator = meta_model(dict(args, n_layer=config["disc_n_layer"]))  # gail.make_models' shape
+        check_weights(parts["discriminator"], shapes(discriminator), path, "gail['discriminator']")
+        check_optimizer(parts["disc_optimizer"], discriminator, "gail['disc_optimizer']", bad)
+
+
+def check_config(config, path, settings=READ_SETTINGS):
+    """A checkpoint's config checked as train.py's flags are (type and range), each of settings
+    ({name: default}: train.py's own for a resumed run) it holds; ValueError naming path and the field."""
+    try:
+        check_settings(config, settings, TRAIN_RANGES, "config[{!r}]")
+    except ValueError as err:
+        raise ValueError(f"checkpoint {path}: {err}; it must be a ckpt.pt written by train.py or nanoGPT") from None
 
 
 LLAMA_ARGS = dict(llama=bool, tie_weights=bool, qkv_bias=bool, qk_norm=bool, n_kv_head=int, head_dim=int,
@@ -242,6 +268,24 @@ def meta_model(model_args):
         return GPT(GPTConfig(**{k: model_args[k] for k in GPTConfig.__dataclass_fields__ if k in model_args}))
 
 
+def shapes(model):
+    """{name: shape} of a model's weights."""
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def check_fits(model_args, device):
+    """ValueError, before any memory is taken, when training the model of model_args cannot fit in the
+    memory of device (a CUDA GPU's own, else the machine's RAM, which an Apple GPU shares): in float32
+    its weights, their gradients and AdamW's two moments take 16 bytes a parameter, activations aside."""
+    n = sum(p.numel() for p in meta_model(model_args).parameters())
+    have = torch.cuda.get_device_properties(device).total_memory if device.startswith("cuda") else \
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if 16 * n > have:
+        raise ValueError(f"the model has {n / 1e9:.1f}B parameters: training it needs {16 * n / 1e9:.0f} GB (weights, "
+                         f"gradients and AdamW's moments in float32), more than the {have / 1e9:.0f} GB of {device}; "
+                         f"lower --n_embd or --n_layer")
+
+
 def check_weights(state_dict, expected, path, field):
     """ValueError unless state_dict has exactly the expected {name: shape} floating-point, finite tensors."""
     if not isinstance(state_dict, dict):
@@ -271,6 +315,11 @@ def check_optimizer(state, model, field, bad):
             [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups] != \
             [len(g["params"]) for g in reference.param_groups]:
         bad(field, "does not hold the optimizer state of this model's parameters")
+    for i, (group, default) in enumerate(zip(groups, reference.param_groups)):  # lr, betas, eps, ...
+        for key in default.keys() - {"params"}:
+            if key in group and not like_adamw(group[key], default[key]):
+                bad(f"{field}['param_groups'][{i}][{key!r}]",
+                    f"is {group[key]!r:.40}, not like AdamW's {default[key]!r}")
     for index, moments in state["state"].items():
         if not isinstance(index, int) or not 0 <= index < len(shapes) or not isinstance(moments, dict):
             bad(field, f"has state for a parameter {index!r} the model does not have")
@@ -279,6 +328,15 @@ def check_optimizer(state, model, field, bad):
                 bad(f"{field}['state'][{index}][{name!r}]", f"does not fit parameter {index} of shape {shapes[index]}")
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 bad(f"{field}['state'][{index}][{name!r}]", "has NaN or infinite values")
+
+
+def like_adamw(value, default):
+    """Is value a setting of the kind of AdamW's default: a number >= 0, a tuple of them, a bool or None?"""
+    if isinstance(default, (bool, type(None))):
+        return isinstance(value, (bool, type(None)))
+    if isinstance(default, tuple):
+        return isinstance(value, (tuple, list)) and len(value) == len(default) and all(map(like_adamw, value, default))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def model_from_checkpoint(checkpoint, dropout=None):

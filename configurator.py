@@ -14,19 +14,22 @@ with one line. A config file is Python: it may import modules and define helpers
 plain value (bool, number, string, None) it assigns must be a setting.
 
 This is where input enters, so the checks every script shares live here too: check_device(),
-parse_list() for comma-separated flags, read_text() for any text file a user names (file and line
-of a bad byte), read_json() for a JSON object in one, and stop_on_interrupt(), which configure()
-installs: Ctrl-C ends a script with one line, not a traceback.
+parse_list() for comma-separated flags, check_settings() for a checkpoint's settings (the flags'
+own checks), read_text() for any text file a user names (file and line of a bad byte), read_json()
+for a JSON object in one, and stop_on_interrupt(), which configure() installs: Ctrl-C ends a script
+with one line, not a traceback.
 """
 import ast
 import difflib
 import json
 import math
+import os
 import re
 import signal
 import sys
 
 PLAIN = (bool, int, float, str, type(None))  # the types a setting can have
+SEED_RANGE = (0, 2**32 - 1)  # a seed's range: what torch, numpy and random all accept
 
 
 def help_lines(script_path):
@@ -53,18 +56,29 @@ def read_text(path, what="file"):
 
 def read_json(path, what="JSON file"):
     """The JSON object in a file (a model's config.json); ValueError naming the file and line otherwise."""
+    text = read_text(path, what)
     try:
-        value = json.loads(read_text(path, what))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}: column {err.colno})") from None
+        value = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        line = f":{err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise ValueError(f"{path}{line}: not valid JSON ({json_problem(err)})") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{path}: not a JSON object")
+        raise ValueError(f"{path}: must be a JSON object")
     return value
 
 
-def check_value(key, value, default, shown=None):
+def json_problem(err):
+    """Why json.loads failed, in a few words: its message and column, or Python's own limit it hit
+    (a number of more than 4300 digits, nesting too deep)."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"{err.msg}: column {err.colno}"
+    return str(err).split(";")[0]  # the rest suggests changing an interpreter limit
+
+
+def check_value(key, value, default, shown=None, label="--{}"):
     """value as a setting of default's type (an int is fine for a float), or ValueError naming it.
-    shown: how the user wrote it (the flag's text), for the message."""
+    shown: how the user wrote it (the flag's text), for the message; label: how the message names
+    the key (a flag, or a field of a checkpoint: "config[{!r}]")."""
     shown = repr(value) if shown is None else repr(shown)
     if isinstance(default, str):
         ok = isinstance(value, str)
@@ -83,7 +97,7 @@ def check_value(key, value, default, shown=None):
         ok = isinstance(value, PLAIN)
         kind = "True, False, a number or a string"
     if not ok:
-        raise ValueError(f"--{key} takes {kind}, not {shown}")
+        raise ValueError(f"{label.format(key)} takes {kind}, not {shown}")
     return value
 
 
@@ -100,18 +114,36 @@ def parse_value(key, text, default):
     return check_value(key, value, default, text)
 
 
-def check_ranges(config, ranges):
-    """ValueError naming the first flag outside its range; ranges: {name: (lowest, highest)}, both
-    allowed, None for no bound. A float flag must be finite unless a bound is infinite."""
+def check_ranges(config, ranges, label="--{}"):
+    """ValueError naming the first setting outside its range; ranges: {name: (lowest, highest)}, both
+    allowed, None for no bound. A float must be finite unless a bound is infinite. Settings that
+    config lacks are not checked (a checkpoint's config may hold a few)."""
     for key, value in config.items():
         if isinstance(value, float) and not math.isfinite(value) and value not in ranges.get(key, ()):
-            raise ValueError(f"--{key}={value} must be a finite number")
+            raise ValueError(f"{label.format(key)}={value} must be a finite number")
     for key, (low, high) in ranges.items():
-        value = config[key]
-        if (low is not None and value < low) or (high is not None and value > high):
+        value = config.get(key)
+        if key in config and ((low is not None and value < low) or (high is not None and value > high)):
             bound = f"lie in [{low}, {high}]" if low is not None and high is not None else \
                 f"be >= {low}" if low is not None else f"be <= {high}"
-            raise ValueError(f"--{key}={value} must {bound}")
+            raise ValueError(f"{label.format(key)}={value} must {bound}")
+
+
+def check_settings(values, settings, ranges, label="--{}"):
+    """values (a checkpoint's config) checked as flags are: each of its setting's type (check_value)
+    and in its range (check_ranges); names that are not settings are left out. ValueError naming
+    the first bad one."""
+    checked = {k: check_value(k, v, settings[k], label=label) for k, v in values.items() if k in settings}
+    check_ranges(checked, ranges, label)
+    return checked
+
+
+def same_setting(a, b):
+    """Do two values of a setting mean the same: equal, or two names of one file or folder (data/ and ./data)?"""
+    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+        return a == b
+    return os.path.normpath(a) == os.path.normpath(b) or (os.path.exists(a) and os.path.exists(b)
+                                                          and os.path.samefile(a, b))
 
 
 def parse_list(key, text, kind=float, low=None):
@@ -181,10 +213,12 @@ def configure(settings, script_path, argv=None, ranges=None, with_given=False):
     ranges: {name: (lowest, highest)} that the final values must respect (None: unbounded).
     with_given: return (config, the names a config file or flag set, even to their default), e.g.
     for a resumed run to tell a flag that contradicts its checkpoint from one left out.
-    Also installs stop_on_interrupt() for the script."""
+    Also installs stop_on_interrupt() for the script, and lets it print any text on any terminal."""
     argv = sys.argv[1:] if argv is None else argv
     script = script_path.split("/")[-1]
     stop_on_interrupt(script)
+    if hasattr(sys.stdout, "reconfigure"):  # a character the terminal's encoding lacks (LC_ALL=C) is
+        sys.stdout.reconfigure(errors="backslashreplace")  # escaped, as Python does on stderr, not an error
     config, given = dict(settings), set()
     try:
         for arg in argv:

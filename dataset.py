@@ -28,7 +28,7 @@ import sys
 import torch
 
 from checkpoint import check_out_dir
-from configurator import configure, read_text
+from configurator import configure, json_problem, read_json, read_text
 from tokenizer import CharTokenizer, GPT2Tokenizer, check_tokenizer_state, tokenizer_from_state
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -42,9 +42,8 @@ def jsonl_rows(path, what="JSONL file"):
         if line.strip():
             try:
                 row = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as err:  # json's whole reason, with the column
-                reason = f"{err.msg}: column {err.colno}" if isinstance(err, json.JSONDecodeError) else err
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({reason}); each line of a {what} "
+            except (ValueError, RecursionError) as err:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({json_problem(err)}); each line of a {what} "
                                  f"must be one whole JSON object") from None
             yield line_no, row
 
@@ -64,18 +63,15 @@ def read_jsonl(path):
 
 def read_meta(path):
     """A dataset's meta.json: {name, task, tokenizer}, each optional, each checked (file and line)."""
-    try:
-        meta = json.loads(read_text(path, "meta.json"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}: column {err.colno})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f'{path}: must be a JSON object like {{"name": ..., "task": ..., "tokenizer": ...}}')
+    meta = read_json(path, "meta.json")
     if not isinstance(meta.get("name", ""), str):
         raise ValueError(f"{path}: name is {meta['name']!r}, not a string")
     task = meta.get("task", "text")
     if task != "text" and not (isinstance(task, str) and task.isidentifier()
-                               and os.path.exists(os.path.join(DATA_DIR, task, "prepare.py"))):
-        raise ValueError(f"{path}: task {task!r} has no verifier (data/<task>/prepare.py); use text or arith")
+                               and os.path.exists(os.path.join(DATA_DIR, task, "prepare.py"))
+                               and hasattr(importlib.import_module(f"data.{task}.prepare"), "verify")):
+        raise ValueError(f"{path}: task {task!r} has no verifier (verify() in data/<task>/prepare.py); "
+                         f"use text, arith or cmudict")
     if "tokenizer" in meta:
         try:
             check_tokenizer_state(meta["tokenizer"])
@@ -115,7 +111,7 @@ def load_dataset(dataset, tokenizer=""):
         val, test, train = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
         splits = {"train": [pairs[i] for i in train], "val": [pairs[i] for i in val],
                   "test": [pairs[i] for i in test]}
-        name = os.path.splitext(os.path.basename(dataset))[0]
+        name, paths = os.path.splitext(os.path.basename(dataset))[0], [dataset]
     else:
         folder = dataset if os.path.isdir(dataset) else os.path.join(DATA_DIR, dataset)
         if not os.path.isdir(dataset):
@@ -134,16 +130,22 @@ def load_dataset(dataset, tokenizer=""):
                                  f"(test.jsonl is optional)")
         splits = {s: read_jsonl(os.path.join(folder, f"{s}.jsonl")) for s in SPLITS
                   if os.path.exists(os.path.join(folder, f"{s}.jsonl")) or s != "test"}
+        paths = [os.path.join(folder, f"{s}.jsonl") for s in splits]
         name = meta.get("name", os.path.basename(os.path.normpath(folder)))
 
+    if isinstance(tokenizer, str) and tokenizer not in ("", "char", "gpt2"):
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; use char or gpt2 (or leave --tokenizer out)")
     if not isinstance(tokenizer, str):
         tok = tokenizer
+        check_alphabet(tok, splits, paths)
     elif tokenizer == "gpt2":
         tok = GPT2Tokenizer()
     elif tokenizer == "char" or "tokenizer" not in meta:
-        if tokenizer not in ("", "char"):
-            raise ValueError(f"unknown tokenizer {tokenizer!r}; use char or gpt2")
-        tok = CharTokenizer("".join(p + c for pairs in splits.values() for p, c in pairs))
+        text = "".join(p + c for pairs in splits.values() for p, c in pairs)
+        if not text:
+            raise ValueError(f"dataset {dataset}: every prompt and completion is empty; a char tokenizer "
+                             f"needs text to learn its characters from")
+        tok = CharTokenizer(text)
     else:
         tok = tokenizer_from_state(meta["tokenizer"])
 
@@ -152,6 +154,20 @@ def load_dataset(dataset, tokenizer=""):
     verify = module.verify if module else None
     scores = getattr(module, "scores", None)  # a task's metrics beyond right / wrong (cmudict: PER, BLEU)
     return dict(name=name, task=task, splits=splits, tokenizer=tok, verify=verify, scores=scores)
+
+
+def check_alphabet(tok, splits, paths):
+    """A char tokenizer made on other data (a checkpoint's) knows only its own characters: ValueError
+    naming the file (of paths, the data's), line and first character of the splits it lacks."""
+    if not isinstance(tok, CharTokenizer):
+        return
+    unknown = set().union(*(p + c for pairs in splits.values() for p, c in pairs)) - set(tok.chars)
+    if not unknown:
+        return
+    path, line_no, ch = next((path, line_no, ch) for path in paths for line_no, row in jsonl_rows(path)
+                             for ch in row["prompt"] + row["completion"] if ch in unknown)
+    raise ValueError(f"{path}:{line_no}: character {ch!r} is not in this char vocabulary (the checkpoint's "
+                     f"{len(tok.chars)} characters); use data written in the alphabet it was trained on")
 
 
 def prepare_main(prepare, script_path):

@@ -69,6 +69,7 @@ QUICK_NOTE = ("**--quick checks that every part runs (2 seeds, runs of 150 steps
 if config["quick"]:
     config.update({k: v for k, v in QUICK.items() if k not in given})
 globals().update(config)
+HERE = os.path.dirname(os.path.abspath(__file__))  # the scripts it runs; a path the user gives is the user's (cwd)
 
 # arith from scratch (and the base model of finetune): train.py's default model and schedule, evaluated more often,
 # so a run is what `python train.py` does; --quick appends its own schedule (later flags win)
@@ -110,7 +111,7 @@ TASKS = {  # train.py flags, the task metric sample.py reports, systems by defau
               "mle,ent0.1,irl0.1,online0.1,gail,mle+ft"),
     "finetune": (ARITH_FLAGS, "accuracy", FINETUNE["systems"], "mle,irl0.1"),
     "small_data": (ARITH_FLAGS, "accuracy", "mle,irl0.1", "mle,irl0.1"),
-    "shakespeare": (["config/shakespeare_char.py"], "rougeL", "mle,irl0.1", "mle,irl0.1"),
+    "shakespeare": ([os.path.join(HERE, "config", "shakespeare_char.py")], "rougeL", "mle,irl0.1", "mle,irl0.1"),
 }
 TUNED_TASKS = ["finetune", "arith"]  # task tuned: best against best on these (the short fine-tuning runs first)
 TUNED = dict(  # task tuned (results/tuned/): per setting, train.py flags and families {name: (label, loss, knob)}
@@ -194,7 +195,8 @@ def run(command, done_file):
             sys.exit("experiment.py: stopped")
         print("$", " ".join(command), flush=True)
         t0 = time.time()
-        process = subprocess.Popen([sys.executable] + command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        process = subprocess.Popen([sys.executable, os.path.join(HERE, command[0])] + command[1:],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         children.add(process)
     _, stderr = process.communicate()

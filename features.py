@@ -36,6 +36,8 @@ from configurator import read_text
 
 EOS = "<|endoftext|>"  # the text of the EOS token in `tokens` (no single BPE or char token decodes to it)
 Z_95 = 1.959964  # two-sided 95% quantile of the normal distribution
+LARGEST = 1e6  # a feature's largest magnitude: far above a bool, count or position, and X'X of such values keeps
+# the precision least squares needs (of 1e300, its squares overflow)
 
 
 def token_texts(tok, ids):
@@ -155,15 +157,20 @@ def load_features(path="", task="text"):
 
 def feature_value(feature, tokens, t):
     """feature(tokens, t) as a float; ValueError naming the feature and its file when it raises
-    (or calls sys.exit) or returns anything but a finite bool or number."""
+    (or calls sys.exit) or returns anything but a bool or a number within +-LARGEST."""
     try:
         value = feature(tokens, t)
     except (Exception, SystemExit) as err:
         problem = f"raises {type(err).__name__}: {err}"
     else:
-        if isinstance(value, (bool, int, float, np.number, np.bool_)) and math.isfinite(value):
+        if not isinstance(value, (bool, int, float, np.number, np.bool_)):
+            problem = f"returns {value!r:.40}, not a bool or a number"
+        elif not -LARGEST <= value <= LARGEST:  # nan and inf too; compared, not converted: float(10**400) overflows
+            shown = (f"about {'-' * (value < 0)}10^{int(abs(value).bit_length() * math.log10(2))}"
+                     if isinstance(value, int) else repr(value))  # (repr of 10**5000 is refused too)
+            problem = f"returns {shown}, not a finite number within +-{LARGEST:g}; scale it"
+        else:
             return float(value)
-        problem = f"returns {value!r:.40}, not a bool or a finite number"
     raise ValueError(f"{feature.__code__.co_filename}: feature {feature.__name__}(tokens, t={t}) {problem} "
                      f"(tokens {tokens[:8]!r:.60})")
 
@@ -176,26 +183,28 @@ def feature_matrix(completions, features):
 
 
 def least_squares(X, y):
-    """OLS fit of y = b + X w. Returns dict(intercept, weights, se, ci_low, ci_high, r2, n).
-    A feature that is constant on this data cannot be told from the intercept: its weight, s.e.
-    and interval are nan. ValueError if the others are linearly dependent."""
+    """OLS fit of y = b + X w. Returns dict(intercept, weights, se, ci_low, ci_high, r2, n, dependent).
+    A feature that is constant on this data cannot be told from the intercept, nor one that is a
+    linear combination of the intercept and the features before it (dependent: their columns): its
+    weight, s.e. and interval are nan, and the others are fitted without it."""
     X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
     n, k = X.shape
-    varies = X.std(axis=0) > 0
-    design = np.column_stack([np.ones(n), X[:, varies]])  # intercept first
+    varies = [int(j) for j in np.flatnonzero(X.std(axis=0) > 0)]
+    used = []  # the columns that add a direction to the intercept and the columns used before them
+    for j in varies:
+        if np.linalg.matrix_rank(np.column_stack([np.ones(n), X[:, used + [j]]])) == len(used) + 2:
+            used.append(j)
+    design = np.column_stack([np.ones(n), X[:, used]])  # intercept first
     p = design.shape[1]
     if n <= p:
         raise ValueError(f"{n} tokens cannot fit {p} coefficients; use more prompts (--max_prompts)")
-    if np.linalg.matrix_rank(design) < p:
-        raise ValueError("the features are linearly dependent on these tokens (one is a sum of others "
-                         "or of the intercept); drop one")
     coef, _, _, _ = np.linalg.lstsq(design, y, rcond=None)
     residual = y - design @ coef
     rss, tss = float(residual @ residual), float(((y - y.mean()) ** 2).sum())
     sigma2 = rss / (n - p)                                            # s^2 = RSS / (n - p)
     se_all = np.sqrt(np.diag(sigma2 * np.linalg.inv(design.T @ design)))  # sqrt(diag(s^2 (X'X)^-1))
     weights, se = np.full(k, np.nan), np.full(k, np.nan)
-    weights[varies], se[varies] = coef[1:], se_all[1:]
+    weights[used], se[used] = coef[1:], se_all[1:]
     return dict(intercept=float(coef[0]), weights=weights, se=se,
                 ci_low=weights - Z_95 * se, ci_high=weights + Z_95 * se,
-                r2=1.0 - rss / tss if tss > 0 else float("nan"), n=n)
+                r2=1.0 - rss / tss if tss > 0 else float("nan"), n=n, dependent=[j for j in varies if j not in used])

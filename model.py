@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+TINY = torch.finfo(torch.float32).tiny  # the lowest temperature used: one below rounds to 0 in float32 (0 / 0 = nan)
+
 
 @dataclass
 class GPTConfig:
@@ -389,6 +391,7 @@ class GPT(nn.Module):
         assert use_cache or not compile, "compile=True decodes with the key/value cache: use_cache=True"
         lengths = torch.tensor([len(p) for p in prompts], device=device)
         T0 = int(lengths.max())
+        max_new_tokens = min(max_new_tokens, block_size - int(lengths.min()))  # no row has room for more
         n_pad = T0 - lengths
         idx = torch.zeros(B, T0, dtype=torch.long, device=device)  # pad id 0: any id does, it is masked
         for b, p in enumerate(prompts):
@@ -427,12 +430,13 @@ class GPT(nn.Module):
                     logits = self.lm_head(h[:, -1, :])  # only the last position predicts the next token
                 if temperature == 0:
                     next_token = logits.argmax(dim=-1)
-                else:
-                    logits = logits / temperature
+                else:  # the best logit at 0 first: a tiny temperature then gives -inf, never inf - inf
+                    logits = logits.float()
+                    logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature, TINY)
                     if top_k is not None:
                         kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
                         logits = logits.masked_fill(logits < kth_best, float("-inf"))
-                    next_token = sample_from(F.softmax(logits.float(), dim=-1), generator)
+                    next_token = sample_from(F.softmax(logits, dim=-1), generator)
 
                 # finished rows keep computing (one batch, no per-row loop) but their tokens are dropped
                 new_tokens[:, step] = next_token
@@ -477,6 +481,7 @@ class GPT(nn.Module):
         assert all(0 < len(p) <= block_size for p in prompts), f"prompts need 1 to block_size={block_size} tokens"
         lengths = torch.tensor([len(p) for p in prompts], device=device)
         T0 = int(lengths.max())
+        max_new_tokens = min(max_new_tokens, block_size - int(lengths.min()))  # no prompt has room for more
         # left-padded as in generate(): masked_scatter fills each row's last len(p) slots in order
         is_real = torch.arange(T0, device=device)[None, :] >= (T0 - lengths)[:, None]  # (B, T0)
         idx = torch.zeros(B, T0, dtype=torch.long, device=device).masked_scatter(

@@ -23,7 +23,7 @@ import time
 import torch
 
 from checkpoint import check_output_path, load_checkpoint, model_from_checkpoint, tokenizer_of, write_atomically
-from configurator import check_device, configure, read_text
+from configurator import SEED_RANGE, check_device, configure, read_text
 from dataset import encode_example, encode_split, load_dataset, make_batch
 from irl_loss import policy_stats
 import metrics
@@ -52,7 +52,7 @@ settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
 globals().update(configure(settings, __file__, ranges=dict(
     num_samples=(1, None), max_new_tokens=(1, None), batch_size=(1, None), temperature=(0, None), top_k=(0, None),
-    max_prompts=(0, None), beam_size=(0, None))))
+    max_prompts=(0, None), beam_size=(0, None), seed=SEED_RANGE)))
 
 
 def fail(message):
@@ -84,19 +84,17 @@ try:  # flags and where the results go first, then the checkpoint and the prompt
                 raise ValueError(f"{start[5:]} has no prompts; write one prompt per line")
         else:
             pairs = [(start, None)]
-        for prompt, _ in pairs:
-            tok.encode(prompt)  # fails early, with the character, if the prompt is not encodable
     else:
         data = load_dataset(dataset or train_config.get("dataset", "arith"), tok)
         if split not in data["splits"] or not data["splits"][split]:
             fail(f"the dataset has no {split!r} split; use --split=val or --split=test")
         pairs = data["splits"][split][:max_prompts or None]
+    prompts = [encode_example(tok, p) for p, _ in pairs]  # a prompt it cannot encode fails here, with the character
 except (ValueError, OSError) as err:
     fail(err)
 
 # ---------------------------------------------------------------------------- generate
 generator = torch.Generator(device=device).manual_seed(seed)
-prompts = [encode_example(tok, p) for p, _ in pairs]
 n_cut = sum(len(p) > block_size - 1 for p in prompts)
 if n_cut:  # keep each prompt's end, as training does (dataset.fit_to_block), and say so
     print(f"{n_cut} of {len(prompts)} prompts are longer than block_size - 1 = {block_size - 1} tokens: "

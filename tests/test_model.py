@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from model import GPT, GPTConfig, padded_causal_mask, sample_from, strip_compile_prefix
 
@@ -327,6 +326,27 @@ def test_respects_block_size(decoding):
     assert [len(p) + len(c) for p, c in zip(prompts, out)] == [32, 32, 32]
     assert out[2] == []
     assert out[:2] == [greedy_by_forward(model, p, 100) for p in prompts[:2]]
+
+
+@pytest.mark.parametrize("decoding", DECODINGS)
+def test_max_new_tokens_beyond_the_window(decoding):
+    """max_new_tokens far beyond block_size: what the room left gives (32 - 5 tokens here), and no (B, 2e9)
+    buffer or cache is allocated for it."""
+    model = tiny_model()  # block_size 32
+    prompts = [list(range(1, 31)), [3, 1, 4, 1, 5]]
+    expected = model.generate(prompts, 27, temperature=0.0, **decoding)
+    assert model.generate(prompts, 2_000_000_000, temperature=0.0, **decoding) == expected
+    assert model.beam_search(prompts, 2_000_000_000, 2) == model.beam_search(prompts, 27, 2)
+
+
+def test_tiny_temperature_is_greedy():
+    """Sampling as the temperature goes to 0 is greedy (no ties here); a temperature that underflows
+    float32 must not make nan of the logits."""
+    model = tiny_model()
+    greedy = model.generate(PROMPTS, 12, temperature=0.0)
+    for temperature in (1e-6, 1e-45, 1e-300):
+        g = torch.Generator().manual_seed(0)
+        assert model.generate(PROMPTS, 12, temperature=temperature, generator=g) == greedy
 
 
 @torch.no_grad()
