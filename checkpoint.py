@@ -295,9 +295,10 @@ def rank_rng(rng, rank, world_size, path):
     cannot be split or merged into others that an uninterrupted run would have drawn."""
     saved = len(rng["data"])
     if saved != world_size:
-        raise ValueError(f"{path} was saved by {saved} process{'es' * (saved > 1)} and this run has {world_size}: "
-                         f"resume it with {saved} (torchrun --nproc_per_node={saved}, or python train.py for 1), or "
-                         f"start a new run from it in another --out_dir with --init_from={path}")
+        how = f"torchrun --nproc_per_node={saved} train.py" if saved > 1 else "python train.py"
+        raise ValueError(f"{path} was saved by a run of {saved} process{'es' * (saved > 1)} and this one has "
+                         f"{world_size}; resume it with {how}, or start a new run from it (another --out_dir, "
+                         f"--init_from={path})")
     ranks = rng.get("ranks", [rng] if saved == 1 else None)
     def is_state(state, size=None):  # what torch.set_rng_state (torch.cuda's) accepts
         return isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and size in (None, state.numel())

@@ -79,7 +79,8 @@ try:  # flags and where the results go first, then the checkpoint and the prompt
     data_flag = f"--dataset={dataset}" if dataset else f"the checkpoint's dataset {data_name}"
     check_outputs(  # no output replaces what it is made from: the run, its data, the prompts
         [(f"--out_file={name}", name, "give --out_file another name"),
-         (f"its summary {summary_name}", summary_name, "give --out_file a name ending in .jsonl")],
+         (f"the summary of --out_file={name} ({summary_name})", summary_name,
+          "give --out_file a name ending in .jsonl")],
         run_inputs(ckpt_path, f"--init_from={init_from}" if init_from else f"--out_dir={out_dir}")
         + ([] if start else dataset_inputs(data_name, data_flag))
         + ([("the prompt file of --start", start[5:])] if start.startswith("FILE:") else []))
