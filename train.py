@@ -28,9 +28,9 @@ from contextlib import nullcontext
 import torch
 
 from baseline_losses import dft_loss, gem_loss
-from checkpoint import (GPT2_NAMES, check_out_dir, check_outputs, hf_checkpoint, is_hf_model, load_checkpoint,
-                        lock_out_dir, model_from_checkpoint, rank_rng, save_checkpoint, tokenizer_of,
-                        write_atomically)
+from checkpoint import (GPT2_NAMES, LOCK_FILE, check_out_dir, check_outputs, hf_checkpoint, is_hf_model,
+                        load_checkpoint, lock_out_dir, model_from_checkpoint, rank_rng, save_checkpoint,
+                        tokenizer_of, write_atomically)
 from chunked_head import chunked_irl_loss, chunked_policy_stats
 from configurator import check_device, configure, help_lines
 from dataset import dataset_inputs, encode_example, encode_split, load_dataset, make_batch, sample_examples
@@ -118,6 +118,9 @@ globals().update(config)
 
 
 def fail(message):
+    if made_out_dir and os.listdir(out_dir) == [LOCK_FILE]:  # the lock made out_dir: nothing written, no folder left
+        os.remove(os.path.join(out_dir, LOCK_FILE))
+        os.rmdir(out_dir)
     sys.exit(f"train.py: error: {message}")
 
 
@@ -127,15 +130,17 @@ def fail(message):
 master = int(os.environ.get("RANK", 0)) == 0  # the process that locks, logs and saves
 ckpt_path, log_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "log.jsonl")
 best_path = os.path.join(out_dir, "best.pt")  # --keep_best: the early-stopped state
-try:
-    check_out_dir(out_dir)  # a run that cannot save stops now
-    if master:
-        lock_out_dir(out_dir)  # makes it
-except (ValueError, OSError) as err:
-    fail(err)
+made_out_dir = False
 if init_from != "resume" and os.path.exists(ckpt_path):
     fail(f"{out_dir} already holds a run (its ckpt.pt); continue it with --init_from=resume, "
          f"or train into a new --out_dir")
+try:
+    check_out_dir(out_dir)  # a run that cannot save stops now
+    if master:
+        made_out_dir = not os.path.isdir(out_dir)
+        lock_out_dir(out_dir)  # makes it
+except (ValueError, OSError) as err:
+    fail(err)
 from_hf = init_from in GPT2_NAMES or is_hf_model(init_from)  # pretrained weights: GPT-2 or the Llama family
 if init_from not in ("scratch", "resume") and not init_from.endswith(".pt") and not from_hf:
     fail(f"--init_from={init_from!r}: use scratch, resume, a path ending in .pt, gpt2[-medium|-large|-xl] "
