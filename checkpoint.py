@@ -38,6 +38,17 @@ held_locks = []  # the open lock files: a lock lasts as long as the process (the
 TEMPORARY = re.compile(r"\..+\.pid(\d+)\.\w{8}\.tmp")  # .ckpt.pt.pid4242.k3j_x9a2.tmp (.gitignore: *.tmp)
 
 
+def pid_runs(pid):
+    """Whether a process with this pid runs (on this machine)."""
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or not a pid at all): not ours to judge
+    return True
+
+
 def remove_stale_temporaries(folder):
     """Remove the temporary files in folder that a killed process (SIGKILL) left: those whose pid no
     longer runs. A live writer's are kept, whoever it is."""
@@ -52,16 +63,6 @@ def remove_stale_temporaries(folder):
                 os.remove(os.path.join(folder, name))
             except OSError:
                 pass
-
-
-def pid_runs(pid):
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # another user's process (or not a pid at all): not ours to judge
-    return True
 
 
 def replace_atomically(path, write):

@@ -22,7 +22,8 @@ Runs go seed by seed: each is trained, sampled and analysed in one go, so a stop
 (their logs and summaries, which git keeps) behind. A run whose files exist is skipped, so an
 interrupted experiment continues where it stopped (a run stopped mid-training resumes from its
 ckpt.pt, and a finished run whose weights another run needs but a fresh clone lacks trains again);
-Ctrl-C or a failed run stops the runs in progress. `--seeds=3` reports over the first 3 seeds.
+Ctrl-C, SIGTERM, a failed run or (on Linux) a kill of experiment.py stops the runs in progress.
+`--seeds=3` reports over the first 3 seeds.
 Runs go `jobs` at a time, each on one thread (OMP_NUM_THREADS=1): two one-thread runs side by side
 use a 2-core CPU better than one two-thread run after another. Numbers depend on the thread count
 and CPU through float rounding.
