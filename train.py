@@ -118,9 +118,11 @@ globals().update(config)
 
 
 def fail(message):
-    if made_out_dir and os.listdir(out_dir) == [LOCK_FILE]:  # the lock made out_dir: nothing written, no folder left
-        os.remove(os.path.join(out_dir, LOCK_FILE))
-        os.rmdir(out_dir)
+    for path in reversed(made_by_lock):  # a run that fails leaves no lock file, nor an empty out_dir, it made
+        try:
+            os.rmdir(path) if path == out_dir else os.remove(path)
+        except OSError:
+            pass  # out_dir holds what the run wrote
     sys.exit(f"train.py: error: {message}")
 
 
@@ -130,15 +132,15 @@ def fail(message):
 master = int(os.environ.get("RANK", 0)) == 0  # the process that locks, logs and saves
 ckpt_path, log_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "log.jsonl")
 best_path = os.path.join(out_dir, "best.pt")  # --keep_best: the early-stopped state
-made_out_dir = False
+made_by_lock = []
 if init_from != "resume" and os.path.exists(ckpt_path):
     fail(f"{out_dir} already holds a run (its ckpt.pt); continue it with --init_from=resume, "
          f"or train into a new --out_dir")
 try:
     check_out_dir(out_dir)  # a run that cannot save stops now
     if master:
-        made_out_dir = not os.path.isdir(out_dir)
-        lock_out_dir(out_dir)  # makes it
+        made_by_lock = [path for path in (out_dir, os.path.join(out_dir, LOCK_FILE)) if not os.path.lexists(path)]
+        lock_out_dir(out_dir)  # makes them
 except (ValueError, OSError) as err:
     fail(err)
 from_hf = init_from in GPT2_NAMES or is_hf_model(init_from)  # pretrained weights: GPT-2 or the Llama family
