@@ -26,10 +26,11 @@ base = table.base  # the fixture: w/run, w/data and the small files of the table
 check_case = table.test_bad_input_stops_with_one_line  # the table's runner, under a name pytest does not collect
 
 
-def run_inline(script, args, monkeypatch, capsys):
-    """table.run_inline, then the locks the script took let go (a lock lasts as long as its process)."""
+def run_inline(script, args, monkeypatch, capsys, cwd):
+    """table.run_inline from the folder cwd, then the locks the script took let go (a lock lasts as long
+    as its process)."""
     try:
-        return table.run_inline(script, args, monkeypatch, capsys)
+        return table.run_inline(script, args, monkeypatch, capsys, cwd)
     finally:
         while checkpoint.held_locks:
             os.close(checkpoint.held_locks.pop())
@@ -141,11 +142,11 @@ def test_resume_keeps_the_checkpoints_settings(base, tmp_path, monkeypatch, caps
     "(resume: may change)" changes only when passed again, and the first line says which did."""
     out = tmp_path / "out"
     args = TRAIN + [f"--dataset={base / 'data'}", f"--out_dir={out}", "--learning_rate=0.01"]
-    assert run_inline("train.py", args, monkeypatch, capsys)[0] in (None, 0)
-    code, stdout, _ = run_inline("train.py", ["--init_from=resume", f"--out_dir={out}"], monkeypatch, capsys)
+    assert run_inline("train.py", args, monkeypatch, capsys, tmp_path)[0] in (None, 0)
+    code, stdout, _ = run_inline("train.py", ["--init_from=resume", f"--out_dir={out}"], monkeypatch, capsys, tmp_path)
     assert code in (None, 0) and stdout.splitlines()[0].endswith("every setting as saved")
     code, stdout, _ = run_inline("train.py", ["--init_from=resume", f"--out_dir={out}", "--max_iters=3"],
-                                 monkeypatch, capsys)
+                                 monkeypatch, capsys, tmp_path)
     assert code in (None, 0) and stdout.splitlines()[0].endswith("but max_iters 2 -> 3 (passed)")
     checkpoint = torch.load(out / "ckpt.pt", weights_only=True)
     assert checkpoint["iter_num"] == 3 and checkpoint["config"]["learning_rate"] == 0.01
@@ -213,7 +214,7 @@ def test_sigterm_stops_train_cleanly_and_it_resumes(base, tmp_path, monkeypatch,
     dead.write_bytes(b"half a checkpoint")
     iter_num = torch.load(out / "ckpt.pt", weights_only=True)["iter_num"]
     code, _, _ = run_inline("train.py", ["--init_from=resume", f"--out_dir={out}", f"--max_iters={iter_num + 1}"],
-                            monkeypatch, capsys)
+                            monkeypatch, capsys, tmp_path)
     assert code in (None, 0) and not temporaries(out)
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == iter_num + 1
 
