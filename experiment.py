@@ -20,6 +20,18 @@ s.e. over seeds. The headline is accuracy at matched Self-BLEU: a run's (Self-BL
 over its temperatures (greedy as T=0, Self-BLEU 1), joined piecewise linearly, minus its seed's MLE
 (or CONTROL) curve, averaged over Self-BLEU values both cover.
 
+cmudict and shakespeare are task tuned's comparison on real language, each a task of its own (results/<task>/), and
+together take about 2 hours 10 minutes with --jobs=2 on a 2-core x86 CPU. Measured at one thread (beside other work
+on the same CPU, so an idle one may be faster), and the count of runs (TUNED: 5 families x 3 configurations on one
+tuning seed, then 5 x 5 final runs and 2 x 5 on the smaller train set):
+- cmudict, 2 blocks of width 128, window 48, batch 32: 43 ms a step with its evaluations, so a 1500-step run trains
+  in 70 s; its 8 decodings of the 500 test prompts and the reward analysis take 45 s. 50 runs, about 85 CPU-minutes:
+  45 minutes.
+- shakespeare: the base model (4 blocks of width 192, window 256, batch 8) takes 225 ms a step, 3000 steps in 12
+  minutes, alone (every other run needs it); a fine-tuning run 205 ms a step, 300 steps and 5 greedy evaluations of
+  200 val prompts in 1.5 minutes; its 6 decodings of 200 test prompts and the reward analysis about 1.7 minutes.
+  50 runs, about 136 CPU-minutes, and the base: 80 minutes.
+
 Runs go seed by seed: each is trained, sampled and analysed in one go, so a stop leaves whole runs
 (their logs and summaries, which git keeps) behind. A run whose files exist is skipped, so an
 interrupted experiment continues where it stopped (a run stopped mid-training resumes from its
@@ -667,11 +679,13 @@ def levelled(log_rows, key="val/accuracy", eval_prompts=200):
 
 def demonstrations(setting, root, size=None):
     """The --dataset flag of a setting's runs: its built-in data (prepared now, before runs read it in parallel),
-    the train split cut to its first `size` examples in root/data/train<size> (all of it for None)."""
+    or a copy with the train split cut to its first `size` examples, in root/data/train<size>."""
     from dataset import DATA_DIR, prepare_task
     prepare_task(setting["data"])
-    folder = os.path.join(DATA_DIR, setting["data"])
-    return [f"--dataset={cut_train(folder, os.path.join(root, 'data', f'train{size}'), size) if size else folder}"]
+    if not size:
+        return [f"--dataset={setting['data']}"]
+    folder = cut_train(os.path.join(DATA_DIR, setting["data"]), os.path.join(root, "data", f"train{size}"), size)
+    return [f"--dataset={folder}"]
 
 
 def base_start(root, base):
@@ -694,6 +708,7 @@ def tuned_setting(name, root, part_of):
     setting, metric = TUNED[name], TUNED[name].get("metric", "accuracy")
     grid, keep = configurations(setting), f"--keep_best=val/{metric}"
     prompts = min(max_prompts, setting.get("prompts", max_prompts))
+    part = f"{name}: " if part_of != name else ""  # task tuned times its settings' parts apart
     if name == "finetune":  # the demonstrations, and the base model of each seed (arith's MLE run; retrained if gone)
         folders, _ = finetune_data(os.path.join(results, "finetune", "data"))
         data = [f"--dataset={folders[setting['size']]}"]
@@ -707,7 +722,7 @@ def tuned_setting(name, root, part_of):
         data = demonstrations(setting, root, setting.get("size")) if "data" in setting else []
         start = base_start(root, setting.get("base"))
         if "base" in setting:  # alone, before the runs that need it
-            timed(part_of, f"{name}: pre-train the base model", {"base": lambda: start(0)[0]})
+            timed(part_of, f"{part}pre-train the base model", {"base": lambda: start(0)[0]})
 
     def tuning_run(config, flags, seed):
         """One configuration on one tuning seed: trained, early-stopped, its best.pt decoded greedily on val."""
@@ -717,7 +732,7 @@ def tuned_setting(name, root, part_of):
         spent += train(out_dir, data + setting["flags"] + start_flags + flags + [keep], seed, outputs)
         return spent + sample(out_dir, "greedy", seed, "val", "best.pt", prompts)
 
-    timed(part_of, f"{name}: tune each family on val", {
+    timed(part_of, f"{part}tune each family on val", {
         (c, seed): partial(tuning_run, c, flags, seed) for seed in setting["tuning_seeds"]
         for configs in grid.values() for c, flags in configs.items()})
     rows = [f"## tuned {name}: the grid (greedy {metric} of each run's best.pt on {prompts} val prompts, "
