@@ -21,16 +21,18 @@ over its temperatures (greedy as T=0, Self-BLEU 1), joined piecewise linearly, m
 (or CONTROL) curve, averaged over Self-BLEU values both cover.
 
 cmudict and shakespeare are task tuned's comparison on real language, each a task of its own (results/<task>/), and
-together take about 2 hours 10 minutes with --jobs=2 on a 2-core x86 CPU. Measured at one thread (beside other work
-on the same CPU, so an idle one may be faster), and the count of runs (TUNED: 5 families x 3 configurations on one
-tuning seed, then 5 x 5 final runs and 2 x 5 on the smaller train set):
+together should take about 2 hours 20 minutes with --jobs=2 on a 2-core x86 CPU: measured at one thread (beside
+other work on the same CPU, so an idle one may be faster), times the count of runs (TUNED: 5 families x 3
+configurations on one tuning seed, then 5 x 5 final runs and 2 x 5 on the smaller train set), halved for 2 at a time:
 - cmudict, 2 blocks of width 128, window 48, batch 32: 43 ms a step with its evaluations, so a 1500-step run trains
   in 70 s; its 8 decodings of the 500 test prompts and the reward analysis take 45 s. 50 runs, about 85 CPU-minutes:
   45 minutes.
-- shakespeare: the base model (4 blocks of width 192, window 256, batch 8) takes 225 ms a step, 3000 steps in 12
+- shakespeare: the base model (4 blocks of width 192, window 256, batch 8) takes 225 ms a step, 2500 steps in 10
   minutes, alone (every other run needs it); a fine-tuning run 205 ms a step, 300 steps and 5 greedy evaluations of
-  200 val prompts in 1.5 minutes; its 6 decodings of 200 test prompts and the reward analysis about 1.7 minutes.
-  50 runs, about 136 CPU-minutes, and the base: 80 minutes.
+  200 val prompts in 1.6 minutes; its 6 decodings of 150 test prompts and the reward analysis 2.4 minutes, a third
+  of it beam search (150 tokens a second), if the fine-tuned model ends its lines (one that never says EOS runs to
+  128 tokens, 3x longer). 50 runs, about 160 CPU-minutes, and the base: 95 minutes.
+Over budget, --seeds=3 cuts the final runs by 40%.
 
 Runs go seed by seed: each is trained, sampled and analysed in one go, so a stop leaves whole runs
 (their logs and summaries, which git keeps) behind. A run whose files exist is skipped, so an
@@ -169,12 +171,12 @@ TUNED = dict(
         # model that learnt the raw text of the train plays by MLE; a prompt of 3 lines and its line fit the window
         base=dict(prepare=prepare_pretrain, flags=[
             f"--block_size={PRETRAIN_CHARS}", "--batch_size=8", "--n_layer=4", "--n_embd=192", "--loss=mle",
-            "--learning_rate=2e-3", "--min_lr=2e-4", "--max_iters=3000", "--eval_interval=500"]
+            "--learning_rate=2e-3", "--min_lr=2e-4", "--max_iters=2500", "--eval_interval=500"]
             + (QUICK_SCRATCH if quick else [])),
         flags=[f"--block_size={PRETRAIN_CHARS}", "--batch_size=8", "--learning_rate=1e-3", "--min_lr=1e-4",
                "--warmup_iters=20", "--max_iters=300", "--eval_interval=75"] + (QUICK_FINE_TUNE if quick else []),
         data="shakespeare", size=2000, metric="rougeL", dropouts=[0.1], tuning_seeds=[100], reward=True,
-        prompts=200,  # of the 500 test prompts: a line costs 3x a pronunciation to sample, at 4x the model's cost
+        prompts=150,  # of the 500 test prompts: sampling a line costs 10x a pronunciation (3x the tokens, 4x the model)
         temperatures=[],  # at T = 1 the samples of a prompt already share almost no 4-grams (Self-BLEU near 0)
         families=FAMILIES["fine_tune"], smaller=(["mle", "irl"], 250)),  # 300 steps of 8 = 10 passes over 250
 )
