@@ -51,9 +51,10 @@ import textwrap
 import numpy as np
 import torch
 
-from checkpoint import check_out_dir, load_checkpoint, model_from_checkpoint, save_figure, tokenizer_of, write_atomically
+from checkpoint import (check_out_dir, check_outputs, load_checkpoint, model_from_checkpoint, run_inputs, save_figure,
+                        tokenizer_of, write_atomically)
 from configurator import SEED_RANGE, check_device, configure
-from dataset import encode_example, fit_to_block, jsonl_rows, load_dataset, make_batch
+from dataset import dataset_inputs, encode_example, fit_to_block, jsonl_rows, load_dataset, make_batch
 from features import feature_matrix, is_eos, least_squares, load_features, token_texts
 from irl_loss import q_and_v, token_rewards
 import metrics
@@ -218,7 +219,19 @@ try:
         samples_of[run["name"]] = read_samples(os.path.join(run["folder"], samples_name), run["folder"],
                                                run["name"]) if samples_name else []
     checkpoint = None
-    data = load_dataset(dataset or runs[0]["config"].get("dataset", "arith"), runs[0]["tok"])
+    data_name = dataset or runs[0]["config"].get("dataset", "arith")
+    outputs = ["reward_returns.png", "reward_vs_metric.png", "reward_v0.png", "reward_features.png",  # as below
+               "reward_summary.json"] + [f"reward_{kind}_{run['name']}.{ending}" for run in runs
+                                         for kind, ending in (("heatmap", "png"), ("tokens", "jsonl"))]
+    check_outputs(  # no output replaces what it is made from: the runs, their samples, the data, the features
+        [(f"{name} of --results={results}", os.path.join(results, name), "give another --results folder")
+         for name in outputs],
+        [item for run in runs for item in run_inputs(run["ckpt"], f"--out_dir={run['ckpt']}")]
+        + [(f"--samples={samples_name} of {run['folder']}", os.path.join(run["folder"], samples_name))
+           for run in runs if samples_name]
+        + dataset_inputs(data_name, f"--dataset={data_name}")
+        + ([(f"--features={features}", features)] if features else []))
+    data = load_dataset(data_name, runs[0]["tok"])
     if not data["splits"].get(split):
         raise ValueError(f"the dataset has no {split!r} split; use --split=val or --split=test")
     feature_set = load_features(features, data["task"])

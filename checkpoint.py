@@ -3,7 +3,7 @@ Checkpoints: written atomically, read safely and checked field by field, turned 
 and its tokenizer, or made from a pretrained model's (hf_checkpoint: OpenAI's GPT-2, or a Hugging
 Face model of the Llama family with its own tokenizer); and the other files the scripts write
 (logs, samples, results): write_atomically(), save_figure(), and check_out_dir() /
-check_output_path() / lock_out_dir() for where they go.
+check_output_path() / check_outputs() / lock_out_dir() for where they go.
 
 A train.py checkpoint is a dict: model (state dict), optimizer, model_args, config, iter_num,
 tokenizer (tokenizer.py state), rng, samples (online IQ-Learn, GAIL) and gail (GAIL's models). A
@@ -12,13 +12,17 @@ file cannot run code. Every field the scripts read is checked when it is loaded,
 file stops with one line naming the file and the field, not a traceback later.
 
 Every file is written to a temporary file in the same folder, with a name no other process
-shares (tempfile.mkstemp), fsynced, then renamed over the old one: a crash, Ctrl-C or a full
-disk leaves either the old file or the new one, whole, and no temporary file behind.
+shares (tempfile.mkstemp, with the writer's pid in it), fsynced, then renamed over the old one: a
+crash, Ctrl-C, SIGTERM or a full disk leaves either the old file or the new one, whole, and no
+temporary file behind. Only SIGKILL (or a power cut) can leave one: the next write into that
+folder, or the next lock of it, removes the temporaries of processes that no longer run.
 """
+import errno
 import fcntl
 import math
 import os
 import re
+import stat
 import tempfile
 
 import torch
@@ -28,17 +32,48 @@ from model import GPT, GPTConfig, strip_compile_prefix
 from tokenizer import check_tokenizer_state, pretrained_tokenizer_state, tokenizer_from_state
 
 LOCK_FILE = "run.lock"  # in an out_dir: held (flock) by the process that trains into it
+RUN_FILES = ("ckpt.pt", "best.pt", "log.jsonl")  # what train.py writes into its out_dir
 UMASK = os.umask(0o022)  # mkstemp makes files only the owner can read; renamed files get the usual mode
 os.umask(UMASK)
 held_locks = []  # the open lock files: a lock lasts as long as the process (the kernel drops it at exit)
+TEMPORARY = re.compile(r"\..+\.pid(\d+)\.\w{8}\.tmp")  # .ckpt.pt.pid4242.k3j_x9a2.tmp (.gitignore: *.tmp)
 
 
-def replace_atomically(path, write, suffix=".tmp"):
+def pid_runs(pid):
+    """Whether a process with this pid runs (on this machine)."""
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or not a pid at all): not ours to judge
+    return True
+
+
+def remove_stale_temporaries(folder):
+    """Remove the temporary files in folder that a killed process (SIGKILL) left: those whose pid no
+    longer runs. A live writer's are kept, whoever it is."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        match = TEMPORARY.fullmatch(name)
+        if match and not pid_runs(int(match.group(1))):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+def replace_atomically(path, write):
     """write(tmp_path) a temporary file next to path, fsync it, rename it to path. ValueError with
     one line when the write fails (a full disk, a read-only folder); path is then untouched."""
     folder = os.path.dirname(path) or "."
+    remove_stale_temporaries(folder)
     try:
-        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=suffix)
+        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.pid{os.getpid()}.",
+                                        suffix=".tmp")
     except OSError as err:
         raise ValueError(f"cannot write {path} ({err.strerror})") from None
     try:
@@ -70,8 +105,8 @@ def write_atomically(path, text):
 
 def save_figure(fig, path, **savefig_args):
     """A matplotlib figure saved the same way: a temporary file, then a rename."""
-    replace_atomically(path, lambda tmp_path: fig.savefig(tmp_path, **savefig_args),
-                       suffix=os.path.splitext(path)[1])  # the ending (.png) tells matplotlib the format
+    image_format = os.path.splitext(path)[1][1:] or None  # from the name (.png): the temporary's ends in .tmp
+    replace_atomically(path, lambda tmp_path: fig.savefig(tmp_path, format=image_format, **savefig_args))
 
 
 def save_checkpoint(checkpoint, path):
@@ -100,23 +135,63 @@ def check_output_path(path, flag="out_file"):
     check_out_dir(os.path.dirname(path) or ".", flag)
 
 
+def check_outputs(outputs, inputs):
+    """ValueError with one line if an output would replace an input or an earlier output: writing
+    it would destroy that file. outputs: [(what, path, fix)], inputs: [(what, path)], what naming
+    the file and its flag. Paths are compared as the files they reach (symbolic links, '..' and hard
+    links resolved), before any work is done."""
+    def same(a, b):
+        if os.path.realpath(a) == os.path.realpath(b):
+            return True
+        try:
+            return os.path.samefile(a, b)
+        except OSError:  # one does not exist (yet): not another name of the other
+            return False
+    for i, (what, path, fix) in enumerate(outputs):
+        for other, other_path in inputs + [output[:2] for output in outputs[:i]]:
+            if same(path, other_path):
+                raise ValueError(f"{what} is {other}, which writing it would destroy; {fix}")
+
+
+def run_inputs(ckpt_path, flag):
+    """check_outputs()'s inputs for a checkpoint: the file, and the files train.py wrote beside it."""
+    folder = os.path.dirname(ckpt_path) or "."
+    return [(f"the checkpoint of {flag}", ckpt_path)] + [
+        (f"the {name} of {flag}'s run", os.path.join(folder, name)) for name in RUN_FILES]
+
+
 def lock_out_dir(folder):
     """Make folder and lock it for this process (flock on folder/LOCK_FILE, held until the process
-    ends, a kill included: the kernel drops the lock, so it is never stale). A second process
-    on the same folder gets ValueError at once."""
+    ends, a kill included: the kernel drops the lock, so it is never stale), then remove the
+    temporary files that killed writers left in it. A second process on the same folder gets
+    ValueError at once. The lock file is only ever a file of its own: one that is a symbolic link,
+    not a regular file, has another name (a hard link) or holds more than a pid is refused, never
+    written."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    foreign = f"{path} is not a lock file of these scripts ({{}}); move it away, or use another folder"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as err:
+        raise ValueError(foreign.format("a symbolic link" if err.errno == errno.ELOOP else err.strerror)) from None
+    info = os.fstat(fd)
+    problem = ("not a regular file" if not stat.S_ISREG(info.st_mode) else "a hard link" if info.st_nlink != 1
+               else "" if info.st_size <= 32 and re.fullmatch(rb"(\d+\n)?", os.pread(fd, 32, 0))  # empty, or a pid
+               else "it holds more than a pid")
+    if problem:
+        os.close(fd)
+        raise ValueError(foreign.format(problem))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        owner = os.pread(fd, 32, 0).decode().strip()
         os.close(fd)
         raise ValueError(f"{folder} is in use by another process{f' (pid {owner})' if owner else ''}; "
                          f"wait for it to finish, or use another folder") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for the message above
     held_locks.append(fd)
+    remove_stale_temporaries(folder)
     return fd
 
 
@@ -237,6 +312,29 @@ def check_config(config, path, settings=READ_SETTINGS):
         check_settings(config, settings, TRAIN_RANGES, "config[{!r}]")
     except ValueError as err:
         raise ValueError(f"checkpoint {path}: {err}; it must be a ckpt.pt written by train.py or nanoGPT") from None
+
+
+def rank_rng(rng, rank, world_size, path):
+    """The random states rank of a resumed run restores: (torch, cuda, data), from a checkpoint's rng
+    (checked by check_checkpoint). Every process of a DDP run saves its own (rng['ranks'], rank 0's
+    also as rng['torch'] and rng['cuda']), so each continues its dropout masks, policy samples and
+    batches exactly. ValueError for a number of processes other than the saved one: their streams
+    cannot be split or merged into others that an uninterrupted run would have drawn."""
+    saved = len(rng["data"])
+    if saved != world_size:
+        how = f"torchrun --nproc_per_node={saved} train.py" if saved > 1 else "python train.py"
+        raise ValueError(f"{path} was saved by a run of {saved} process{'es' * (saved > 1)} and this one has "
+                         f"{world_size}; resume it with {how}, or start a new run from it (another --out_dir, "
+                         f"--init_from={path})")
+    ranks = rng.get("ranks", [rng] if saved == 1 else None)
+    def is_state(state, size=None):  # what torch.set_rng_state (torch.cuda's) accepts
+        return isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and size in (None, state.numel())
+    if not (isinstance(ranks, list) and len(ranks) == saved and all(
+            isinstance(r, dict) and is_state(r.get("torch"), torch.get_rng_state().numel())
+            and (r.get("cuda") is None or is_state(r["cuda"])) for r in ranks)):
+        raise ValueError(f"checkpoint {path}: rng['ranks'] is not one random generator state per process; "
+                         f"it must be a ckpt.pt written by train.py")
+    return ranks[rank]["torch"], ranks[rank].get("cuda"), rng["data"][rank]
 
 
 LLAMA_ARGS = dict(llama=bool, tie_weights=bool, qkv_bias=bool, qk_norm=bool, n_kv_head=int, head_dim=int,

@@ -16,8 +16,8 @@ plain value (bool, number, string, None) it assigns must be a setting.
 This is where input enters, so the checks every script shares live here too: check_device(),
 parse_list() for comma-separated flags, check_settings() for a checkpoint's settings (the flags'
 own checks), read_text() for any text file a user names (file and line of a bad byte), read_json()
-for a JSON object in one, and stop_on_interrupt(), which configure() installs: Ctrl-C ends a script
-with one line, not a traceback.
+for a JSON object in one, and stop_on_interrupt(), which configure() installs: Ctrl-C or SIGTERM
+ends a script with one line, not a traceback.
 """
 import ast
 import difflib
@@ -204,8 +204,11 @@ def check_device(device):
 
 def stop_on_interrupt(script, kept="each file it wrote is whole (written to a temporary file, then "
                                    "renamed); the others are as they were"):
-    """Ctrl-C ends the script with one line saying what was kept (exit status 1), not a traceback."""
-    signal.signal(signal.SIGINT, lambda *_: sys.exit(f"{script}: interrupted; {kept}"))
+    """Ctrl-C ends the script with one line saying what was kept (exit status 1), not a traceback;
+    and so does SIGTERM (kill, a job scheduler, a parent stopping its runs), which would otherwise end
+    it on the spot. The exit unwinds the stack, so an atomic write in progress removes its temporary."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: sys.exit(f"{script}: interrupted; {kept}"))
 
 
 def configure(settings, script_path, argv=None, ranges=None, with_given=False):

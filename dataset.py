@@ -96,6 +96,19 @@ def prepare_task(name, out_dir=None):
     return True
 
 
+def dataset_folder(dataset):
+    """The folder of a dataset that is not a .jsonl file: a path, or the name of data/<name>/."""
+    return dataset if os.path.isdir(dataset) else os.path.join(DATA_DIR, dataset)
+
+
+def dataset_inputs(dataset, flag):
+    """check_outputs()'s inputs for a dataset: the files of it that exist (a JSONL file, or a folder's
+    splits and meta.json)."""
+    paths = [dataset] if os.path.isfile(dataset) else [
+        os.path.join(dataset_folder(dataset), name) for name in [f"{s}.jsonl" for s in SPLITS] + ["meta.json"]]
+    return [(f"a file of {flag}", path) for path in paths if os.path.isfile(path)]
+
+
 def load_dataset(dataset, tokenizer=""):
     """Returns dict(name, task, splits={split: [(prompt, completion)]}, tokenizer, verify, scores).
     tokenizer: '' keeps the dataset's own (char by default), 'char' or 'gpt2' overrides it,
@@ -113,7 +126,7 @@ def load_dataset(dataset, tokenizer=""):
                   "test": [pairs[i] for i in test]}
         name, paths = os.path.splitext(os.path.basename(dataset))[0], [dataset]
     else:
-        folder = dataset if os.path.isdir(dataset) else os.path.join(DATA_DIR, dataset)
+        folder = dataset_folder(dataset)
         if not os.path.isdir(dataset):
             if os.path.exists(os.path.join(folder, "prepare.py")):
                 prepare_task(dataset)

@@ -38,16 +38,19 @@ Runs go seed by seed: each is trained, sampled and analysed in one go, so a stop
 (their logs and summaries, which git keeps) behind. A run whose files exist is skipped, so an
 interrupted experiment continues where it stopped (a run stopped mid-training resumes from its
 ckpt.pt, and a finished run whose weights another run needs but a fresh clone lacks trains again);
-Ctrl-C or a failed run stops the runs in progress. `--seeds=3` reports over the first 3 seeds.
+Ctrl-C, SIGTERM, a failed run or (on Linux) a kill of experiment.py stops the runs in progress.
+`--seeds=3` reports over the first 3 seeds.
 Runs go `jobs` at a time, each on one thread (OMP_NUM_THREADS=1): two one-thread runs side by side
 use a 2-core CPU better than one two-thread run after another. Numbers depend on the thread count
 and CPU through float rounding.
 """
 import concurrent.futures  # its FIRST_EXCEPTION, a str imported by name, would become a --flag below
+import ctypes
 import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -71,7 +74,7 @@ num_samples = 4  # K samples per prompt at each temperature
 beam_size = 4  # beams of the beam-search decoding
 max_prompts = 500  # val prompts sampled (arith's val split has 500: all of it)
 jobs = 2  # runs at a time, one thread each
-train_args = ""  # extra train.py flags for every run, e.g. "--device=cuda"
+train_args = ""  # extra train.py flags for every run, shell-quoted, e.g. "--device=cuda --dataset='my data.jsonl'"
 results = "results"  # where runs, tables and figures go
 quick = False  # check that it all works: 2 seeds, short runs, 100 prompts, fewer systems, into results_quick/
 # -----------------------------------------------------------------------------
@@ -185,6 +188,13 @@ RESOLVE = 0.02  # the tables' 'seeds': how many bring the 95% half-width 1.96 sd
 # (that is 50% power against a true difference of RESOLVE, normal quantile; 80% power needs about twice as many)
 
 
+OWNED = {  # train.py flags that tell one run from another: set by experiment.py, refused in --train_args
+    "--out_dir": "one folder per run under --results; pass --results=FOLDER",
+    "--seed": "seed s of every system runs with --seed=s; pass --seeds=N",
+    "--init_from": "for each run (from scratch, from its seed's MLE run, or resumed); drop it",
+}
+
+
 def fail(message):
     sys.exit(f"experiment.py: error: {message}")
 
@@ -208,6 +218,13 @@ try:
     task_systems = {name: systems_of(name) for name in task_names if name in TASKS}
     temperature_values = parse_list("temperatures", temperatures, float, low=0)
     check_out_dir(results, "results")
+    try:
+        train_flags = shlex.split(train_args)
+    except ValueError as err:
+        raise ValueError(f"--train_args={train_args!r} does not parse ({err}); it takes shell quoting") from None
+    for name in (arg.split("=")[0] for arg in train_flags):
+        if name in OWNED:
+            raise ValueError(f"--train_args: {name} is experiment.py's to set, {OWNED[name]}")
 except ValueError as err:
     fail(err)
 stop_on_interrupt("experiment.py", "the runs in progress were stopped; finished runs and the checkpoints of the "
@@ -217,6 +234,10 @@ children, children_lock = set(), threading.Lock()  # the train.py / sample.py pr
 stopping = threading.Event()  # set once the experiment stops: no new run starts
 parts = []  # (task, part, runs done, runs in all, minutes of wall time) of this invocation
 train_locks = {}  # out_dir -> a lock: one thread trains a run (a fine-tuning run may need its base trained again)
+try:  # Linux: a run gets SIGTERM when experiment.py dies, even by SIGKILL (PR_SET_PDEATHSIG): none trains on alone
+    PRCTL, PR_SET_PDEATHSIG = ctypes.CDLL(None, use_errno=True).prctl, 1
+except AttributeError:  # elsewhere (macOS) stop_children() covers every stop but SIGKILL
+    PRCTL = None
 
 
 def stop_children():
@@ -243,9 +264,11 @@ def run(command, done_file):
             sys.exit("experiment.py: stopped")
         print("$", " ".join(command), flush=True)
         t0 = time.time()
+        # the death signal is tied to the thread that starts the run: this one, which waits for it to end
         process = subprocess.Popen([sys.executable, os.path.join(HERE, command[0])] + command[1:],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                   text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                                   text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                                   preexec_fn=partial(PRCTL, PR_SET_PDEATHSIG, signal.SIGTERM) if PRCTL else None)
         children.add(process)
     _, stderr = process.communicate()
     with children_lock:
@@ -271,7 +294,7 @@ def train(out_dir, flags, seed, outputs=()):
     its first checkpoint starts afresh, and so does a finished one whose weights are needed but gone
     (git keeps a run's logs and summaries, not its weights). flags: the task's first (a config file sets
     an out_dir of its own), then the system's: later flags win."""
-    command = ["train.py", *flags, f"--out_dir={out_dir}", f"--seed={seed}", *train_args.split()]
+    command = ["train.py", *flags, f"--out_dir={out_dir}", f"--seed={seed}", *train_flags]
     trained, ckpt, log = (os.path.join(out_dir, f) for f in ("trained", "ckpt.pt", "log.jsonl"))
     with train_locks.setdefault(out_dir, threading.Lock()):  # setdefault is atomic
         if os.path.exists(trained) and (os.path.exists(ckpt) or (outputs and all(map(os.path.exists, outputs)))):

@@ -22,9 +22,10 @@ import time
 
 import torch
 
-from checkpoint import check_output_path, load_checkpoint, model_from_checkpoint, tokenizer_of, write_atomically
+from checkpoint import (check_output_path, check_outputs, load_checkpoint, model_from_checkpoint, run_inputs,
+                        tokenizer_of, write_atomically)
 from configurator import SEED_RANGE, check_device, configure, read_text
-from dataset import encode_example, encode_split, load_dataset, make_batch
+from dataset import dataset_inputs, encode_example, encode_split, load_dataset, make_batch
 from irl_loss import policy_stats
 import metrics
 
@@ -67,13 +68,24 @@ if compile and not use_cache:
     fail("--compile=True compiles the decoding step of the key/value cache; drop --use_cache=False")
 decoding = f"beam{beam_size}" if beam_size else f"t{temperature:g}"
 name = out_file or os.path.join(out_dir, f"samples_{'start' if start else split}_{decoding}.jsonl")
+summary_name = os.path.splitext(name)[0] + ".json"
+ckpt_path = init_from or os.path.join(out_dir, "ckpt.pt")
 try:  # flags and where the results go first, then the checkpoint and the prompts
     device = check_device(device)
     check_output_path(name)
-    checkpoint = load_checkpoint(init_from or os.path.join(out_dir, "ckpt.pt"))
+    checkpoint = load_checkpoint(ckpt_path)
+    train_config = checkpoint.get("config", {})
+    data_name = dataset or train_config.get("dataset", "arith")
+    data_flag = f"--dataset={dataset}" if dataset else f"the checkpoint's dataset {data_name}"
+    check_outputs(  # no output replaces what it is made from: the run, its data, the prompts
+        [(f"--out_file={name}", name, "give --out_file another name"),
+         (f"the summary of --out_file={name} ({summary_name})", summary_name,
+          "give --out_file a name ending in .jsonl")],
+        run_inputs(ckpt_path, f"--init_from={init_from}" if init_from else f"--out_dir={out_dir}")
+        + ([] if start else dataset_inputs(data_name, data_flag))
+        + ([("the prompt file of --start", start[5:])] if start.startswith("FILE:") else []))
     tok = tokenizer_of(checkpoint, tokenizer)
     model = model_from_checkpoint(checkpoint).to(device).eval()
-    train_config = checkpoint.get("config", {})
     checkpoint = None
     block_size = model.config.block_size
     data = None
@@ -85,7 +97,7 @@ try:  # flags and where the results go first, then the checkpoint and the prompt
         else:
             pairs = [(start, None)]
     else:
-        data = load_dataset(dataset or train_config.get("dataset", "arith"), tok)
+        data = load_dataset(data_name, tok)
         if split not in data["splits"] or not data["splits"][split]:
             fail(f"the dataset has no {split!r} split; use --split=val or --split=test")
         pairs = data["splits"][split][:max_prompts or None]
@@ -132,7 +144,7 @@ for j, completion in zip(jobs, completions):
     rows.append(row)
 
 method = "beam" if beam_size else "sampling" if temperature > 0 else "greedy"  # what made the completions
-summary = dict(checkpoint=init_from or os.path.join(out_dir, "ckpt.pt"), split=None if start else split,
+summary = dict(checkpoint=ckpt_path, split=None if start else split,
                prompts=len(pairs), num_samples=num_samples, decoding=method,  # and only the knobs it used:
                temperature=None if beam_size else temperature, top_k=top_k if method == "sampling" else None,
                beam_size=beam_size or None,
@@ -159,11 +171,11 @@ if data is not None:  # the policy's entropy on the split's reference completion
 try:
     os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
     for path, text in ((name, "".join(json.dumps(r) + "\n" for r in rows)),
-                       (os.path.splitext(name)[0] + ".json", json.dumps(summary, indent=2) + "\n")):
+                       (summary_name, json.dumps(summary, indent=2) + "\n")):
         write_atomically(path, text)
 except (ValueError, OSError) as err:
     fail(err)
 for r in rows[: min(len(rows), 2 * num_samples)]:
     print(f"--- {r['prompt']!r} -> {r['sample']!r}" + (f" ({'correct' if r['correct'] else 'wrong'})" if "correct" in r else ""))
 print(json.dumps(summary))
-print(f"wrote {name} and {os.path.splitext(name)[0]}.json")
+print(f"wrote {name} and {summary_name}")

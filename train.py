@@ -28,19 +28,19 @@ from contextlib import nullcontext
 import torch
 
 from baseline_losses import dft_loss, gem_loss
-from checkpoint import (GPT2_NAMES, TRAIN_RANGES, check_config, check_fits, check_out_dir, hf_checkpoint, is_hf_model,
-                        load_checkpoint, lock_out_dir, model_from_checkpoint, save_checkpoint, tokenizer_of,
-                        write_atomically)
+from checkpoint import (GPT2_NAMES, LOCK_FILE, TRAIN_RANGES, check_config, check_fits, check_out_dir, check_outputs,
+                        hf_checkpoint, is_hf_model, load_checkpoint, lock_out_dir, model_from_checkpoint, rank_rng,
+                        save_checkpoint, tokenizer_of, write_atomically)
 from chunked_head import chunked_irl_loss, chunked_policy_stats
 from configurator import check_device, configure, help_lines, same_setting
-from dataset import encode_example, encode_split, load_dataset, make_batch, sample_examples
+from dataset import dataset_inputs, encode_example, encode_split, load_dataset, make_batch, sample_examples
 from irl_loss import irl_loss, mean_entropy, online_irl_loss, policy_stats, q_and_v
 from metrics import rouge_l
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # settings: each is a flag (--name=value) and its comment is its --help line. A resumed run takes
-# every setting from its checkpoint except those marked "(resume: may change)".
+# every setting from its checkpoint; a flag passed again changes one marked "(resume: may change)".
 # I/O
 out_dir = "out"  # where ckpt.pt and log.jsonl are written (resume: may change)
 init_from = "scratch"  # scratch | resume (continue out_dir) | path/to/ckpt.pt (ours or nanoGPT's) | gpt2[-medium|-large|-xl] | a Hugging Face folder or hub name of GPT-2, Llama 3, SmolLM2, Qwen2/2.5 or Qwen3 (resume: may change)
@@ -108,20 +108,31 @@ globals().update(config)
 
 
 def fail(message):
+    for path in reversed(made_by_lock):  # a run that fails leaves no lock file, nor an empty out_dir, it made
+        try:
+            os.rmdir(path) if path == out_dir else os.remove(path)
+        except OSError:
+            pass  # out_dir holds what the run wrote
     sys.exit(f"train.py: error: {message}")
 
 
 # -----------------------------------------------------------------------------
-# the checkpoint to start from; a resumed run continues with the settings it was started with
+# out_dir first, locked before anything is loaded: a second process on it stops at once. Under torchrun
+# rank 0, which saves, holds the lock; should it stop here, torchrun stops the other ranks (SIGTERM).
+master = int(os.environ.get("RANK", 0)) == 0  # the process that locks, logs and saves
 ckpt_path, log_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "log.jsonl")
 best_path = os.path.join(out_dir, "best.pt")  # --keep_best: the early-stopped state
-try:
-    check_out_dir(out_dir)  # before anything is loaded: a run that cannot save stops now
-except ValueError as err:
-    fail(err)
+made_by_lock = []
 if init_from != "resume" and os.path.exists(ckpt_path):
     fail(f"{out_dir} already holds a run (its ckpt.pt); continue it with --init_from=resume, "
          f"or train into a new --out_dir")
+try:
+    check_out_dir(out_dir)  # a run that cannot save stops now
+    if master:
+        made_by_lock = [path for path in (out_dir, os.path.join(out_dir, LOCK_FILE)) if not os.path.lexists(path)]
+        lock_out_dir(out_dir)  # makes them
+except (ValueError, OSError) as err:
+    fail(err)
 from_hf = init_from in GPT2_NAMES or is_hf_model(init_from)  # pretrained weights: GPT-2 or the Llama family
 if init_from not in ("scratch", "resume") and not init_from.endswith(".pt") and not from_hf:
     fail(f"--init_from={init_from!r}: use scratch, resume, a path ending in .pt, gpt2[-medium|-large|-xl] "
@@ -129,7 +140,7 @@ if init_from not in ("scratch", "resume") and not init_from.endswith(".pt") and 
 if chat_template and not from_hf and init_from != "resume":
     fail("--chat_template=True formats prompts with a pretrained model's template: pass --init_from=a Hugging "
          "Face model that has one")
-if wandb_log and int(os.environ.get("RANK", 0)) == 0:  # imported only when asked for, by the process that logs
+if wandb_log and master:  # imported only when asked for, by the process that logs
     try:
         import wandb
     except ImportError:
@@ -144,15 +155,30 @@ try:
         check_config(checkpoint["config"], ckpt_path, settings)
 except ValueError as err:
     fail(err)
-if init_from == "resume":
+if init_from == "resume":  # the same run goes on: every setting as saved, unless passed again and allowed to change
     may_change = {k for k, text in help_lines(__file__).items() if "(resume: may change)" in text}
+    changed = []
     for key, value in checkpoint["config"].items():
-        if key in settings and key not in may_change:
-            if key in given and not same_setting(config[key], value):
+        if key not in settings or key in ("out_dir", "init_from"):  # where the run is, and how it starts: as passed
+            continue
+        if key in given and not same_setting(config[key], value):
+            if key not in may_change:
                 fail(f"--{key}={config[key]} but the run in {out_dir} has {key}={value}; drop --{key} "
                      f"(a resumed run keeps its settings) or train into a new --out_dir")
+            changed.append(f"{key} {value!r} -> {config[key]!r}")
+        else:
             config[key] = value
     globals().update(config)
+    if master:
+        print(f"resume: {ckpt_path} at iter {checkpoint['iter_num']}, "
+              + (f"its settings but {', '.join(changed)} (passed)" if changed else "every setting as saved"))
+try:  # no output replaces what the run reads
+    check_outputs([(f"--out_dir={out_dir}'s {os.path.basename(path)}", path, "train into another --out_dir")
+                   for path in (ckpt_path, log_path, best_path)],
+                  dataset_inputs(dataset, f"--dataset={dataset}")
+                  + ([(f"--init_from={init_from}", init_from)] if init_from.endswith(".pt") else []))
+except ValueError as err:
+    fail(err)
 
 # checks between flags, which would otherwise fail late and obscurely
 if loss not in ("irl", "mle", "dft", "gem", "gail"):
@@ -184,20 +210,30 @@ try:
     device = check_device(device)  # '' = cuda, else mps, else cpu
 except ValueError as err:
     fail(err)
+rank, local_rank, world_size = (int(os.environ.get(k, default)) for k, default in
+                                (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+
+
+def fail_together(message):
+    """A problem every rank meets alike, found before the process group: rank 0 says it, once."""
+    sys.exit(0 if rank else f"train.py: error: {message}")
+
+
+if gradient_accumulation_steps % world_size:
+    fail_together(f"--gradient_accumulation_steps={gradient_accumulation_steps} counts micro-batches over all "
+                  f"{world_size} processes; pass a multiple of {world_size}, e.g. "
+                  f"--gradient_accumulation_steps={world_size}")
+if init_from == "resume":
+    try:
+        rng_states = rank_rng(checkpoint["rng"], rank, world_size, ckpt_path)  # this rank's, as saved
+    except ValueError as err:
+        fail_together(err)
 if ddp:
-    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-    if gradient_accumulation_steps % world_size:  # checked before the process group: one line, rank 0's
-        sys.exit(0 if rank else f"train.py: error: --gradient_accumulation_steps={gradient_accumulation_steps} "
-                 f"counts micro-batches over all {world_size} processes; pass a multiple of {world_size}, "
-                 f"e.g. --gradient_accumulation_steps={world_size}")
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     torch.distributed.init_process_group(backend=backend if device.startswith("cuda") else "gloo")
     gradient_accumulation_steps //= world_size
-else:
-    rank, world_size = 0, 1
-master = rank == 0  # the process that logs and saves
 device_type = "cuda" if device.startswith("cuda") else device.split(":")[0]
 if not dtype:
     dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
@@ -276,11 +312,11 @@ if init_from == "resume":
     samples = sample_lists[rank] if rank < len(sample_lists) else {}
     iter_num = checkpoint["iter_num"]
     best = checkpoint.get("best")
-    rng = checkpoint["rng"]
-    torch.set_rng_state(rng["torch"])
-    train_gen.set_state(rng["data"][rank] if rank < len(rng["data"]) else rng["data"][0])
-    if device_type == "cuda" and rng.get("cuda") is not None:
-        torch.cuda.set_rng_state(rng["cuda"])
+    torch_state, cuda_state, data_state = rng_states
+    torch.set_rng_state(torch_state)
+    train_gen.set_state(data_state)
+    if device_type == "cuda" and cuda_state is not None:
+        torch.cuda.set_rng_state(cuda_state)
 checkpoint = None  # free the memory
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
 
@@ -410,18 +446,20 @@ def evaluate():
 
 
 def save_state():
-    """Everything a resumed run needs to continue exactly: weights, optimizer, RNG and data position."""
-    states, sample_lists = [train_gen.get_state()], [samples]
-    if ddp:  # every rank's data position (and samples), so a resumed run continues each rank's stream
-        states, sample_lists = [None] * world_size, [None] * world_size
-        torch.distributed.all_gather_object(states, train_gen.get_state())
-        torch.distributed.all_gather_object(sample_lists, samples)
+    """Everything a resumed run needs to continue exactly: weights, optimizer, and each rank's random
+    states (dropout, policy samples), data position and samples (checkpoint.rank_rng restores them)."""
+    mine = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None,
+                data=train_gen.get_state(), samples=samples)
+    ranks = [mine]
+    if ddp:
+        ranks = [None] * world_size
+        torch.distributed.all_gather_object(ranks, mine)
     if master:
         save_checkpoint(dict(
             model=raw_model.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
-            config=config, iter_num=iter_num, tokenizer=tok.state(), samples=sample_lists, best=best,
-            rng=dict(torch=torch.get_rng_state(), data=states,
-                     cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None),
+            config=config, iter_num=iter_num, tokenizer=tok.state(), samples=[r["samples"] for r in ranks], best=best,
+            rng=dict(torch=mine["torch"], cuda=mine["cuda"], data=[r["data"] for r in ranks],
+                     ranks=[dict(torch=r["torch"], cuda=r["cuda"]) for r in ranks]),
             **{name: state.state_dict() for name, state in method_state.items()}), ckpt_path)
 
 
@@ -476,7 +514,7 @@ def logged_iters(last_iter):
 
 
 def interrupted(*_):
-    """Ctrl-C: one line instead of a traceback. ckpt.pt is written to a temporary file and renamed,
+    """Ctrl-C or SIGTERM: one line instead of a traceback. ckpt.pt is written to a temporary file and renamed,
     so an interrupt, even in the middle of a save, leaves the last complete checkpoint in place."""
     saved = os.path.exists(ckpt_path) and torch.load(ckpt_path, weights_only=True, mmap=True)["iter_num"]
     fail(f"interrupted at iter {iter_num}; " + (f"{ckpt_path} holds iter {saved}: continue with --init_from=resume"
@@ -502,7 +540,6 @@ def out_of_memory(kind, err, traceback):
 sys.excepthook = out_of_memory
 if master:
     try:
-        lock_out_dir(out_dir)  # makes it; a second process on this out_dir stops here, at once
         logged = logged_iters(iter_num if init_from == "resume" else -1)
     except (ValueError, OSError) as err:
         fail(err)
@@ -513,7 +550,8 @@ wandb_run = None  # --wandb_log: the records of log.jsonl and the progress lines
 if master and wandb_log:
     wandb_run = wandb.init(project=wandb_project, name=wandb_run_name or os.path.basename(os.path.abspath(out_dir)),
                            config=config)
-signal.signal(signal.SIGINT, interrupted)
+for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, kill: the same clean stop
+    signal.signal(signum, interrupted)
 start_iter = last_log_iter = iter_num
 t0, tokens_seen = time.time(), 0
 run_seconds = dict(sample=0.0, step=0.0)  # since start_iter, for log.jsonl: sampling vs the whole step

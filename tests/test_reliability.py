@@ -129,7 +129,7 @@ def test_bad_input_stops_with_one_line(work, monkeypatch, script, flags, message
 def test_bad_samples_file_names_its_line(work, monkeypatch):
     before = snapshot(work)
     code = run_inline("analyze_reward.py", [f"--out_dir={work / 'run'}", f"--results={work / 'out'}",
-                                            f"--samples=../bad_samples/samples_val_t1.jsonl"], monkeypatch)
+                                            "--samples=../bad_samples/samples_val_t1.jsonl"], monkeypatch)
     assert "samples_val_t1.jsonl:2 is not a sample.py row" in code and "\n" not in code
     assert snapshot(work) == before
 
