@@ -210,9 +210,10 @@ def fit_to_block(prompt_ids, completion_ids, block_size):
     """Cut an example to at most block_size + 1 tokens (block_size positions of idx/targets).
     Returns (prompt_ids, completion_ids, prompt_cut, completion_cut)."""
     room = block_size + 1
-    prompt_cut = len(prompt_ids) + len(completion_ids) > room
-    if prompt_cut:  # keep the end of the prompt, at least one token to predict the first action from
-        prompt_ids = prompt_ids[-max(1, room - len(completion_ids)):]
+    kept = max(1, room - len(completion_ids))  # the prompt's end; at least [BOS], to predict the first action from
+    prompt_cut = len(prompt_ids) > kept  # a prompt of [BOS] alone is never cut, however long its completion
+    if prompt_cut:
+        prompt_ids = prompt_ids[-kept:]
     completion_cut = len(prompt_ids) + len(completion_ids) > room
     if completion_cut:  # truncated, not terminated: the final EOS is cut off with the tail
         completion_ids = completion_ids[:room - len(prompt_ids)]

@@ -8,7 +8,9 @@ sample.py and analyze_reward.py as a user would.
     python experiment.py --task=arith             # accuracy vs Self-BLEU of every system, reward analysis
     python experiment.py --task=finetune          # arith's MLE models fine-tuned on 250 / 1000 shifted demos
     python experiment.py --task=small_data        # arith, 5% vs 100% of train: val curves
-    python experiment.py --task=shakespeare       # ROUGE-L vs Self-BLEU, MLE vs IRL
+    python experiment.py --task=tuned             # best against best: every family tuned on val, scored on test
+    python experiment.py --task=cmudict           # the same on real data: word -> pronunciation (translation)
+    python experiment.py --task=shakespeare       # and the next line of held-out plays, from a pre-trained base
     python experiment.py --quick                  # a check: 2 seeds, short runs, fewer systems, into results_quick/
 
 Seed s of every system runs with --seed=s, so train.py starts each system from the same weights (those
@@ -17,6 +19,20 @@ MLE on the same extra steps, for those fine-tuned from MLE) is taken per seed an
 s.e. over seeds. The headline is accuracy at matched Self-BLEU: a run's (Self-BLEU, accuracy) points
 over its temperatures (greedy as T=0, Self-BLEU 1), joined piecewise linearly, minus its seed's MLE
 (or CONTROL) curve, averaged over Self-BLEU values both cover.
+
+cmudict and shakespeare are task tuned's comparison on real language, each a task of its own (results/<task>/), and
+together should take about 2 hours 20 minutes with --jobs=2 on a 2-core x86 CPU: measured at one thread (beside
+other work on the same CPU, so an idle one may be faster), times the count of runs (TUNED: 5 families x 3
+configurations on one tuning seed, then 5 x 5 final runs and 2 x 5 on the smaller train set), halved for 2 at a time:
+- cmudict, 2 blocks of width 128, window 48, batch 32: 43 ms a step with its evaluations, so a 1500-step run trains
+  in 70 s; its 8 decodings of the 500 test prompts and the reward analysis take 45 s. 50 runs, about 85 CPU-minutes:
+  45 minutes.
+- shakespeare: the base model (4 blocks of width 192, window 256, batch 8) takes 225 ms a step, 2500 steps in 10
+  minutes, alone (every other run needs it); a fine-tuning run 205 ms a step, 300 steps and 5 greedy evaluations of
+  200 val prompts in 1.6 minutes; its 6 decodings of 150 test prompts and the reward analysis 2.4 minutes, a third
+  of it beam search (150 tokens a second), if the fine-tuned model ends its lines (one that never says EOS runs to
+  128 tokens, 3x longer). 50 runs, about 160 CPU-minutes, and the base: 95 minutes.
+Over budget, --seeds=3 cuts the final runs by 40%.
 
 Runs go seed by seed: each is trained, sampled and analysed in one go, so a stop leaves whole runs
 (their logs and summaries, which git keeps) behind. A run whose files exist is skipped, so an
@@ -46,10 +62,11 @@ import numpy as np
 
 from checkpoint import check_out_dir, lock_out_dir, save_figure, write_atomically
 from configurator import configure, parse_list, stop_on_interrupt
+from data.shakespeare.prepare import PRETRAIN_CHARS, prepare_pretrain
 from metrics import mean_se
 
 # -----------------------------------------------------------------------------
-task = "all"  # all (arith, finetune, then tuned) | arith | finetune | tuned | small_data | shakespeare
+task = "all"  # all (arith, finetune, then tuned) | arith | finetune | tuned | small_data | cmudict | shakespeare
 systems = ""  # '' = the task's own; or some of mle,ent0.01,ent0.1,irl0.1,irl1,online0.01,online0.1,online1,gail,mle+ft
 seeds = 5  # paired seeds per system
 temperatures = "0.25,0.5,0.75,1.0"  # sampling temperatures (greedy and beam search come on top)
@@ -78,6 +95,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))  # the scripts it runs; a path
 # so a run is what `python train.py` does; --quick appends its own schedule (later flags win)
 ARITH_FLAGS = ["--dataset=arith", "--eval_interval=250"]
 QUICK_SCRATCH = ["--max_iters=150", "--lr_decay_iters=150", "--eval_interval=75", "--eval_prompts=50"]
+QUICK_FINE_TUNE = ["--max_iters=50", "--lr_decay_iters=50", "--eval_interval=25", "--eval_prompts=50"]
 # online IQ-Learn, GAIL (docs/method.md section 5) and their control fine-tune each seed's MLE run on this schedule,
 # as the paper's methods fine-tune a trained model
 FINE_TUNE = ["--learning_rate=1e-4", "--min_lr=1e-5", "--warmup_iters=10", "--max_iters=300",
@@ -90,7 +108,6 @@ FINETUNE = dict(  # task finetune: the shifted distribution (prepare.py's consta
            "--lr_decay_iters=500", "--eval_interval=50"])  # MLE overfits 250 demos: its val nll turns up
 if quick:  # the schedules cut short: from scratch, and fine-tuning (from MLE, and task finetune)
     ARITH_FLAGS = ARITH_FLAGS + QUICK_SCRATCH
-    QUICK_FINE_TUNE = ["--max_iters=50", "--lr_decay_iters=50", "--eval_interval=25", "--eval_prompts=50"]
     FINE_TUNE, FINETUNE["flags"] = FINE_TUNE + QUICK_FINE_TUNE, FINETUNE["flags"] + QUICK_FINE_TUNE
 ONLINE = ["--loss=irl", "--mix_in=0.1", "--sample_fraction=0.25", "--sample_every=4", "--max_new_tokens=32"] + FINE_TUNE
 SYSTEMS = {  # name: (label, train.py flags)
@@ -114,29 +131,60 @@ TASKS = {  # train.py flags, the task metric sample.py reports, systems by defau
               "mle,ent0.1,irl0.1,online0.1,gail,mle+ft"),
     "finetune": (ARITH_FLAGS, "accuracy", FINETUNE["systems"], "mle,irl0.1"),
     "small_data": (ARITH_FLAGS, "accuracy", "mle,irl0.1", "mle,irl0.1"),
-    "shakespeare": ([os.path.join(HERE, "config", "shakespeare_char.py")], "rougeL", "mle,irl0.1", "mle,irl0.1"),
 }
 TUNED_TASKS = ["finetune", "arith"]  # task tuned: best against best on these (the short fine-tuning runs first)
-TUNED = dict(  # task tuned (results/tuned/): per setting, train.py flags and families {name: (label, loss, knob)}
-    dropouts=[0, 0.1],  # every family: its three knob settings at dropout 0 and 0.1, 6 configurations
-    temperatures=[1.25, 1.5],  # on top of --temperatures: every curve reaches the most diverse one's Self-BLEU
+TUNED_TEMPERATURES = [1.25, 1.5]  # on top of --temperatures: every curve reaches the most diverse one's Self-BLEU
+FAMILIES = dict(  # best against best: {family: (label, loss, three settings of its knob)}, from scratch or fine-tuning
+    scratch=dict(
+        mle=("MLE", "mle", [["--learning_rate=1e-3"], ["--learning_rate=2e-3"], ["--weight_decay=1.0"]]),
+        ent=("MLE + entropy", "mle", [[f"--entropy_coef={b}"] for b in (0.01, 0.03, 0.1)]),
+        dft=("DFT", "dft", [[f"--learning_rate={lr}"] for lr in ("1e-3", "2e-3", "4e-3")]),
+        gem=("GEM", "gem", [[f"--gem_beta={b}"] for b in (0.5, 0.7, 0.9)]),
+        irl=("IRL", "irl", [[f"--td_coef={t}"] for t in (0.03, 0.1, 0.3)])),
+    fine_tune=dict(
+        mle=("MLE", "mle", [["--learning_rate=1e-3"], ["--learning_rate=3e-4"], ["--weight_decay=1.0"]]),
+        ent=("MLE + entropy", "mle", [[f"--entropy_coef={b}"] for b in (0.01, 0.03, 0.1)]),
+        dft=("DFT", "dft", [[f"--learning_rate={lr}"] for lr in ("3e-4", "1e-3", "3e-3")]),
+        gem=("GEM", "gem", [[f"--gem_beta={b}"] for b in (0.5, 0.7, 0.9)]),
+        irl=("IRL", "irl", [[f"--td_coef={t}"] for t in (0.03, 0.1, 0.3)])))
+# Best against best, per setting: flags (train.py's, every run), dropouts (every knob setting runs at each),
+# tuning_seeds (configurations are tried on these, never on the final seeds 0..seeds-1), families, and optionally
+# metric (what --keep_best tracks and the configurations are chosen by; default accuracy), reward (the finals get the
+# reward analysis), data and size (the run's data: that built-in dataset, its train split cut to its first size
+# examples), base (one model every run fine-tunes: base["prepare"](folder) writes its data, base["flags"] train it),
+# prompts (sampled, at most --max_prompts), temperatures (beyond --temperatures; TUNED_TEMPERATURES by default),
+# and runs of the chosen configurations beyond the finals: longer=(families, iterations), smaller=(families, size).
+TUNED = dict(
     arith=dict(  # from scratch, 50% longer than task arith so that MLE levels off too; early-stopped on val
         flags=["--dataset=arith", "--eval_interval=250", "--max_iters=6000"] + (QUICK_SCRATCH if quick else []),
-        tuning_seeds=[100],  # configurations are tried on these seeds, never on the final ones (0..seeds-1)
-        longer=(["mle", "irl"], 12000),  # these families' choices run again twice as long: has the answer levelled?
-        families=dict(
-            mle=("MLE", "mle", [["--learning_rate=1e-3"], ["--learning_rate=2e-3"], ["--weight_decay=1.0"]]),
-            ent=("MLE + entropy", "mle", [[f"--entropy_coef={b}"] for b in (0.01, 0.03, 0.1)]),
-            dft=("DFT", "dft", [[f"--learning_rate={lr}"] for lr in ("1e-3", "2e-3", "4e-3")]),
-            gem=("GEM", "gem", [[f"--gem_beta={b}"] for b in (0.5, 0.7, 0.9)]),
-            irl=("IRL", "irl", [[f"--td_coef={t}"] for t in (0.03, 0.1, 0.3)]))),
+        dropouts=[0, 0.1], tuning_seeds=[100], reward=True, families=FAMILIES["scratch"],
+        longer=(["mle", "irl"], 12000)),  # these families' choices run again twice as long: has the answer levelled?
     finetune=dict(  # task finetune's 250 shifted demonstrations, from arith's MLE model of the seed
-        flags=FINETUNE["flags"], size=250, tuning_seeds=[100] if quick else [100, 101],
-        families=dict(
-            mle=("MLE", "mle", [["--learning_rate=1e-3"], ["--learning_rate=3e-4"], ["--weight_decay=1.0"]]),
-            dft=("DFT", "dft", [[f"--learning_rate={lr}"] for lr in ("3e-4", "1e-3", "3e-3")]),
-            gem=("GEM", "gem", [[f"--gem_beta={b}"] for b in (0.5, 0.7, 0.9)]),
-            irl=("IRL", "irl", [[f"--td_coef={t}"] for t in (0.03, 0.1, 0.3)]))))
+        flags=FINETUNE["flags"], size=250, dropouts=[0, 0.1], tuning_seeds=[100] if quick else [100, 101],
+        families={f: FAMILIES["fine_tune"][f] for f in ("mle", "dft", "gem", "irl")}),
+    # Real language, each a task of its own (results/<name>/). One configuration per knob setting, at dropout 0.1
+    # only (half arith's grid, the same for every family) and 1 tuning seed, so that both fit in 2.5 hours of a
+    # 2-core CPU: measured per step at 1 thread, wall time with --jobs=2 in the docstring.
+    cmudict=dict(  # word -> pronunciation, the paper's translation task small: from scratch on 3000 words, as a base
+        # could pre-train only on more of the dictionary, which is more demonstrations, not a prior; block 48 fits all
+        flags=["--block_size=48", "--eval_interval=250", "--max_iters=1500"] + (QUICK_SCRATCH if quick else []),
+        data="cmudict", dropouts=[0.1], tuning_seeds=[100], reward=True, families=FAMILIES["scratch"],
+        smaller=(["mle", "irl"], 750)),  # a quarter of the words: does MLE overfit them, and IRL not?
+    shakespeare=dict(  # the next line of held-out plays (the paper's summarising, small), fine-tuned from a base
+        # model that learnt the raw text of the train plays by MLE; its window of 256 holds a prompt of 3 lines and
+        # the next line whole but for 1.3% of train examples and 0.2% of val (the start of their prompt is cut)
+        base=dict(prepare=prepare_pretrain, flags=[
+            f"--block_size={PRETRAIN_CHARS}", "--batch_size=8", "--n_layer=4", "--n_embd=192", "--loss=mle",
+            "--learning_rate=2e-3", "--min_lr=2e-4", "--max_iters=2500", "--eval_interval=500"]
+            + (QUICK_SCRATCH if quick else [])),
+        flags=[f"--block_size={PRETRAIN_CHARS}", "--batch_size=8", "--learning_rate=1e-3", "--min_lr=1e-4",
+               "--warmup_iters=20", "--max_iters=300", "--eval_interval=75"] + (QUICK_FINE_TUNE if quick else []),
+        data="shakespeare", size=2000, metric="rougeL", dropouts=[0.1], tuning_seeds=[100], reward=True,
+        prompts=150,  # of the 500 test prompts: sampling a line costs 10x a pronunciation (3x the tokens, 4x the model)
+        temperatures=[],  # at T = 1 the samples of a prompt already share almost no 4-grams (Self-BLEU near 0)
+        families=FAMILIES["fine_tune"], smaller=(["mle", "irl"], 250)),  # 300 steps of 8 = 10 passes over 250
+)
+OWN_TASKS = [n for n in TUNED if n not in TUNED_TASKS]  # best against best, each a task of its own: results/<name>/
 RESOLVE = 0.02  # the tables' 'seeds': how many bring the 95% half-width 1.96 sd / sqrt(n) down to this
 # (that is 50% power against a true difference of RESOLVE, normal quantile; 80% power needs about twice as many)
 
@@ -165,8 +213,9 @@ def systems_of(name):
 # every flag is checked before the first run trains
 try:
     task_names = ["arith", "finetune", "tuned"] if task == "all" else [task]
-    if task_names[0] not in list(TASKS) + ["tuned"]:
-        raise ValueError(f"--task={task!r}; use all, {', '.join(list(TASKS)[:2] + ['tuned'] + list(TASKS)[2:])}")
+    if task_names[0] not in list(TASKS) + ["tuned"] + OWN_TASKS:
+        names = list(TASKS)[:2] + ["tuned"] + list(TASKS)[2:] + OWN_TASKS
+        raise ValueError(f"--task={task!r}; use all, {', '.join(names)}")
     task_systems = {name: systems_of(name) for name in task_names if name in TASKS}
     temperature_values = parse_list("temperatures", temperatures, float, low=0)
     check_out_dir(results, "results")
@@ -267,12 +316,13 @@ def decoding_file(out_dir, decoding, split="val"):
     return os.path.join(out_dir, f"samples_{split}_{'t0' if decoding == 'greedy' else decoding}.json")
 
 
-def sample(out_dir, decoding, seed, split="val", weights="ckpt.pt"):
-    """sample.py on the run's weights (ckpt.pt, or best.pt: the early-stopped state) at one decoding."""
+def sample(out_dir, decoding, seed, split="val", weights="ckpt.pt", prompts=max_prompts):
+    """sample.py on the run's weights (ckpt.pt, or best.pt: the early-stopped state) at one decoding, on the first
+    `prompts` prompts of the split."""
     args = {"greedy": ["--temperature=0", "--num_samples=1"], f"beam{beam_size}": [f"--beam_size={beam_size}",
             "--num_samples=1"]}.get(decoding, [f"--temperature={decoding[1:]}", f"--num_samples={num_samples}"])
     return run(["sample.py", f"--out_dir={out_dir}", f"--init_from={os.path.join(out_dir, weights)}", *args,
-                f"--split={split}", f"--max_prompts={max_prompts}", f"--seed={seed}"],
+                f"--split={split}", f"--max_prompts={prompts}", f"--seed={seed}"],
                decoding_file(out_dir, decoding, split))
 
 
@@ -370,9 +420,9 @@ def run_dir(root, system, seed):
     return os.path.join(root, f"{system}_s{seed}")
 
 
-def learning_curves(runs):
-    """Table rows: val accuracy at each evaluation (train.py's greedy, on its eval_prompts), mean ± s.e.;
-    runs: {label: [out_dir per seed]}, one table per schedule (its evaluation iterations)."""
+def learning_curves(runs, key="val/accuracy"):
+    """Table rows: key (val accuracy, or ROUGE-L) at each evaluation (train.py's greedy, on its eval_prompts),
+    mean ± s.e.; runs: {label: [out_dir per seed]}, one table per schedule (its evaluation iterations)."""
     by_schedule = {}
     for label, dirs in runs.items():
         logs = [read(os.path.join(d, 'log.jsonl')) for d in dirs]
@@ -380,7 +430,7 @@ def learning_curves(runs):
     rows = []
     for iters, group in by_schedule.items():
         rows += ["", "| system | " + " | ".join(f"iter {i}" for i in iters) + " |", "|---" * (len(iters) + 1) + "|"]
-        rows += [f"| {label} | " + " | ".join(ms([log[k].get("val/accuracy") for log in logs], 2)
+        rows += [f"| {label} | " + " | ".join(ms([log[k].get(key) for log in logs], 2)
                                               for k in range(len(iters))) + " |" for label, logs in group]
     return rows
 
@@ -407,15 +457,16 @@ def reward_table(root, analyzed, table=SYSTEMS):
 def score_vs_diversity(name, spec=None):
     """Figures 2-3: each system's curve of task score against Self-BLEU, paired differences to MLE.
     spec (task tuned): root, table {system: (label, flags)}, chosen (the base first), flags, metric,
-    split and weights (sample.py's --split, and ckpt.pt or best.pt), decodings, start (seed -> (seconds,
-    flags that start the run from its seed's base model)) and part_of (the task it times) in place of
-    task `name`'s."""
+    split, weights and prompts (sample.py's --split, ckpt.pt or best.pt, --max_prompts), decodings, start
+    (seed -> (seconds, flags that start the run from its seed's base model)) and part_of (the task it times)
+    in place of task `name`'s."""
     flags, metric, _, _ = TASKS.get(name, (None, None, None, None))
     spec = dict(dict(root=os.path.join(results, name), table=SYSTEMS, chosen=task_systems.get(name), flags=flags,
-                     metric=metric, split="val", weights="ckpt.pt", decodings=DECODINGS, part_of=name,
-                     start=lambda seed: (0.0, [])), **(spec or {}))
+                     metric=metric, split="val", weights="ckpt.pt", prompts=max_prompts, decodings=DECODINGS,
+                     part_of=name, start=lambda seed: (0.0, [])), **(spec or {}))
     root, table, chosen, flags, metric = (spec[k] for k in ("root", "table", "chosen", "flags", "metric"))
     split, weights, base, decodings = spec["split"], spec["weights"], spec["chosen"][0], spec["decodings"]
+    prompts = spec["prompts"]
     analyzed = spec.get("analyzed", [s for s in REWARD if s in chosen])
     label = lambda s: table[s][0]
     decoded = lambda s, d, seed: decoding_file(run_dir(root, s, seed), d, split)
@@ -432,7 +483,7 @@ def score_vs_diversity(name, spec=None):
         elif not finished:
             spent, start = spec["start"](seed)  # task tuned's fine-tuning: the seed's base model
         spent += train(out_dir, flags + table[s][1] + start, seed, outputs)
-        spent += sum(sample(out_dir, d, seed, split, weights) for d in decodings)
+        spent += sum(sample(out_dir, d, seed, split, weights, prompts) for d in decodings)
         return spent + (analyze(out_dir, seed, split, weights) if s in analyzed else 0.0)
 
     # seed by seed, so that a stop leaves whole seeds (their logs and summaries) behind
@@ -444,7 +495,7 @@ def score_vs_diversity(name, spec=None):
                              for seed in range(seeds)]
     on_curve = ["greedy"] + decodings[2:]  # the temperatures, greedy as T=0
     curve = lambda s, seed: [(get(s, d, "self_bleu")[seed], get(s, d, metric)[seed]) for d in on_curve]
-    rows = [f"## {name}: {metric} by decoding ({seeds} seeds, {max_prompts} {split} prompts, mean ± s.e.)", "",
+    rows = [f"## {name}: {metric} by decoding ({seeds} seeds, {prompts} {split} prompts, mean ± s.e.)", "",
             f"| system | decoding | {metric} | Self-BLEU | distinct-2 |", "|---" * 5 + "|"]
     rows += [f"| {label(s)} | {'T=' + d[1:] if d[0] == 't' else d} | "
              + " | ".join(ms(get(s, d, key)) for key in (metric, "self_bleu", "distinct_2")) + " |"
@@ -469,7 +520,8 @@ def score_vs_diversity(name, spec=None):
             + [cell for d in decodings[:2] for cell in diff_cells(paired(get(s, d, metric), get(other, d, metric)))]
             + diff_cells(paired(get(s, decodings[1], metric), get(s, "greedy", metric)))[:1]) + " |")
     rows += ["", f"## {name}: learning curves, greedy val {metric} at each evaluation (mean ± s.e.)"]
-    rows += learning_curves({label(s): [run_dir(root, s, seed) for seed in range(seeds)] for s in chosen})
+    rows += learning_curves({label(s): [run_dir(root, s, seed) for seed in range(seeds)] for s in chosen},
+                            f"val/{metric}")
     if analyzed:
         rows += ["", f"## {name}: reward analysis (samples at T=1; at γ=1 return = log p + v_0, so within a prompt "
                  f"return ranks as log p: the pick rate is log p's, and return − log p is what v_0 adds)", ""]
@@ -585,12 +637,18 @@ def finetune_data(folder):
     if not chars("shifted") <= chars("base"):  # the fine-tuned model keeps the base model's tokenizer
         fail(f"the shifted data has characters the base data lacks: {sorted(chars('shifted') - chars('base'))}")
     for n in FINETUNE["sizes"]:
-        os.makedirs(folders[n], exist_ok=True)
-        for file in ("train.jsonl", "val.jsonl", "test.jsonl", "meta.json"):
-            with open(os.path.join(folders["shifted"], file)) as f:
-                text = "".join(f.readlines()[:n]) if file == "train.jsonl" else f.read()
-            write_atomically(os.path.join(folders[n], file), text)
+        cut_train(folders["shifted"], folders[n], n)
     return folders, made
+
+
+def cut_train(source, folder, n):
+    """folder: a copy of the dataset folder source with its train split cut to the first n examples."""
+    os.makedirs(folder, exist_ok=True)
+    for file in ("train.jsonl", "val.jsonl", "test.jsonl", "meta.json"):
+        with open(os.path.join(source, file)) as f:
+            text = "".join(f.readlines()[:n]) if file == "train.jsonl" else f.read()
+        write_atomically(os.path.join(folder, file), text)
+    return folder
 
 
 def finetune():
@@ -628,27 +686,55 @@ def configurations(setting):
     for family, (_, loss_name, knob) in setting["families"].items():
         if quick and family not in ("mle", "irl"):
             continue
-        flags = [[f"--loss={loss_name}", *k, f"--dropout={d}"] for k in knob for d in TUNED["dropouts"]]
+        flags = [[f"--loss={loss_name}", *k, f"--dropout={d}"] for k in knob for d in setting["dropouts"]]
         named = {family + "_" + "_".join(f[2:].replace("=", "") for f in fl[1:]): fl for fl in flags}
         grid[family] = dict(list(named.items())[:2] if quick else named)
     return grid
 
 
-def levelled(log_rows, eval_prompts=200):
-    """How much a line through the last quarter of a run's greedy val accuracies rises over that quarter,
-    and one evaluation's binomial s.e. there: levelled off when the rise is below the s.e."""
-    rows = [r for r in log_rows if "val/accuracy" in r]
+def levelled(log_rows, key="val/accuracy", eval_prompts=200):
+    """How much a line through the last quarter of a run's greedy val accuracies (or ROUGE-L, key) rises over
+    that quarter, and one evaluation's binomial s.e. there: levelled off when the rise is below the s.e. (for a
+    score in [0, 1] such as ROUGE-L, the binomial s.e. bounds the s.e. of its mean from above)."""
+    rows = [r for r in log_rows if key in r]
     tail = rows[-max(2, len(rows) // 4):]
-    iters, acc = np.array([r["iter"] for r in tail]), np.array([r["val/accuracy"] for r in tail])
+    iters, acc = np.array([r["iter"] for r in tail]), np.array([r[key] for r in tail])
     rise = np.polyfit(iters, acc, 1)[0] * (iters[-1] - iters[0])
     return float(rise), float(math.sqrt(max(acc.mean() * (1 - acc.mean()), 1e-4) / eval_prompts))
 
 
-def tuned_setting(name):
+def demonstrations(setting, root, size=None):
+    """The --dataset flag of a setting's runs: its built-in data (prepared now, before runs read it in parallel),
+    or a copy with the train split cut to its first `size` examples, in root/data/train<size>."""
+    from dataset import DATA_DIR, prepare_task
+    prepare_task(setting["data"])
+    if not size:
+        return [f"--dataset={setting['data']}"]
+    folder = cut_train(os.path.join(DATA_DIR, setting["data"]), os.path.join(root, "data", f"train{size}"), size)
+    return [f"--dataset={folder}"]
+
+
+def base_start(root, base):
+    """start(seed) -> (seconds, flags) of a setting's runs: from scratch (base None), or fine-tuned from one base
+    model, trained on its first use (base["prepare"]'s data, base["flags"]) into root/base. One base, seed 0, for
+    every seed: the question is the fine-tuning loss, not how base models differ by seed, and one base costs half
+    a family's five final runs."""
+    if base is None:
+        return lambda seed: (0.0, [])
+    folder, out_dir = os.path.join(root, "data", "pretrain"), os.path.join(root, "base")
+    if not os.path.exists(os.path.join(folder, "meta.json")):
+        base["prepare"](folder)
+    return lambda seed: (train(out_dir, [f"--dataset={folder}"] + base["flags"], 0),
+                         [f"--init_from={os.path.join(out_dir, 'ckpt.pt')}"])
+
+
+def tuned_setting(name, root, part_of):
     """Tune every family of TUNED[name] on val, then run each family's choice on the final seeds, scored on
-    the test split against the tuned MLE (score_vs_diversity). Table rows."""
-    setting, root = TUNED[name], os.path.join(results, "tuned", name)
-    grid, keep = configurations(setting), "--keep_best=val/accuracy"
+    the test split against the tuned MLE (score_vs_diversity), into root; part_of: the task it times. Table rows."""
+    setting, metric = TUNED[name], TUNED[name].get("metric", "accuracy")
+    grid, keep = configurations(setting), f"--keep_best=val/{metric}"
+    prompts = min(max_prompts, setting.get("prompts", max_prompts))
+    part = f"{name}: " if part_of != name else ""  # task tuned times its settings' parts apart
     if name == "finetune":  # the demonstrations, and the base model of each seed (arith's MLE run; retrained if gone)
         folders, _ = finetune_data(os.path.join(results, "finetune", "data"))
         data = [f"--dataset={folders[setting['size']]}"]
@@ -659,7 +745,10 @@ def tuned_setting(name):
             spent = train(base(seed), ARITH_FLAGS + SYSTEMS["mle"][1], seed)
             return spent, [f"--init_from={os.path.join(base(seed), 'ckpt.pt')}"]
     else:
-        data, start = [], lambda seed: (0.0, [])
+        data = demonstrations(setting, root, setting.get("size")) if "data" in setting else []
+        start = base_start(root, setting.get("base"))
+        if "base" in setting:  # alone, before the runs that need it
+            timed(part_of, f"{part}pre-train the base model", {"base": lambda: start(0)[0]})
 
     def tuning_run(config, flags, seed):
         """One configuration on one tuning seed: trained, early-stopped, its best.pt decoded greedily on val."""
@@ -667,29 +756,29 @@ def tuned_setting(name):
         outputs = [decoding_file(out_dir, "greedy", "val")]
         spent, start_flags = (0.0, []) if all(map(os.path.exists, outputs)) else start(seed)
         spent += train(out_dir, data + setting["flags"] + start_flags + flags + [keep], seed, outputs)
-        return spent + sample(out_dir, "greedy", seed, "val", "best.pt")
+        return spent + sample(out_dir, "greedy", seed, "val", "best.pt", prompts)
 
-    timed("tuned", f"{name}: tune each family on val", {
+    timed(part_of, f"{part}tune each family on val", {
         (c, seed): partial(tuning_run, c, flags, seed) for seed in setting["tuning_seeds"]
         for configs in grid.values() for c, flags in configs.items()})
-    rows = [f"## tuned {name}: the grid (greedy accuracy of each run's best.pt on all {max_prompts} val prompts, "
+    rows = [f"## tuned {name}: the grid (greedy {metric} of each run's best.pt on {prompts} val prompts, "
             f"mean over tuning seeds {setting['tuning_seeds']}; 'rise': a line through the last quarter of the run's "
             f"evaluations, against one evaluation's s.e.)", "",
-            "| family | configuration | val accuracy (best.pt) | best at iter | rise over the last quarter | s.e. | "
+            f"| family | configuration | val {metric} (best.pt) | best at iter | rise over the last quarter | s.e. | "
             "levelled off | chosen |", "|---" * 8 + "|"]
     table, chosen = {}, []
     for family, configs in grid.items():
         scores = {}
         for c in configs:
             dirs = [run_dir(os.path.join(root, "tuning"), c, seed) for seed in setting["tuning_seeds"]]
-            scores[c] = np.mean([read(decoding_file(d, "greedy", "val"))["accuracy"] for d in dirs])
+            scores[c] = np.mean([read(decoding_file(d, "greedy", "val"))[metric] for d in dirs])
         pick = max(configs, key=lambda c: scores[c])  # ties: the first in grid order
         for c in configs:
             dirs = [run_dir(os.path.join(root, "tuning"), c, seed) for seed in setting["tuning_seeds"]]
             logs = [read(os.path.join(d, "log.jsonl")) for d in dirs]
-            best_iters = [max((r for r in log if "val/accuracy" in r), key=lambda r: r["val/accuracy"])["iter"]
+            best_iters = [max((r for r in log if f"val/{metric}" in r), key=lambda r: r[f"val/{metric}"])["iter"]
                           for log in logs]
-            rises = [levelled(log) for log in logs]
+            rises = [levelled(log, f"val/{metric}") for log in logs]
             rows.append(f"| {setting['families'][family][0]} | {c} | {scores[c]:.3f} | "
                         f"{', '.join(map(str, best_iters))} | {', '.join(f'{r:+.3f}' for r, _ in rises)} | "
                         f"{', '.join(f'{e:.3f}' for _, e in rises)} | "
@@ -697,17 +786,26 @@ def tuned_setting(name):
         table[family] = (f"{setting['families'][family][0]} ({pick.split('_', 1)[1]})",
                          data + setting["flags"] + configs[pick] + [keep])
         chosen.append(family)
-    decodings = DECODINGS + [f"t{t:g}" for t in TUNED["temperatures"] if f"t{t:g}" not in DECODINGS]
-    finals = dict(root=root, table=table, chosen=chosen, flags=[], metric="accuracy", split="test",
-                  weights="best.pt", analyzed=chosen if name == "arith" else [], decodings=decodings, start=start,
-                  part_of="tuned")
+    hotter = setting.get("temperatures", TUNED_TEMPERATURES)
+    decodings = DECODINGS + [f"t{t:g}" for t in hotter if f"t{t:g}" not in DECODINGS]
+    finals = dict(root=root, table=table, chosen=chosen, flags=[], metric=metric, split="test", weights="best.pt",
+                  prompts=prompts, analyzed=chosen if setting.get("reward") else [], decodings=decodings,
+                  start=start, part_of=part_of)
     rows += [""] + score_vs_diversity(f"tuned {name}", finals) + [""] + levelled_rows(f"tuned {name}", finals)
-    if "longer" in setting and not quick:  # the same choices, trained twice as long (no new tuning)
+    # the same choices again (no new tuning), each family against its own base: trained twice as long (not with
+    # --quick, whose short schedule the longer one would replace), or on fewer demonstrations (the small-data question)
+    again = []
+    if "longer" in setting and not quick:
         families, iters = setting["longer"]
-        longer = dict(finals, root=os.path.join(root, "longer"), chosen=families, analyzed=[], table={
-            f: (f"{table[f][0]}, {iters} steps", table[f][1] + [f"--max_iters={iters}"]) for f in families})
-        rows += [""] + score_vs_diversity(f"tuned {name}, {iters} steps", longer) + [""] + levelled_rows(
-            f"tuned {name}, {iters} steps", longer)
+        again.append(("longer", f"{iters} steps", families, [f"--max_iters={iters}"]))
+    if "smaller" in setting:
+        families, size = setting["smaller"]
+        again.append((f"train{size}", f"{size} demonstrations", families, demonstrations(setting, root, size)))
+    for folder, what, families, flags in again:
+        spec = dict(finals, root=os.path.join(root, folder), chosen=families, analyzed=[], table={
+            f: (f"{table[f][0]}, {what}", table[f][1] + flags) for f in families})
+        rows += [""] + score_vs_diversity(f"tuned {name}, {what}", spec) + [""] + levelled_rows(
+            f"tuned {name}, {what}", spec)
     return rows
 
 
@@ -715,10 +813,11 @@ def levelled_rows(name, spec):
     """Table rows: per system of spec (score_vs_diversity's), the rise of a line through the last quarter of
     each final run's evaluations, against one evaluation's binomial s.e., and how many runs levelled off."""
     rows = [f"## {name}: levelled off? (the rise of a line through the last quarter of each run's greedy val "
-            f"accuracies, mean ± s.e. over seeds, against one evaluation's s.e.)", "",
+            f"{spec['metric']}, mean ± s.e. over seeds, against one evaluation's s.e.)", "",
             "| system | rise over the last quarter | one evaluation's s.e. | runs levelled off |", "|---" * 4 + "|"]
     for s in spec["chosen"]:
-        rises = [levelled(read(os.path.join(run_dir(spec["root"], s, seed), "log.jsonl"))) for seed in range(seeds)]
+        rises = [levelled(read(os.path.join(run_dir(spec["root"], s, seed), "log.jsonl")), f"val/{spec['metric']}")
+                 for seed in range(seeds)]
         rows.append(f"| {spec['table'][s][0]} | {ms([r for r, _ in rises])} | {ms([e for _, e in rises])} | "
                     f"{sum(r < e for r, e in rises)} of {seeds} |")
     return rows
@@ -726,7 +825,8 @@ def levelled_rows(name, spec):
 
 def tuned():
     """Best against best: every family tuned on val with the same budget, early-stopped, then compared on test."""
-    return [row for name in TUNED_TASKS for row in tuned_setting(name) + [""]]
+    return [row for name in TUNED_TASKS for row in tuned_setting(name, os.path.join(results, "tuned", name), "tuned")
+            + [""]]
 
 
 def main():
@@ -734,8 +834,9 @@ def main():
         root = os.path.join(results, name)
         lock_out_dir(root)  # one experiment at a time on a results folder
         t0 = time.time()
-        rows = {"finetune": finetune, "small_data": small_data, "tuned": tuned}.get(
-            name, partial(score_vs_diversity, name))()
+        tasks = {"finetune": finetune, "small_data": small_data, "tuned": tuned}
+        tasks.update({n: partial(tuned_setting, n, root, n) for n in OWN_TASKS})
+        rows = tasks.get(name, partial(score_vs_diversity, name))()
         mine = [p for p in parts if p[0] == name]
         command = shlex.join(["python", "experiment.py"] + sys.argv[1:])
         table_file = os.path.join(root, "table.md")

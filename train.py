@@ -35,6 +35,7 @@ from chunked_head import chunked_irl_loss, chunked_policy_stats
 from configurator import check_device, configure, help_lines, same_setting
 from dataset import dataset_inputs, encode_example, encode_split, load_dataset, make_batch, sample_examples
 from irl_loss import irl_loss, mean_entropy, online_irl_loss, policy_stats, q_and_v
+from metrics import rouge_l
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -92,7 +93,7 @@ log_interval = 100  # print a progress line every this many steps (resume: may c
 wandb_log = False  # also log to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no network); log.jsonl stays the record (resume: may change)
 wandb_project = "nanoirl"  # the W&B project (resume: may change)
 wandb_run_name = ""  # the W&B run's name; '' = out_dir's name (resume: may change)
-keep_best = ""  # early stopping: '' = off; val/accuracy (higher is better), val/nll or val/loss (lower) -> out_dir/best.pt
+keep_best = ""  # early stopping: '' = off; val/accuracy (a verifier) or val/rougeL (text; higher is better), val/nll or val/loss (lower) -> out_dir/best.pt
 # system
 device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:1 | mps (resume: may change)
 dtype = ""  # '' = bfloat16 on CUDA if supported, else float16 on CUDA, float32 elsewhere (resume: may change)
@@ -190,7 +191,8 @@ if loss_chunk and (loss == "gail" or mix_in > 0):
     fail("--loss_chunk fuses the offline loss only; online IQ-Learn and GAIL need --loss_chunk=0")
 if loss_chunk and (entropy_coef or loss == "gem"):
     fail(f"{'--loss=gem' if loss == 'gem' else '--entropy_coef'} needs the full logits; use --loss_chunk=0 with it")
-BEST_IS_HIGHER = {"val/accuracy": True, "val/nll": False, "val/loss": False}  # what --keep_best can track
+# what --keep_best can track, and whether higher is better
+BEST_IS_HIGHER = {"val/accuracy": True, "val/rougeL": True, "val/nll": False, "val/loss": False}
 if keep_best and keep_best not in BEST_IS_HIGHER:
     fail(f"--keep_best={keep_best!r}: use {', '.join(BEST_IS_HIGHER)} (or '' for no best.pt)")
 if n_embd % n_head:
@@ -275,6 +277,10 @@ if not train_data or not val_data:
 if keep_best == "val/accuracy" and (data["verify"] is None or eval_prompts == 0):
     fail(f"--keep_best=val/accuracy needs greedy accuracy at each evaluation: "
          f"{'--eval_prompts > 0' if data['verify'] else 'a task with a verifier'}; or use --keep_best=val/nll")
+if keep_best == "val/rougeL" and (data["verify"] is not None or eval_prompts == 0):
+    fail(f"--keep_best=val/rougeL needs greedy ROUGE-L at each evaluation: "
+         f"{'--eval_prompts > 0' if data['verify'] is None else 'a text task (this one has a verifier)'}; "
+         f"or use --keep_best=val/{'nll' if data['verify'] is None else 'accuracy'}")
 if master and (train_cuts["prompt_cut"] or train_cuts["completion_cut"]):
     print(f"block_size={block_size}: cut the prompt of {train_cuts['prompt_cut']} and truncated the "
           f"completion of {train_cuts['completion_cut']} of {len(train_data)} train examples")
@@ -413,7 +419,9 @@ def policy_samples(micro_step, examples):
 @torch.no_grad()
 def evaluate():
     """The offline loss's statistics (every method's) on the same eval_iters val batches every
-    time, and greedy accuracy on the first eval_prompts val prompts (tasks with a verifier)."""
+    time, and the first eval_prompts val prompts decoded greedily: their accuracy (tasks with a
+    verifier), or their ROUGE-L against the references (text, only for --keep_best=val/rougeL: the
+    decoding costs, and nothing else needs it)."""
     model.eval()
     totals = {}
     for i in range(eval_iters):
@@ -423,12 +431,16 @@ def evaluate():
             totals[k] = totals.get(k, 0.0) + value / eval_iters
     result = {f"val/{k}": value for k, value in totals.items()}
     result["val/loss"] = totals["nll"] + td_coef_used * totals["td"]
-    if data["verify"] is not None and eval_prompts > 0:
+    if eval_prompts > 0 and (data["verify"] is not None or keep_best == "val/rougeL"):
         pairs = data["splits"]["val"][:eval_prompts]
         prompts = [encode_example(tok, p)[-(block_size - 1):] for p, _ in pairs]
         completions = raw_model.generate(prompts, block_size, temperature=0.0, eos_id=tok.eos_id)
-        correct = [data["verify"](p, tok.decode(c)) for (p, _), c in zip(pairs, completions)]
-        result["val/accuracy"] = sum(correct) / len(correct)
+        if data["verify"] is not None:
+            correct = [data["verify"](p, tok.decode(c)) for (p, _), c in zip(pairs, completions)]
+            result["val/accuracy"] = sum(correct) / len(correct)
+        else:
+            rouge = [rouge_l(tok.decode(c), reference) for (_, reference), c in zip(pairs, completions)]
+            result["val/rougeL"] = sum(rouge) / len(rouge)
     model.train()
     return result
 
@@ -574,7 +586,8 @@ while True:
                 fail(err)
         if master and iter_num not in logged:
             append_log(record)
-            acc = f", val accuracy {record['val/accuracy']:.3f}" if "val/accuracy" in record else ""
+            acc = "".join(f", val {key[4:]} {record[key]:.3f}" for key in ("val/accuracy", "val/rougeL")
+                          if key in record)
             print(f"eval {iter_num}: val loss {record['val/loss']:.4f}, val nll {record['val/nll']:.4f}, "
                   f"val td {record['val/td']:.4f}{acc}")
             if wandb_run:

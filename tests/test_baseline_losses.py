@@ -148,9 +148,24 @@ def test_keep_best_keeps_the_best_evaluation_and_resumes_exactly(tmp_path):
 
 def test_new_loss_flags_fail_in_one_line(tmp_path):
     for flags, expected in ((["--loss=gem", "--loss_chunk=16"], "needs the full logits"),
-                            (["--keep_best=val/acc"], "use val/accuracy, val/nll, val/loss"),
+                            (["--keep_best=val/acc"], "use val/accuracy, val/rougeL, val/nll, val/loss"),
+                            (["--keep_best=val/rougeL"], "a text task (this one has a verifier)"),
                             (["--gem_beta=0"], "gem_beta"),
                             (["--keep_best=val/accuracy", "--eval_prompts=0"], "--eval_prompts > 0")):
         result = run_script(TINY + [f"--out_dir={tmp_path / 'x'}"] + flags, check=False)
         assert result.returncode != 0 and "Traceback" not in result.stderr
         assert expected in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+def test_keep_best_by_rouge_on_text(tmp_path):
+    """A text task has no verifier: --keep_best=val/rougeL decodes the val prompts greedily at each evaluation and
+    keeps the state whose completions have the best ROUGE-L against the references."""
+    data = tmp_path / "lines.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"line {i}", "completion": "and so it goes"}) + "\n"
+                            for i in range(40)))
+    run_script(TINY + [f"--dataset={data}", f"--out_dir={tmp_path / 'run'}", "--max_iters=4", "--eval_interval=2",
+                       "--block_size=32", "--keep_best=val/rougeL"])
+    log = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert [r["iter"] for r in log] == [0, 2, 4] and all(0 <= r["val/rougeL"] <= 1 for r in log)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["best"]
+    assert best["value"] == max(r["val/rougeL"] for r in log)

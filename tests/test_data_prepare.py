@@ -253,3 +253,21 @@ def test_shakespeare_rows_are_consecutive_lines_of_their_own_plays(shakespeare_r
             assert found is not None, (split, row)
             gaps += found
     assert sum(gap == 1 for gap in gaps) > 0.5 * len(gaps)  # (0.7 here; a line skipped in between: ~none)
+
+
+def test_shakespeare_pretrain_is_the_raw_text_of_its_plays_in_window_sized_chunks(shakespeare_rows, tmp_path):
+    """prepare_pretrain: rows with an empty prompt and PRETRAIN_CHARS characters of text, cut from the train texts
+    (train) and the val plays (val), never the test plays; its alphabet holds every character of the next-line
+    data, which a model fine-tuned from the base is written in."""
+    shakespeare.prepare_pretrain(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["meta.json", "train.jsonl", "val.jsonl"]
+    texts = {split: ["\n".join(lines) for lines in plays] for split, plays in shakespeare.plays().items()}
+    for split, every in (("train", 500), ("val", 50)):
+        with open(tmp_path / f"{split}.jsonl") as f:
+            rows = [json.loads(line) for line in f]
+        assert all(row["prompt"] == "" and len(row["completion"]) == shakespeare.PRETRAIN_CHARS for row in rows)
+        assert all(any(row["completion"] in text for text in texts[split]) for row in rows[::every])
+    with open(tmp_path / "meta.json") as f:
+        chars = set(json.load(f)["tokenizer"]["chars"])
+    next_line = {ch for rows in shakespeare_rows.values() for row in rows for ch in row["prompt"] + row["completion"]}
+    assert next_line <= chars

@@ -30,6 +30,8 @@ def test_truncation_prompt_first_then_completion():
     assert (p, c, prompt_cut, completion_cut) == ([4], [5, 6], True, True)
     batch = make_batch([(p, c)], eos_id=E)
     assert batch["loss_mask"].tolist() == [[1, 1]] and batch["done"].tolist() == [[0, 0]]  # truncated
+    # a prompt of the start token alone (pre-training text) is never cut, however long the completion
+    assert fit_to_block([E], [5, 6, 7, E], 3) == ([E], [5, 6, 7], False, True)
 
 
 def test_encode_split_reports_cuts():

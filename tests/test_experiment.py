@@ -107,3 +107,10 @@ def test_runs_from_another_folder(tmp_path):
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "res" / "arith" / "table.md").exists() and sorted(os.listdir(tmp_path)) == ["data", "res"]
+
+
+def test_every_family_of_a_tuned_setting_gets_the_same_budget():
+    for name, setting in experiment.TUNED.items():
+        grid = experiment.configurations(setting)
+        assert list(grid) == list(setting["families"]), name
+        assert len({len(configs) for configs in grid.values()}) == 1, name  # as many configurations each

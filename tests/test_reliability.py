@@ -107,7 +107,7 @@ BAD_INPUT = [  # (script, flags, words of the one-line message); {w} is the work
     ("bench.py", ["--steps=0"], "--steps=0 must be >= 1"),
     ("bench.py", ["--vocab_sizes=big"], "--vocab_sizes='big'"),
     ("bench.py", ["--dtype=float16"], "use float32 or bfloat16"),
-    ("experiment.py", ["--task=nope"], "use all, arith, finetune, tuned, small_data, shakespeare"),
+    ("experiment.py", ["--task=nope"], "use all, arith, finetune, tuned, small_data, cmudict, shakespeare"),
     ("experiment.py", ["--num_samples=1"], "--num_samples=1 must be >= 2"),
     ("experiment.py", ["--seedz=2"], "unknown flag --seedz; did you mean --seeds?"),
 ]

@@ -15,6 +15,9 @@ Only the *_gut.txt files are used: the *_gut_f.txt files are First-Folio version
 and using both would leak the held-out plays into train. Whole plays are held out, so val and test
 measure continuing unseen text rather than recalling it: VAL_PLAYS for val, TEST_PLAYS for test, every
 other play and the poems for train. Each split is a seeded random sample of its windows.
+
+prepare_pretrain(out_dir) writes the base model's data: the raw text of the train plays and poems (val:
+the val plays') in chunks with an empty prompt, plain language modelling (experiment.py --task=shakespeare).
 """
 import json
 import os
@@ -34,6 +37,7 @@ VAL_PLAYS = ("julius_caesar", "twelfth_night")  # a tragedy and a comedy each
 TEST_PLAYS = ("macbeth", "tempest")
 SPLIT_SIZES = {"train": 20000, "val": 500, "test": 500}
 SEED = 1337
+PRETRAIN_CHARS = 256  # a pre-training chunk: [EOS] + 256 characters fill a window of block_size 256
 
 # The package ships the Gutenberg texts already cut to "TITLE / by William Shakespeare / the text";
 # the markers below would also cut the licence, if a version of the package kept it.
@@ -81,18 +85,25 @@ def windows(lines):
             for i in range(len(lines) - PROMPT_LINES)]
 
 
-def prepare(out_dir=None):
-    out_dir = out_dir or os.path.dirname(os.path.abspath(__file__))
-    texts = texts_dir()  # first: without the texts nothing is made
-    os.makedirs(out_dir, exist_ok=True)
-    pairs = {split: [] for split in SPLIT_SIZES}
+def plays():
+    """{split: [the clean lines of each of its plays (and, in train, poems)]}, in file-name order."""
+    texts = texts_dir()
+    by_split = {split: [] for split in SPLIT_SIZES}
     for filename in sorted(os.listdir(texts)):  # sorted: the same order on every machine
         if not filename.endswith("_gut.txt"):  # skips *_gut_f.txt (duplicates) and metadata.txt
             continue
         play = filename.removesuffix("_gut.txt")
         split = "val" if play in VAL_PLAYS else "test" if play in TEST_PLAYS else "train"
         with open(os.path.join(texts, filename), encoding="utf-8") as f:
-            pairs[split] += windows(clean_lines(f.read()))
+            by_split[split].append(clean_lines(f.read()))
+    return by_split
+
+
+def prepare(out_dir=None):
+    out_dir = out_dir or os.path.dirname(os.path.abspath(__file__))
+    by_split = plays()  # first: without the texts nothing is made
+    os.makedirs(out_dir, exist_ok=True)
+    pairs = {split: [pair for lines in by_split[split] for pair in windows(lines)] for split in SPLIT_SIZES}
     rng, seen, chars = random.Random(SEED), set(), set()
     for split in ("val", "test", "train"):  # a prompt that is in an earlier split is dropped from later ones
         unseen = [(p, c) for p, c in dict.fromkeys(pairs[split]) if p not in seen]
@@ -102,6 +113,27 @@ def prepare(out_dir=None):
         lines = [json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in rows]
         write_atomically(os.path.join(out_dir, f"{split}.jsonl"), "".join(lines))
     meta = {"name": "shakespeare", "task": "text", "tokenizer": {"kind": "char", "chars": "".join(sorted(chars))}}
+    write_atomically(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1) + "\n")
+    return out_dir
+
+
+def prepare_pretrain(out_dir):
+    """A base model's data, plain language modelling: each play's lines joined by newlines and cut into
+    consecutive chunks of PRETRAIN_CHARS characters (the last, shorter one dropped), each a row with an
+    empty prompt; train from the train plays and poems, val from the val plays (the test plays are never
+    read). Trained with block_size = PRETRAIN_CHARS a chunk fills the window and loses only its EOS, so it
+    is truncated, not terminated (train.py counts every one as cut): the base never learns to stop in
+    mid-text, and the fine-tuning teaches it where a line ends. The alphabet is every play's, a superset
+    of the next-line data's, which a model fine-tuned from the base is written in."""
+    by_split = plays()
+    os.makedirs(out_dir, exist_ok=True)
+    for split in ("train", "val"):
+        texts = ["\n".join(lines) for lines in by_split[split]]
+        chunks = [t[i:i + PRETRAIN_CHARS] for t in texts for i in range(0, len(t) - PRETRAIN_CHARS + 1, PRETRAIN_CHARS)]
+        write_atomically(os.path.join(out_dir, f"{split}.jsonl"),
+                         "".join(json.dumps({"prompt": "", "completion": c}) + "\n" for c in chunks))
+    chars = sorted(set("\n".join(line for lines in sum(by_split.values(), []) for line in lines)))
+    meta = {"name": "shakespeare_pretrain", "task": "text", "tokenizer": {"kind": "char", "chars": "".join(chars)}}
     write_atomically(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1) + "\n")
     return out_dir
 
