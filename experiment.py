@@ -62,7 +62,7 @@ import numpy as np
 
 from checkpoint import check_out_dir, lock_out_dir, save_figure, write_atomically
 from configurator import configure, parse_list, stop_on_interrupt
-from data.shakespeare.prepare import PRETRAIN_CHARS, prepare_pretrain
+import data.shakespeare.prepare as shakespeare_data  # a module: its int PRETRAIN_CHARS would become a --flag
 from metrics import mean_se
 
 # -----------------------------------------------------------------------------
@@ -173,12 +173,12 @@ TUNED = dict(
     shakespeare=dict(  # the next line of held-out plays (the paper's summarising, small), fine-tuned from a base
         # model that learnt the raw text of the train plays by MLE; its window of 256 holds a prompt of 3 lines and
         # the next line whole but for 1.3% of train examples and 0.2% of val (the start of their prompt is cut)
-        base=dict(prepare=prepare_pretrain, flags=[
-            f"--block_size={PRETRAIN_CHARS}", "--batch_size=8", "--n_layer=4", "--n_embd=192", "--loss=mle",
-            "--learning_rate=2e-3", "--min_lr=2e-4", "--max_iters=2500", "--eval_interval=500"]
+        base=dict(prepare=shakespeare_data.prepare_pretrain, flags=[
+            f"--block_size={shakespeare_data.PRETRAIN_CHARS}", "--batch_size=8", "--n_layer=4", "--n_embd=192",
+            "--loss=mle", "--learning_rate=2e-3", "--min_lr=2e-4", "--max_iters=2500", "--eval_interval=500"]
             + (QUICK_SCRATCH if quick else [])),
-        flags=[f"--block_size={PRETRAIN_CHARS}", "--batch_size=8", "--learning_rate=1e-3", "--min_lr=1e-4",
-               "--warmup_iters=20", "--max_iters=300", "--eval_interval=75"] + (QUICK_FINE_TUNE if quick else []),
+        flags=[f"--block_size={shakespeare_data.PRETRAIN_CHARS}", "--batch_size=8", "--learning_rate=1e-3",
+               "--min_lr=1e-4", "--warmup_iters=20", "--max_iters=300", "--eval_interval=75"] + (QUICK_FINE_TUNE if quick else []),
         data="shakespeare", size=2000, metric="rougeL", dropouts=[0.1], tuning_seeds=[100], reward=True,
         prompts=150,  # of the 500 test prompts: sampling a line costs 10x a pronunciation (3x the tokens, 4x the model)
         temperatures=[],  # at T = 1 the samples of a prompt already share almost no 4-grams (Self-BLEU near 0)
