@@ -783,7 +783,9 @@ def tuned_setting(name, root, part_of):
                         f"{', '.join(map(str, best_iters))} | {', '.join(f'{r:+.3f}' for r, _ in rises)} | "
                         f"{', '.join(f'{e:.3f}' for _, e in rises)} | "
                         f"{'yes' if all(r < e for r, e in rises) else 'no'} | {'✓' if c == pick else ''} |")
-        table[family] = (f"{setting['families'][family][0]} ({pick.split('_', 1)[1]})",
+        # the label in tables and figures, in words: "MLE (learning rate 1e-3, dropout 0.1)" (the loss flag left out)
+        words = ", ".join(f[2:].replace("_", " ").replace("=", " ") for f in configs[pick][1:])
+        table[family] = (f"{setting['families'][family][0]} ({words})",
                          data + setting["flags"] + configs[pick] + [keep])
         chosen.append(family)
     hotter = setting.get("temperatures", TUNED_TEMPERATURES)
