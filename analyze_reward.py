@@ -220,12 +220,12 @@ try:
                                                run["name"]) if samples_name else []
     checkpoint = None
     data_name = dataset or runs[0]["config"].get("dataset", "arith")
-    outputs = ["reward_returns.png", "reward_vs_metric.png", "reward_v0.png", "reward_features.png",  # as below
-               "reward_summary.json"] + [f"reward_{kind}_{run['name']}.{ending}" for run in runs
-                                         for kind, ending in (("heatmap", "png"), ("tokens", "jsonl"))]
+    to_write = ["reward_returns.png", "reward_vs_metric.png", "reward_v0.png", "reward_features.png",  # as below
+                "reward_summary.json"] + [f"reward_{kind}_{run['name']}.{ending}" for run in runs
+                                          for kind, ending in (("heatmap", "png"), ("tokens", "jsonl"))]
     check_outputs(  # no output replaces what it is made from: the runs, their samples, the data, the features
         [(f"{name} of --results={results}", os.path.join(results, name), "give another --results folder")
-         for name in outputs],
+         for name in to_write],
         [item for run in runs for item in run_inputs(run["ckpt"], f"--out_dir={run['ckpt']}")]
         + [(f"--samples={samples_name} of {run['folder']}", os.path.join(run["folder"], samples_name))
            for run in runs if samples_name]

@@ -27,7 +27,7 @@ import tempfile
 
 import torch
 
-from configurator import SEED_RANGE, check_settings, read_json
+from configurator import SEED_RANGE, check_settings, read_json, same_path
 from model import GPT, GPTConfig, strip_compile_prefix
 from tokenizer import check_tokenizer_state, pretrained_tokenizer_state, tokenizer_from_state
 
@@ -138,18 +138,11 @@ def check_output_path(path, flag="out_file"):
 def check_outputs(outputs, inputs):
     """ValueError with one line if an output would replace an input or an earlier output: writing
     it would destroy that file. outputs: [(what, path, fix)], inputs: [(what, path)], what naming
-    the file and its flag. Paths are compared as the files they reach (symbolic links, '..' and hard
-    links resolved), before any work is done."""
-    def same(a, b):
-        if os.path.realpath(a) == os.path.realpath(b):
-            return True
-        try:
-            return os.path.samefile(a, b)
-        except OSError:  # one does not exist (yet): not another name of the other
-            return False
+    the file and its flag. Paths are compared as the files they reach (configurator.same_path: symbolic
+    links, '..' and hard links resolved), before any work is done."""
     for i, (what, path, fix) in enumerate(outputs):
         for other, other_path in inputs + [output[:2] for output in outputs[:i]]:
-            if same(path, other_path):
+            if same_path(path, other_path):
                 raise ValueError(f"{what} is {other}, which writing it would destroy; {fix}")
 
 
@@ -407,7 +400,7 @@ def check_optimizer(state, model, field, bad):
     """The AdamW state dict that model.configure_optimizers' optimizer would load: its groups hold
     the model's parameters, in order, and each moment has its parameter's shape."""
     reference = model.configure_optimizers(0.0, 1.0, (0.9, 0.9), "cpu")
-    shapes = [tuple(p.shape) for group in reference.param_groups for p in group["params"]]
+    param_shapes = [tuple(p.shape) for group in reference.param_groups for p in group["params"]]
     groups = state.get("param_groups") if isinstance(state, dict) else None
     if not isinstance(groups, list) or not isinstance(state.get("state"), dict) or \
             [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups] != \
@@ -419,11 +412,12 @@ def check_optimizer(state, model, field, bad):
                 bad(f"{field}['param_groups'][{i}][{key!r}]",
                     f"is {group[key]!r:.40}, not like AdamW's {default[key]!r}")
     for index, moments in state["state"].items():
-        if not isinstance(index, int) or not 0 <= index < len(shapes) or not isinstance(moments, dict):
+        if not isinstance(index, int) or not 0 <= index < len(param_shapes) or not isinstance(moments, dict):
             bad(field, f"has state for a parameter {index!r} the model does not have")
         for name, tensor in moments.items():
-            if not isinstance(tensor, torch.Tensor) or (name != "step" and tuple(tensor.shape) != shapes[index]):
-                bad(f"{field}['state'][{index}][{name!r}]", f"does not fit parameter {index} of shape {shapes[index]}")
+            if not isinstance(tensor, torch.Tensor) or (name != "step" and tuple(tensor.shape) != param_shapes[index]):
+                bad(f"{field}['state'][{index}][{name!r}]",
+                    f"does not fit parameter {index} of shape {param_shapes[index]}")
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 bad(f"{field}['state'][{index}][{name!r}]", "has NaN or infinite values")
 
@@ -605,7 +599,7 @@ def llama_state_dict(folder, model_args, name):
             raise ValueError(f"{name} has no {file}; this repository reads a model's weights from safetensors")
         tensors.update(load_file(os.path.join(folder, file)))
     tensors = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}  # a buffer, not a weight
-    expected = {k: tuple(v.shape) for k, v in meta_model(model_args).state_dict().items()}
+    expected = shapes(meta_model(model_args))
     state, used = {}, set()
     for ours in expected:
         if ours == "lm_head.weight" and model_args["tie_weights"]:

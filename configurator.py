@@ -138,12 +138,22 @@ def check_settings(values, settings, ranges, label="--{}"):
     return checked
 
 
+def same_path(a, b):
+    """Do two paths reach the same file or folder: the same after '..', './', a trailing '/' and symbolic
+    links are resolved, or two hard links of one file? A path that does not exist (yet) is no other name."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def same_setting(a, b):
     """Do two values of a setting mean the same: equal, or two names of one file or folder (data/ and ./data)?"""
     if not (isinstance(a, str) and isinstance(b, str) and a and b):
         return a == b
-    return os.path.normpath(a) == os.path.normpath(b) or (os.path.exists(a) and os.path.exists(b)
-                                                          and os.path.samefile(a, b))
+    return same_path(a, b)
 
 
 def parse_list(key, text, kind=float, low=None):
