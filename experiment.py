@@ -420,9 +420,10 @@ def run_dir(root, system, seed):
     return os.path.join(root, f"{system}_s{seed}")
 
 
-def learning_curves(runs, key="val/accuracy"):
+def learning_curves(runs, key="val/accuracy", digits=2):
     """Table rows: key (val accuracy, or ROUGE-L) at each evaluation (train.py's greedy, on its eval_prompts),
-    mean ± s.e.; runs: {label: [out_dir per seed]}, one table per schedule (its evaluation iterations)."""
+    mean ± s.e. to `digits` decimals; runs: {label: [out_dir per seed]}, one table per schedule (its evaluation
+    iterations)."""
     by_schedule = {}
     for label, dirs in runs.items():
         logs = [read(os.path.join(d, 'log.jsonl')) for d in dirs]
@@ -430,7 +431,7 @@ def learning_curves(runs, key="val/accuracy"):
     rows = []
     for iters, group in by_schedule.items():
         rows += ["", "| system | " + " | ".join(f"iter {i}" for i in iters) + " |", "|---" * (len(iters) + 1) + "|"]
-        rows += [f"| {label} | " + " | ".join(ms([log[k].get(key) for log in logs], 2)
+        rows += [f"| {label} | " + " | ".join(ms([log[k].get(key) for log in logs], digits)
                                               for k in range(len(iters))) + " |" for label, logs in group]
     return rows
 
@@ -521,7 +522,7 @@ def score_vs_diversity(name, spec=None):
             + diff_cells(paired(get(s, decodings[1], metric), get(s, "greedy", metric)))[:1]) + " |")
     rows += ["", f"## {name}: learning curves, greedy val {metric} at each evaluation (mean ± s.e.)"]
     rows += learning_curves({label(s): [run_dir(root, s, seed) for seed in range(seeds)] for s in chosen},
-                            f"val/{metric}")
+                            f"val/{metric}", 2 if metric == "accuracy" else 3)  # ROUGE-L moves in the third decimal
     if analyzed:
         rows += ["", f"## {name}: reward analysis (samples at T=1; at γ=1 return = log p + v_0, so within a prompt "
                  f"return ranks as log p: the pick rate is log p's, and return − log p is what v_0 adds)", ""]
