@@ -153,6 +153,7 @@ FAMILIES = dict(  # best against best: {family: (label, loss, three settings of 
 # reward analysis), data and size (the run's data: that built-in dataset, its train split cut to its first size
 # examples), base (one model every run fine-tunes: base["prepare"](folder) writes its data, base["flags"] train it),
 # prompts (sampled, at most --max_prompts), temperatures (beyond --temperatures; TUNED_TEMPERATURES by default),
+# also_scored (more of sample.py's scores for the task, beside metric in the table of decodings),
 # and runs of the chosen configurations beyond the finals: longer=(families, iterations), smaller=(families, size).
 TUNED = dict(
     arith=dict(  # from scratch, 50% longer than task arith so that MLE levels off too; early-stopped on val
@@ -169,6 +170,7 @@ TUNED = dict(
         # could pre-train only on more of the dictionary, which is more demonstrations, not a prior; block 48 fits all
         flags=["--block_size=48", "--eval_interval=250", "--max_iters=1500"] + (QUICK_SCRATCH if quick else []),
         data="cmudict", dropouts=[0.1], tuning_seeds=[100], reward=True, families=FAMILIES["scratch"],
+        also_scored=["phoneme_error_rate", "bleu"],  # BLEU over phonemes, against the word's every pronunciation
         smaller=(["mle", "irl"], 750)),  # a quarter of the words: does MLE overfit them, and IRL not?
     shakespeare=dict(  # the next line of held-out plays (the paper's summarising, small), fine-tuned from a base
         # model that learnt the raw text of the train plays by MLE; its window of 256 holds a prompt of 3 lines and
@@ -180,11 +182,14 @@ TUNED = dict(
         flags=[f"--block_size={shakespeare_data.PRETRAIN_CHARS}", "--batch_size=8", "--learning_rate=1e-3",
                "--min_lr=1e-4", "--warmup_iters=20", "--max_iters=300", "--eval_interval=75"] + (QUICK_FINE_TUNE if quick else []),
         data="shakespeare", size=2000, metric="rougeL", dropouts=[0.1], tuning_seeds=[100], reward=True,
+        also_scored=["rouge1", "rouge2"],
         prompts=150,  # of the 500 test prompts: sampling a line costs 10x a pronunciation (3x the tokens, 4x the model)
         temperatures=[],  # at T = 1 the samples of a prompt already share almost no 4-grams (Self-BLEU near 0)
         families=FAMILIES["fine_tune"], smaller=(["mle", "irl"], 250)),  # 300 steps of 8 = 10 passes over 250
 )
 OWN_TASKS = [n for n in TUNED if n not in TUNED_TASKS]  # best against best, each a task of its own: results/<name>/
+HEADINGS = dict(self_bleu="Self-BLEU", distinct_2="distinct-2", phoneme_error_rate="phoneme error rate",
+                bleu="BLEU (phonemes)", rouge1="ROUGE-1", rouge2="ROUGE-2")  # a column's name for sample.py's key
 RESOLVE = 0.02  # the tables' 'seeds': how many bring the 95% half-width 1.96 sd / sqrt(n) down to this
 # (that is 50% power against a true difference of RESOLVE, normal quantile; 80% power needs about twice as many)
 
@@ -496,11 +501,12 @@ def score_vs_diversity(name, spec=None):
                              for seed in range(seeds)]
     on_curve = ["greedy"] + decodings[2:]  # the temperatures, greedy as T=0
     curve = lambda s, seed: [(get(s, d, "self_bleu")[seed], get(s, d, metric)[seed]) for d in on_curve]
+    scores = [metric] + spec.get("also_scored", []) + ["self_bleu", "distinct_2"]
     rows = [f"## {name}: {metric} by decoding ({seeds} seeds, {prompts} {split} prompts, mean ± s.e.)", "",
-            f"| system | decoding | {metric} | Self-BLEU | distinct-2 |", "|---" * 5 + "|"]
+            "| system | decoding | " + " | ".join(HEADINGS.get(key, key) for key in scores) + " |",
+            "|---" * (len(scores) + 2) + "|"]
     rows += [f"| {label(s)} | {'T=' + d[1:] if d[0] == 't' else d} | "
-             + " | ".join(ms(get(s, d, key)) for key in (metric, "self_bleu", "distinct_2")) + " |"
-             for s in chosen for d in decodings]
+             + " | ".join(ms(get(s, d, key)) for key in scores) + " |" for s in chosen for d in decodings]
     rows += ["", f"## {name}: paired differences, system − {label(base)}, or − the control for systems fine-tuned "
              f"from MLE (mean ± s.e. over seeds; 'seeds': how many would bring the 95% half-width 1.96 sd/√n "
              f"down to {RESOLVE}, which is 50% power against a true {RESOLVE}, 80% needs about twice as many; "
@@ -793,7 +799,7 @@ def tuned_setting(name, root, part_of):
     decodings = DECODINGS + [f"t{t:g}" for t in hotter if f"t{t:g}" not in DECODINGS]
     finals = dict(root=root, table=table, chosen=chosen, flags=[], metric=metric, split="test", weights="best.pt",
                   prompts=prompts, analyzed=chosen if setting.get("reward") else [], decodings=decodings,
-                  start=start, part_of=part_of)
+                  start=start, part_of=part_of, also_scored=setting.get("also_scored", []))
     rows += [""] + score_vs_diversity(f"tuned {name}", finals) + [""] + levelled_rows(f"tuned {name}", finals)
     # the same choices again (no new tuning), each family against its own base: trained twice as long (not with
     # --quick, whose short schedule the longer one would replace), or on fewer demonstrations (the small-data question)
