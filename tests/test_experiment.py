@@ -58,6 +58,17 @@ def test_levelled_fits_a_line_through_the_last_quarter():
     assert rise == pytest.approx(0.04) and se == pytest.approx(math.sqrt(0.72 * 0.28 / 200))
 
 
+def test_levelled_and_best_row_on_val_nll_count_a_fall_as_the_gain():
+    # val nll 2.0 -> 1.0 then 1.00, 0.98 over the last quarter (iters 600, 700): a fall of 0.02, above the 0.01 nats
+    # of tolerance (not levelled); train.py's best.pt under --keep_best=val/nll is the lowest, the earliest of ties
+    log = [{"iter": 100 * i, "val/nll": v} for i, v in enumerate([2.0, 1.6, 1.3, 1.1, 0.98, 1.05, 1.00, 0.98])]
+    fall, tolerance = experiment.levelled(log, "val/nll")
+    assert fall == pytest.approx(0.02) and tolerance == experiment.NLL_TOLERANCE and not fall < tolerance
+    assert experiment.best_row(log, "val/nll")["iter"] == 400
+    accuracy = [{"iter": i, "val/accuracy": a} for i, a in enumerate([0.1, 0.5, 0.5, 0.4])]
+    assert experiment.best_row(accuracy, "val/accuracy")["iter"] == 1
+
+
 def test_table_cells():
     assert experiment.ms([0.1, 0.3]) == "0.200 ± 0.100"
     # differences 0.2, 0.4: sd 0.1414, (1.96 * 0.1414 / 0.02)^2 = 192.08 -> 193 seeds
