@@ -718,8 +718,9 @@ def levelled(log_rows, key="val/accuracy", eval_prompts=200):
     rows = [r for r in log_rows if key in r]
     tail = rows[-max(2, len(rows) // 4):]
     iters, value = np.array([r["iter"] for r in tail]), np.array([r[key] for r in tail])
-    gain = np.polyfit(iters, value, 1)[0] * (iters[-1] - iters[0]) * (-1 if key == "val/nll" else 1)
-    if key == "val/nll":
+    lower_is_better = key == "val/nll"
+    gain = np.polyfit(iters, value, 1)[0] * (iters[-1] - iters[0]) * (-1 if lower_is_better else 1)
+    if lower_is_better:
         return float(gain), NLL_TOLERANCE
     return float(gain), float(math.sqrt(max(value.mean() * (1 - value.mean()), 1e-4) / eval_prompts))
 
@@ -806,7 +807,8 @@ def tuned_setting(name, root, part_of):
             dirs = [run_dir(os.path.join(root, "tuning"), c, seed) for seed in setting["tuning_seeds"]]
             scores[c] = np.mean([read(decoding_file(d, "greedy", "val"))[metric] if by_score
                                  else best_row(read(os.path.join(d, "log.jsonl")), stop)[stop] for d in dirs])
-        pick = (max if by_score else min)(configs, key=lambda c: scores[c])  # ties: the first in grid order
+        # the same direction as best_row's (ties: the first in grid order)
+        pick = (min if stop == "val/nll" else max)(configs, key=lambda c: scores[c])
         for c in configs:
             dirs = [run_dir(os.path.join(root, "tuning"), c, seed) for seed in setting["tuning_seeds"]]
             logs = [read(os.path.join(d, "log.jsonl")) for d in dirs]
