@@ -154,13 +154,15 @@ FAMILIES = dict(  # best against best: {family: (label, loss, three settings of 
 # reward analysis), data and size (the run's data: that built-in dataset, its train split cut to its first size
 # examples), base (one model every run fine-tunes: base["prepare"](folder) writes its data, base["flags"] train it),
 # prompts (sampled, at most --max_prompts), temperatures (beyond --temperatures; TUNED_TEMPERATURES by default),
-# also_scored (more of sample.py's scores for the task, beside metric in the table of decodings),
-# and runs of the chosen configurations beyond the finals: longer=(families, iterations), smaller=(families, size).
+# also_scored (more of sample.py's scores for the task, beside metric in the table of decodings), final_flags
+# (train.py's, on top of flags for the final runs only; not with --quick, whose short schedule they would replace),
+# and runs of the chosen configurations beyond the finals on a smaller train set: smaller=(families, size).
 TUNED = dict(
-    arith=dict(  # from scratch, 50% longer than task arith so that MLE levels off too; early-stopped on val
+    arith=dict(  # from scratch, early-stopped on val: tuned at 6000 steps (50% longer than task arith), and the
+        # choices run twice that, since at 6000 MLE, MLE + entropy and IRL still rise; both fit in the 4-hour budget
         flags=["--dataset=arith", "--eval_interval=250", "--max_iters=6000"] + (QUICK_SCRATCH if quick else []),
-        dropouts=[0, 0.1], tuning_seeds=[100], reward=True, families=FAMILIES["scratch"],
-        longer=(["mle", "ent", "irl"], 12000)),  # the choices still rising at 6000 steps (on average), twice as long
+        final_flags=["--max_iters=12000"], dropouts=[0, 0.1], tuning_seeds=[100], reward=True,
+        families=FAMILIES["scratch"]),
     finetune=dict(  # task finetune's 250 shifted demonstrations, from arith's MLE model of the seed
         flags=FINETUNE["flags"], size=250, dropouts=[0, 0.1], tuning_seeds=[100] if quick else [100, 101],
         families={f: FAMILIES["fine_tune"][f] for f in ("mle", "dft", "gem", "irl")}),
@@ -820,8 +822,8 @@ def tuned_setting(name, root, part_of):
                         f"{'yes' if all(r < e for r, e in rises) else 'no'} | {'✓' if c == pick else ''} |")
         # the label in tables and figures, in words: "MLE (learning rate 1e-3, dropout 0.1)" (the loss flag left out)
         words = ", ".join(f[2:].replace("_", " ").replace("=", " ") for f in configs[pick][1:])
-        table[family] = (f"{setting['families'][family][0]} ({words})",
-                         data + setting["flags"] + configs[pick] + [keep])
+        table[family] = (f"{setting['families'][family][0]} ({words})", data + setting["flags"] + configs[pick]
+                         + [keep] + ([] if quick else setting.get("final_flags", [])))
         chosen.append(family)
     hotter = setting.get("temperatures", TUNED_TEMPERATURES)
     decodings = DECODINGS + [f"t{t:g}" for t in hotter if f"t{t:g}" not in DECODINGS]
@@ -829,17 +831,10 @@ def tuned_setting(name, root, part_of):
                   prompts=prompts, analyzed=chosen if setting.get("reward") else [], decodings=decodings,
                   start=start, part_of=part_of, also_scored=setting.get("also_scored", []), early_stop=stop)
     rows += [""] + score_vs_diversity(f"tuned {name}", finals) + [""] + levelled_rows(f"tuned {name}", finals)
-    # the same choices again (no new tuning), each family against its own base: trained twice as long (not with
-    # --quick, whose short schedule the longer one would replace), or on fewer demonstrations (the small-data question)
-    again = []
-    if "longer" in setting and not quick:
-        families, iters = setting["longer"]
-        again.append(("longer", f"{iters} steps", families, [f"--max_iters={iters}"]))
-    if "smaller" in setting:
+    if "smaller" in setting:  # the same choices again (no new tuning) on fewer demonstrations: the small-data question
         families, size = setting["smaller"]
-        again.append((f"train{size}", f"{size} demonstrations", families, demonstrations(setting, root, size)))
-    for folder, what, families, flags in again:
-        spec = dict(finals, root=os.path.join(root, folder), chosen=families, analyzed=[], table={
+        flags, what = demonstrations(setting, root, size), f"{size} demonstrations"
+        spec = dict(finals, root=os.path.join(root, f"train{size}"), chosen=families, analyzed=[], table={
             f: (f"{table[f][0]}, {what}", table[f][1] + flags) for f in families})
         rows += [""] + score_vs_diversity(f"tuned {name}, {what}", spec) + [""] + levelled_rows(
             f"tuned {name}, {what}", spec)
