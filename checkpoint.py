@@ -28,6 +28,9 @@ import tempfile
 import torch
 
 from configurator import SEED_RANGE, check_settings, read_json, same_path
+
+# what --keep_best can track into best.pt, and whether higher is better (train.py keeps it, experiment.py reads it)
+BEST_IS_HIGHER = {"val/accuracy": True, "val/rougeL": True, "val/nll": False, "val/loss": False}
 from model import GPT, GPTConfig, strip_compile_prefix
 from tokenizer import check_tokenizer_state, pretrained_tokenizer_state, tokenizer_from_state
 

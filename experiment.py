@@ -60,7 +60,7 @@ from functools import partial
 
 import numpy as np
 
-from checkpoint import check_out_dir, lock_out_dir, save_figure, write_atomically
+from checkpoint import BEST_IS_HIGHER, check_out_dir, lock_out_dir, save_figure, write_atomically
 from configurator import configure, parse_list, stop_on_interrupt
 import data.shakespeare.prepare as shakespeare_data  # a module: its int PRETRAIN_CHARS would become a --flag
 from metrics import mean_se
@@ -720,9 +720,8 @@ def levelled(log_rows, key="val/accuracy", eval_prompts=200):
     rows = [r for r in log_rows if key in r]
     tail = rows[-max(2, len(rows) // 4):]
     iters, value = np.array([r["iter"] for r in tail]), np.array([r[key] for r in tail])
-    lower_is_better = key == "val/nll"
-    gain = np.polyfit(iters, value, 1)[0] * (iters[-1] - iters[0]) * (-1 if lower_is_better else 1)
-    if lower_is_better:
+    gain = np.polyfit(iters, value, 1)[0] * (iters[-1] - iters[0]) * (1 if BEST_IS_HIGHER[key] else -1)
+    if not BEST_IS_HIGHER[key]:  # val nll or loss, in nats
         return float(gain), NLL_TOLERANCE
     return float(gain), float(math.sqrt(max(value.mean() * (1 - value.mean()), 1e-4) / eval_prompts))
 
@@ -731,7 +730,7 @@ def best_row(log_rows, key):
     """The evaluation a run's best.pt keeps under --keep_best=key: the highest score, the lowest val nll; the
     earliest of ties, as train.py keeps it."""
     rows = [r for r in log_rows if key in r]
-    return (min if key == "val/nll" else max)(rows, key=lambda r: r[key])
+    return (max if BEST_IS_HIGHER[key] else min)(rows, key=lambda r: r[key])
 
 
 def demonstrations(setting, root, size=None):
@@ -810,7 +809,7 @@ def tuned_setting(name, root, part_of):
             scores[c] = np.mean([read(decoding_file(d, "greedy", "val"))[metric] if by_score
                                  else best_row(read(os.path.join(d, "log.jsonl")), stop)[stop] for d in dirs])
         # the same direction as best_row's (ties: the first in grid order)
-        pick = (min if stop == "val/nll" else max)(configs, key=lambda c: scores[c])
+        pick = (max if BEST_IS_HIGHER[stop] else min)(configs, key=lambda c: scores[c])
         for c in configs:
             dirs = [run_dir(os.path.join(root, "tuning"), c, seed) for seed in setting["tuning_seeds"]]
             logs = [read(os.path.join(d, "log.jsonl")) for d in dirs]

@@ -28,9 +28,9 @@ from contextlib import nullcontext
 import torch
 
 from baseline_losses import dft_loss, gem_loss
-from checkpoint import (GPT2_NAMES, LOCK_FILE, TRAIN_RANGES, check_config, check_fits, check_out_dir, check_outputs,
-                        hf_checkpoint, is_hf_model, load_checkpoint, lock_out_dir, model_from_checkpoint, rank_rng,
-                        save_checkpoint, tokenizer_of, write_atomically)
+from checkpoint import (BEST_IS_HIGHER, GPT2_NAMES, LOCK_FILE, TRAIN_RANGES, check_config, check_fits, check_out_dir,
+                        check_outputs, hf_checkpoint, is_hf_model, load_checkpoint, lock_out_dir, model_from_checkpoint,
+                        rank_rng, save_checkpoint, tokenizer_of, write_atomically)
 from chunked_head import chunked_irl_loss, chunked_policy_stats
 from configurator import check_device, configure, help_lines, same_setting
 from dataset import dataset_inputs, encode_example, encode_split, load_dataset, make_batch, sample_examples
@@ -191,8 +191,6 @@ if loss_chunk and (loss == "gail" or mix_in > 0):
     fail("--loss_chunk fuses the offline loss only; online IQ-Learn and GAIL need --loss_chunk=0")
 if loss_chunk and (entropy_coef or loss == "gem"):
     fail(f"{'--loss=gem' if loss == 'gem' else '--entropy_coef'} needs the full logits; use --loss_chunk=0 with it")
-# what --keep_best can track, and whether higher is better
-BEST_IS_HIGHER = {"val/accuracy": True, "val/rougeL": True, "val/nll": False, "val/loss": False}
 if keep_best and keep_best not in BEST_IS_HIGHER:
     fail(f"--keep_best={keep_best!r}: use {', '.join(BEST_IS_HIGHER)} (or '' for no best.pt)")
 if n_embd % n_head:
