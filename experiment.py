@@ -544,31 +544,45 @@ def score_vs_diversity(name, spec=None):
                  f"return ranks as log p: the pick rate is log p's, and return − log p is what v_0 adds)", ""]
         rows += reward_table(root, analyzed, table)
 
-    plt = pyplot()
     # one panel of the systems that work; one that collapsed (greedy below half the base's) would squeeze the rest
     # into a strip, so it is named in a note instead
     shown = [s for s in chosen if np.mean(get(s, "greedy", metric)) >= np.mean(get(base, "greedy", metric)) / 2]
-    fig, ax = plt.subplots(figsize=(9, 6))
+    lines = []  # per system shown: its curve (mean Self-BLEU, mean score, s.e.) from greedy to the hottest, and beam's
     for s in shown:
-        color = plt.cm.tab10(chosen.index(s) % 10)
-        x, y, se = map(np.array, zip(*sorted((np.mean(get(s, d, "self_bleu")), *mean_se(get(s, d, metric)))
-                                             for d in on_curve)))
-        ax.plot(x, y, "o-", color=color, markersize=4, label=label(s))
-        ax.fill_between(x, y - se, y + se, color=color, alpha=0.15)
-        beam, beam_se = mean_se(get(s, decodings[1], metric))  # deterministic: Self-BLEU 1, beside greedy's dot
-        ax.errorbar([1.0], [beam], yerr=[beam_se], fmt="x", color=color, markersize=8, capsize=3)
-    ax.set_xlabel("Self-BLEU among the K samples of a prompt (lower = more diverse; greedy and beam search at 1)")
-    ax.set_ylabel(f"{metric} of the completions, {split} split")
+        points = sorted((np.mean(get(s, d, "self_bleu")), *mean_se(get(s, d, metric))) for d in on_curve)
+        lines.append(dict(label=label(s), color=chosen.index(s), curve=[list(map(float, p)) for p in points],
+                          beam=list(map(float, mean_se(get(s, decodings[1], metric))))))
     temps = ", ".join(d[1:] for d in decodings[2:])
-    ax.set_title(f"{name}: task score against diversity, each curve greedy (right) to T = {temps}\n"
-                 f"x = beam search ({decodings[1][4:]} beams); mean over {seeds} seeds, band ± s.e.", fontsize=10)
-    collapsed = [f"{label(s)} (greedy {np.mean(get(s, 'greedy', metric)):.2f})" for s in chosen if s not in shown]
-    if collapsed:
-        ax.text(0.01, 0.01, "not shown, collapsed: " + "; ".join(collapsed), transform=ax.transAxes, fontsize=8)
-    ax.legend(fontsize=9, loc="best")
+    drawn = dict(metric=metric, split=split, seeds=seeds, lines=lines, title=(
+        f"{name}: task score against diversity, each curve greedy (right) to T = {temps}\n"
+        f"x = beam search ({decodings[1][4:]} beams); mean over {seeds} seeds, band ± s.e."), collapsed=[
+        f"{label(s)} (greedy {np.mean(get(s, 'greedy', metric)):.2f})" for s in chosen if s not in shown])
+    write_atomically(os.path.join(root, "curves.json"), json.dumps(drawn, indent=1) + "\n")  # for overview()
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 6))
+    draw_curves(ax, drawn)
+    ax.set_title(drawn["title"], fontsize=10)
     fig.tight_layout()
     save_figure(fig, os.path.join(root, "figure.png"), dpi=120)
     return rows
+
+
+def draw_curves(ax, drawn, short=False):
+    """score_vs_diversity's figure on ax, from its curves.json (drawn); short: family names only in the legend."""
+    plt = pyplot()
+    for line in drawn["lines"]:
+        color = plt.cm.tab10(line["color"] % 10)
+        x, y, se = map(np.array, zip(*line["curve"]))
+        ax.plot(x, y, "o-", color=color, markersize=4, label=line["label"].split(" (")[0] if short else line["label"])
+        ax.fill_between(x, y - se, y + se, color=color, alpha=0.15)
+        ax.errorbar([1.0], [line["beam"][0]], yerr=[line["beam"][1]], fmt="x", color=color, markersize=8, capsize=3)
+    ax.set_xlabel("Self-BLEU among the K samples of a prompt (lower = more diverse; greedy and beam search at 1)"
+                  if not short else "Self-BLEU (lower = more diverse)")
+    ax.set_ylabel(f"{drawn['metric']} of the completions, {drawn['split']} split")
+    if drawn["collapsed"]:
+        ax.text(0.01, 0.01, "not shown, collapsed: " + "; ".join(drawn["collapsed"]), transform=ax.transAxes,
+                fontsize=8 if not short else 7)
+    ax.legend(fontsize=9 if not short else 8, loc="best")
 
 
 # ----------------------------------------------------------------------------- val curves (finetune, small_data)
@@ -778,7 +792,9 @@ def tuned_setting(name, root, part_of):
     else:
         data = demonstrations(setting, root, setting.get("size")) if "data" in setting else []
         start = base_start(root, setting.get("base"))
-        if "base" in setting:  # alone, before the runs that need it
+        if "base" in setting and not os.path.exists(os.path.join(root, "base", "trained")):  # alone, before the runs
+            # that need it; once finished, only a run that needs its weights and lacks them trains it again (a clone
+            # whose runs are all there redraws its tables without it)
             timed(part_of, f"{part}pre-train the base model", {"base": lambda: start(0)[0]})
 
     def tuning_run(config, flags, seed):
@@ -863,6 +879,32 @@ def tuned():
             + [""]]
 
 
+OVERVIEW = {  # README's figure: the paper's three kinds of task, each from its task's curves.json (best against best)
+    os.path.join("tuned", "arith"): "arith: reasoning with a verifier",
+    "cmudict": "cmudict: translation (spelling → pronunciation)",
+    "shakespeare": "shakespeare: continuing real text (next line)"}
+
+
+def overview():
+    """Draw results/overview.png from the three tasks' curves.json, once all three have run; the path, or None."""
+    files = [os.path.join(results, folder, "curves.json") for folder in OVERVIEW]
+    if not all(map(os.path.exists, files)):
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(files), figsize=(16, 5))
+    for ax, path, title in zip(axes, files, OVERVIEW.values()):
+        drawn = read(path)
+        draw_curves(ax, drawn, short=True)
+        ax.set_title(f"{title}\n{drawn['split']} split, {drawn['seeds']} seeds, band ± s.e.; x = beam search",
+                     fontsize=10)
+    fig.suptitle("Task score against diversity: each family's best configuration, tuned on val (greedy at the right, "
+                 "then hotter samples)", fontsize=11)
+    fig.tight_layout()
+    path = os.path.join(results, "overview.png")
+    save_figure(fig, path, dpi=100)
+    return path
+
+
 def main():
     for name in task_names:
         root = os.path.join(results, name)
@@ -890,7 +932,8 @@ def main():
         print(table)
         figures = [os.path.join(root, t, "figure.png") for t in TUNED_TASKS] if name == "tuned" else [
             os.path.join(root, "figure.png")]
-        print(f"wrote {', '.join(figures)} and {table_file}")
+        drawn = overview() if name in ("tuned", *OWN_TASKS) else None  # README's figure, once all three have run
+        print(f"wrote {', '.join(figures + ([drawn] if drawn else []))} and {table_file}")
 
 
 if __name__ == "__main__":
