@@ -488,6 +488,7 @@ class GPT(nn.Module):
             is_real, torch.tensor([t for p in prompts for t in p], device=device))
         room = (block_size - lengths).clamp(max=max_new_tokens)  # completion tokens each prompt may have
         kv_cache = self.new_kv_cache(B, T0 + max_new_tokens)
+        spare = None  # the cache the next step's reordered rows go into
         scores = torch.zeros(B, 1, device=device)  # (B, n) sum of log p of each live beam: one, empty
         beams = torch.zeros(B, 1, 0, dtype=torch.long, device=device)  # (B, n, t) their tokens
         best_score, best = torch.full((B,), float("-inf"), device=device), [[] for _ in prompts]
@@ -530,7 +531,12 @@ class GPT(nn.Module):
                 origin, token = flat // V, flat % V  # the beam each new one extends, and by which token
                 beams = torch.cat([beams.gather(1, origin[:, :, None].expand(-1, -1, t)), token[:, :, None]], dim=2)
                 rows = (torch.arange(B, device=device)[:, None] * n + origin).flatten()  # in the (B * n) batch
-                kv_cache["kv"] = [kv.index_select(1, rows) for kv in kv_cache["kv"]]  # a copy: rows move
+                # the rows move: gathered into a second cache, then the two swap (on a CPU, a fresh tensor each
+                # step costs 3x the copy itself, in page faults of the newly allocated memory)
+                if spare is None or spare[0].size(1) != len(rows):  # twice: B rows become B * beam_size
+                    spare = [kv.new_empty((2, len(rows)) + kv.shape[2:]) for kv in kv_cache["kv"]]
+                moved = [torch.index_select(kv, 1, rows, out=into) for kv, into in zip(kv_cache["kv"], spare)]
+                spare, kv_cache["kv"] = kv_cache["kv"], moved
                 is_real = torch.cat([is_real, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
                 mask = padded_causal_mask(is_real.repeat_interleave(n_next, dim=0), 1)  # a prompt's beams share it
                 step_idx = token.view(B * n_next, 1)
