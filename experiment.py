@@ -154,7 +154,8 @@ FAMILIES = dict(  # best against best: {family: (label, loss, three settings of 
 # reward analysis), data and size (the run's data: that built-in dataset, its train split cut to its first size
 # examples), base (one model every run fine-tunes: base["prepare"](folder) writes its data, base["flags"] train it),
 # prompts (sampled, at most --max_prompts), temperatures (beyond --temperatures; TUNED_TEMPERATURES by default),
-# also_scored (more of sample.py's scores for the task, beside metric in the table of decodings), final_flags
+# also_scored (more of sample.py's scores for the task, beside metric in the table of decodings), max_new_tokens
+# (sample.py's, for every decoding; its default if absent), final_flags
 # (train.py's, on top of flags for the final runs only; not with --quick, whose short schedule they would replace),
 # and runs of the chosen configurations beyond the finals on a smaller train set: smaller=(families, size).
 TUNED = dict(
@@ -192,6 +193,7 @@ TUNED = dict(
         reward=True,
         also_scored=["rouge1", "rouge2"],
         prompts=150,  # of the 500 test prompts: sampling a line costs 10x a pronunciation (3x the tokens, 4x the model)
+        max_new_tokens=80,  # a line has at most 72 characters (train; val 65, test 63): a looping decoding stops here
         temperatures=[],  # at T = 1 the samples of a prompt already share almost no 4-grams (Self-BLEU near 0)
         families=FAMILIES["fine_tune"], smaller=(["mle", "irl"], 250)),  # 600 steps of 8 = 19 passes over 250
 )
@@ -329,14 +331,14 @@ def decoding_file(out_dir, decoding, split="val"):
     return os.path.join(out_dir, f"samples_{split}_{'t0' if decoding == 'greedy' else decoding}.json")
 
 
-def sample(out_dir, decoding, seed, split="val", weights="ckpt.pt", prompts=max_prompts):
+def sample(out_dir, decoding, seed, split="val", weights="ckpt.pt", prompts=max_prompts, max_new_tokens=None):
     """sample.py on the run's weights (ckpt.pt, or best.pt: the early-stopped state) at one decoding, on the first
-    `prompts` prompts of the split."""
+    `prompts` prompts of the split (at most max_new_tokens tokens each; None: sample.py's default)."""
     args = {"greedy": ["--temperature=0", "--num_samples=1"], f"beam{beam_size}": [f"--beam_size={beam_size}",
             "--num_samples=1"]}.get(decoding, [f"--temperature={decoding[1:]}", f"--num_samples={num_samples}"])
     return run(["sample.py", f"--out_dir={out_dir}", f"--init_from={os.path.join(out_dir, weights)}", *args,
-                f"--split={split}", f"--max_prompts={prompts}", f"--seed={seed}"],
-               decoding_file(out_dir, decoding, split))
+                f"--split={split}", f"--max_prompts={prompts}", f"--seed={seed}"]
+               + ([f"--max_new_tokens={max_new_tokens}"] if max_new_tokens else []), decoding_file(out_dir, decoding, split))
 
 
 def reward_file(out_dir):
@@ -480,7 +482,7 @@ def score_vs_diversity(name, spec=None):
                      part_of=name, start=lambda seed: (0.0, [])), **(spec or {}))
     root, table, chosen, flags, metric = (spec[k] for k in ("root", "table", "chosen", "flags", "metric"))
     split, weights, base, decodings = spec["split"], spec["weights"], spec["chosen"][0], spec["decodings"]
-    prompts = spec["prompts"]
+    prompts, max_new_tokens = spec["prompts"], spec.get("max_new_tokens")
     analyzed = spec.get("analyzed", [s for s in REWARD if s in chosen])
     label = lambda s: table[s][0]
     decoded = lambda s, d, seed: decoding_file(run_dir(root, s, seed), d, split)
@@ -497,7 +499,7 @@ def score_vs_diversity(name, spec=None):
         elif not finished:
             spent, start = spec["start"](seed)  # task tuned's fine-tuning: the seed's base model
         spent += train(out_dir, flags + table[s][1] + start, seed, outputs)
-        spent += sum(sample(out_dir, d, seed, split, weights, prompts) for d in decodings)
+        spent += sum(sample(out_dir, d, seed, split, weights, prompts, max_new_tokens) for d in decodings)
         return spent + (analyze(out_dir, seed, split, weights) if s in analyzed else 0.0)
 
     # seed by seed, so that a stop leaves whole seeds (their logs and summaries) behind
@@ -797,18 +799,21 @@ def tuned_setting(name, root, part_of):
             # whose runs are all there redraws its tables without it)
             timed(part_of, f"{part}pre-train the base model", {"base": lambda: start(0)[0]})
 
+    by_score = stop == f"val/{metric}"  # else the choice goes by the log's lowest val nll: no decoding needed
+
     def tuning_run(config, flags, seed):
-        """One configuration on one tuning seed: trained, early-stopped, its best.pt decoded greedily on val."""
+        """One configuration on one tuning seed: trained, early-stopped, its best.pt decoded greedily on val if
+        the choice goes by that score."""
         out_dir = run_dir(os.path.join(root, "tuning"), config, seed)
-        outputs = [decoding_file(out_dir, "greedy", "val")]
+        outputs = [decoding_file(out_dir, "greedy", "val")] if by_score else [os.path.join(out_dir, "trained")]
         spent, start_flags = (0.0, []) if all(map(os.path.exists, outputs)) else start(seed)
         spent += train(out_dir, data + setting["flags"] + start_flags + flags + [keep], seed, outputs)
-        return spent + sample(out_dir, "greedy", seed, "val", "best.pt", prompts)
+        return spent + (sample(out_dir, "greedy", seed, "val", "best.pt", prompts, setting.get("max_new_tokens"))
+                        if by_score else 0.0)
 
     timed(part_of, f"{part}tune each family on val", {
         (c, seed): partial(tuning_run, c, flags, seed) for seed in setting["tuning_seeds"]
         for configs in grid.values() for c, flags in configs.items()})
-    by_score = stop == f"val/{metric}"
     score, gain, tolerance = ((f"greedy {metric} of each run's best.pt on {prompts} val prompts", "rise",
                                "one evaluation's s.e.") if by_score else (f"lowest {stop} of each run", "fall",
                                                                           f"a tolerance of {NLL_TOLERANCE} nats"))
@@ -844,7 +849,8 @@ def tuned_setting(name, root, part_of):
     decodings = DECODINGS + [f"t{t:g}" for t in hotter if f"t{t:g}" not in DECODINGS]
     finals = dict(root=root, table=table, chosen=chosen, flags=[], metric=metric, split="test", weights="best.pt",
                   prompts=prompts, analyzed=chosen if setting.get("reward") else [], decodings=decodings,
-                  start=start, part_of=part_of, also_scored=setting.get("also_scored", []), early_stop=stop)
+                  start=start, part_of=part_of, also_scored=setting.get("also_scored", []), early_stop=stop,
+                  max_new_tokens=setting.get("max_new_tokens"))
     rows += [""] + score_vs_diversity(f"tuned {name}", finals) + [""] + levelled_rows(f"tuned {name}", finals)
     if "smaller" in setting:  # the same choices again (no new tuning) on fewer demonstrations: the small-data question
         families, size = setting["smaller"]
