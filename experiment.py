@@ -20,18 +20,15 @@ s.e. over seeds. The headline is accuracy at matched Self-BLEU: a run's (Self-BL
 over its temperatures (greedy as T=0, Self-BLEU 1), joined piecewise linearly, minus its seed's MLE
 (or CONTROL) curve, averaged over Self-BLEU values both cover.
 
-cmudict and shakespeare are task tuned's comparison on real language, each a task of its own (results/<task>/), and
-together should take about 2.5 hours with --jobs=2 on a 2-core x86 CPU: measured at one thread (beside other work
-on the same CPU, so an idle one may be faster), times the count of runs (TUNED: 5 families x 3 configurations on
-one tuning seed, then 5 x 5 final runs and 2 x 5 on the smaller train set), halved for 2 at a time:
-- cmudict, 2 blocks of width 128, window 48, batch 32: 43 ms a step with its evaluations, so a 1500-step run trains
-  in 70 s; its 8 decodings of the 500 test prompts and the reward analysis take 45 s. 50 runs, about 85 CPU-minutes:
-  45 minutes (47 measured).
-- shakespeare: the base model (4 blocks of width 192, window 256, batch 8) takes 225 ms a step, 2500 steps in 10
-  minutes, alone (every other run needs it); a fine-tuning run 205 ms a step, 600 steps with 12 evaluations of val
-  nll in about 2.2 minutes; its 6 decodings of 150 test prompts and the reward analysis about 3 minutes (greedy and
-  beam search run to 128 tokens: a model this small loops instead of ending the line). 50 runs, about 190
-  CPU-minutes, and the base: about 105 minutes.
+cmudict and shakespeare are task tuned's comparison on real language, each a task of its own (results/<task>/);
+with --jobs=2 on an idle 2-core x86 CPU they took 154 minutes together, measured (TUNED: 5 families x 3
+configurations on one tuning seed, then 5 x 5 final runs and 2 x 5 on the smaller train set):
+- cmudict, 2 blocks of width 128, window 48, batch 32: a 1500-step run trains in about 70 s at one thread, and its 8
+  decodings of the 500 test prompts and the reward analysis take 45 s: 47 minutes.
+- shakespeare: the base model (4 blocks of width 192, window 256, batch 8), 2500 steps alone (every other run needs
+  it): 10.7 minutes; a fine-tuning run, 400 steps with 9 evaluations of val nll, about 2.2 minutes beside another,
+  its 6 decodings of 150 test prompts (at most 80 characters: a model this small loops instead of ending a line)
+  and the reward analysis 2.3 more: tuning 18.2 minutes, the final runs 57.5 and 20.3, 107 in all.
 Over budget, --seeds=3 cuts the final runs by 40%.
 
 Runs go seed by seed: each is trained, sampled and analysed in one go, so a stop leaves whole runs
