@@ -335,7 +335,8 @@ def sample(out_dir, decoding, seed, split="val", weights="ckpt.pt", prompts=max_
             "--num_samples=1"]}.get(decoding, [f"--temperature={decoding[1:]}", f"--num_samples={num_samples}"])
     return run(["sample.py", f"--out_dir={out_dir}", f"--init_from={os.path.join(out_dir, weights)}", *args,
                 f"--split={split}", f"--max_prompts={prompts}", f"--seed={seed}"]
-               + ([f"--max_new_tokens={max_new_tokens}"] if max_new_tokens else []), decoding_file(out_dir, decoding, split))
+               + ([f"--max_new_tokens={max_new_tokens}"] if max_new_tokens else []),
+               decoding_file(out_dir, decoding, split))
 
 
 def reward_file(out_dir):
@@ -777,7 +778,7 @@ def tuned_setting(name, root, part_of):
     setting, metric = TUNED[name], TUNED[name].get("metric", "accuracy")
     stop = setting.get("early_stop", f"val/{metric}")  # what best.pt keeps, and what the choice goes by
     grid, keep = configurations(setting), f"--keep_best={stop}"
-    prompts = min(max_prompts, setting.get("prompts", max_prompts))
+    prompts, max_new_tokens = min(max_prompts, setting.get("prompts", max_prompts)), setting.get("max_new_tokens")
     part = f"{name}: " if part_of != name else ""  # task tuned times its settings' parts apart
     if name == "finetune":  # the demonstrations, and the base model of each seed (arith's MLE run; retrained if gone)
         folders, _ = finetune_data(os.path.join(results, "finetune", "data"))
@@ -805,8 +806,7 @@ def tuned_setting(name, root, part_of):
         outputs = [decoding_file(out_dir, "greedy", "val")] if by_score else [os.path.join(out_dir, "trained")]
         spent, start_flags = (0.0, []) if all(map(os.path.exists, outputs)) else start(seed)
         spent += train(out_dir, data + setting["flags"] + start_flags + flags + [keep], seed, outputs)
-        return spent + (sample(out_dir, "greedy", seed, "val", "best.pt", prompts, setting.get("max_new_tokens"))
-                        if by_score else 0.0)
+        return spent + (sample(out_dir, "greedy", seed, "val", "best.pt", prompts, max_new_tokens) if by_score else 0.0)
 
     timed(part_of, f"{part}tune each family on val", {
         (c, seed): partial(tuning_run, c, flags, seed) for seed in setting["tuning_seeds"]
@@ -847,7 +847,7 @@ def tuned_setting(name, root, part_of):
     finals = dict(root=root, table=table, chosen=chosen, flags=[], metric=metric, split="test", weights="best.pt",
                   prompts=prompts, analyzed=chosen if setting.get("reward") else [], decodings=decodings,
                   start=start, part_of=part_of, also_scored=setting.get("also_scored", []), early_stop=stop,
-                  max_new_tokens=setting.get("max_new_tokens"))
+                  max_new_tokens=max_new_tokens)
     rows += [""] + score_vs_diversity(f"tuned {name}", finals) + [""] + levelled_rows(f"tuned {name}", finals)
     if "smaller" in setting:  # the same choices again (no new tuning) on fewer demonstrations: the small-data question
         families, size = setting["smaller"]
