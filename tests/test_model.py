@@ -284,6 +284,21 @@ def test_static_cache_is_reused_while_the_shapes_stay():
     assert model._static_kv_cache["kv"][0].size(1) == 3
 
 
+@pytest.mark.parametrize("decoding", DECODINGS)
+def test_num_samples_is_the_prompts_repeated(decoding):
+    """num_samples=K runs each prompt once and copies its keys and values to K rows: the samples
+    must be those of passing every prompt K times (the same draws from the same seeded generator),
+    on every decoding path, and a row that stops early (eos) must not change its neighbours."""
+    model = tiny_model()
+    for eos_id in (None, 7):
+        repeated = model.generate([p for p in PROMPTS for _ in range(3)], 12, temperature=1.0, eos_id=eos_id,
+                                  generator=torch.Generator().manual_seed(0), **decoding)
+        shared = model.generate(PROMPTS, 12, temperature=1.0, eos_id=eos_id, num_samples=3,
+                                generator=torch.Generator().manual_seed(0), **decoding)
+        assert shared == repeated
+        assert len({tuple(s) for s in shared[:3]}) > 1  # the K samples of a prompt differ: real draws
+
+
 def test_greedy_does_not_depend_on_the_batch():
     model = tiny_model()
     alone = [model.generate([p], 15, temperature=0.0)[0] for p in PROMPTS]
