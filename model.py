@@ -372,8 +372,8 @@ class GPT(nn.Module):
 
         Returns one list of new token ids per sample, a prompt's num_samples side by side: what
         passing each prompt num_samples times returns, but with the cache each prompt runs through
-        the model once and its samples start from copies of its keys and values (half the time of
-        K = 4 samples of long prompts). A row stops right after it emits eos_id, so a
+        the model once and its samples start from copies of its keys and values (docs/speed.md:
+        it pays where prompts are long beside completions). A row stops right after it emits eos_id, so a
         completion that ends with eos_id terminated and any other was cut. Positions are absolute
         (no sliding window), so a row also stops when prompt + completion fills block_size.
         temperature 0 is greedy; otherwise logits / temperature, optional top_k, and a sample drawn
