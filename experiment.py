@@ -21,14 +21,14 @@ over its temperatures (greedy as T=0, Self-BLEU 1), joined piecewise linearly, m
 (or CONTROL) curve, averaged over Self-BLEU values both cover.
 
 cmudict and shakespeare are task tuned's comparison on real language, each a task of its own (results/<task>/);
-with --jobs=2 on an idle 2-core x86 CPU they took 154 minutes together, measured (TUNED: 5 families x 3
+with --jobs=2 on an idle 2-core x86 CPU they take 145 minutes together, measured part by part (TUNED: 5 families x 3
 configurations on one tuning seed, then 5 x 5 final runs and 2 x 5 on the smaller train set):
 - cmudict, 2 blocks of width 128, window 48, batch 32: a 1500-step run trains in about 70 s at one thread, and its 8
   decodings of the 500 test prompts and the reward analysis take 45 s: 47 minutes.
 - shakespeare: the base model (4 blocks of width 192, window 256, batch 8), 2500 steps alone (every other run needs
   it): 10.7 minutes; a fine-tuning run, 400 steps with 9 evaluations of val nll, about 2.2 minutes beside another,
   its 6 decodings of 150 test prompts (at most 80 characters: a model this small loops instead of ending a line)
-  and the reward analysis 2.3 more: tuning 18.2 minutes, the final runs 57.5 and 20.3, 107 in all.
+  and the reward analysis about 2 more: tuning 18.2 minutes, the final runs 51.9 and 17.8, 99 in all.
 Over budget, --seeds=3 cuts the final runs by 40%.
 
 Runs go seed by seed: each is trained, sampled and analysed in one go, so a stop leaves whole runs
