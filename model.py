@@ -373,8 +373,8 @@ class GPT(nn.Module):
         Returns one list of new token ids per sample, a prompt's num_samples side by side: what
         passing each prompt num_samples times returns, but with the cache each prompt runs through
         the model once and its samples start from copies of its keys and values (docs/speed.md:
-        it pays where prompts are long beside completions). A row stops right after it emits eos_id, so a
-        completion that ends with eos_id terminated and any other was cut. Positions are absolute
+        it pays where prompts are long beside completions). A row stops right after it emits
+        eos_id, so a completion that ends with eos_id terminated and any other was cut. Positions are absolute
         (no sliding window), so a row also stops when prompt + completion fills block_size.
         temperature 0 is greedy; otherwise logits / temperature, optional top_k, and a sample drawn
         with `generator` (a seeded torch.Generator makes it reproducible).
@@ -421,7 +421,8 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()  # no dropout while sampling
         try:
-            if use_cache:  # the prompts, each once (rows 0, K, 2K, ...), into their own cache unless K = 1
+            if use_cache and not finished.all():  # the prompts, each once (rows 0, K, 2K, ...), into their
+                # own cache unless K = 1; not at all when every prompt fills block_size (nothing to generate)
                 once = kv_cache if num_samples == 1 else self.new_kv_cache(B // num_samples, T0)
                 h = self.hidden_states(idx[::num_samples], positions[::num_samples],
                                        padded_causal_mask(is_real[::num_samples], T0), once)
