@@ -7,8 +7,8 @@ against the task metric (the paper's analysis), the value of the prompt, and ins
     python analyze_reward.py --out_dir=out/irl,out/mle --results=results/reward   # side by side
     python analyze_reward.py --out_dir=out --features=my_features.py   # your own features
 
-What is measured (docs/method.md section 6). Any completion y of a prompt x gets, under a trained model,
-the per-token reward of irl_loss.py, r_t = q_t - gamma (1 - done_t) v_{t+1}, and the return
+What is measured (docs/method.md section 6). Any completion y of a prompt x gets, under a trained
+model, the per-token reward of irl_loss.py, r_t = q_t - gamma (1 - done_t) v_{t+1}, and the return
 R = sum_k gamma^k r_k (k = 0 at the first completion token). For a terminated completion the sum
 telescopes: R = sum_k gamma^k log pi_k + v_0(x), so with gamma = 1, R = log p(y | x) + v_0(x).
 Within one prompt the return ranks completions by likelihood; across prompts v_0 decides. IRL's TD
@@ -33,8 +33,8 @@ each reward. Among the K samples of a prompt, "pick rate" is how often the sampl
 return has the best metric, among prompts whose samples differ in it; "chance" is what picking one
 at random scores on the same prompts.
 
-Instructed features (docs/method.md section 7, features.py): r_t is regressed by least squares on a few
-features an analyst names (digits, operators, step separators, the answer, EOS, position,
+Instructed features (docs/method.md section 7, features.py): r_t is regressed by least squares on a
+few features an analyst names (digits, operators, step separators, the answer, EOS, position,
 repetition, ...), each weight with a 95% interval, and R^2 says how much of the reward they explain.
 That paper also models bounded rationality, as noise on the value of future actions; in our soft-Q
 reading this is exactly the Boltzmann (softmax) policy pi = softmax(Q), whose temperature is the
@@ -45,19 +45,21 @@ import json
 import math
 import os
 import random
-import sys
 import textwrap
 
 import numpy as np
 import torch
 
-from checkpoint import (check_out_dir, check_outputs, load_checkpoint, model_from_checkpoint, run_inputs, save_figure,
-                        tokenizer_of, write_atomically)
-from configurator import SEED_RANGE, check_device, configure
-from dataset import dataset_inputs, encode_example, fit_to_block, jsonl_rows, load_dataset, make_batch
+from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_of
+from checks import check_device
+from configurator import SEED_RANGE, configure, settings_of
+from dataset import (dataset_inputs, encode_example, fit_to_block, jsonl_rows, load_dataset,
+                     make_batch)
 from features import feature_matrix, is_eos, least_squares, load_features, token_texts
 from irl_loss import q_and_v, token_rewards
 import metrics
+from runfiles import (check_out_dir, check_outputs, fail, run_inputs, save_figure,
+                      stop_on_interrupt, write_atomically)
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the run(s): folders with ckpt.pt (or .pt paths); several comma-separated: out/irl,out/mle
@@ -73,15 +75,101 @@ batch_size = 64  # completions scored together
 seed = 1337  # seed of the corruptions
 device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:1 | mps
 # -----------------------------------------------------------------------------
-settings = {k: v for k, v in globals().items() if not k.startswith("_")
-            and isinstance(v, (bool, int, float, str, type(None)))}
+stop_on_interrupt("analyze_reward.py")
+settings = settings_of(globals(), __file__)
 globals().update(configure(settings, __file__, ranges=dict(
     max_prompts=(0, None), heatmap_rows=(0, None), batch_size=(1, None), seed=SEED_RANGE)))
 PROMPT_CHARS = 24  # the heatmaps show at most the end of a prompt this long
 
 
-def fail(message):
-    sys.exit(f"analyze_reward.py: error: {message}")
+# ----------------------------------------------------------------------------- inputs
+
+def name_runs(out_dir):
+    """[dict(name, folder, ckpt)]: the runs of --out_dir, each named for its folder, uniquely."""
+    runs = []
+    for path in [p for p in out_dir.split(",") if p]:
+        folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+        name = os.path.basename(os.path.abspath(folder)) or "run"
+        while name in [r["name"] for r in runs]:
+            name += "_"
+        ckpt = os.path.join(path, "ckpt.pt") if os.path.isdir(path) else path
+        runs.append(dict(name=name, folder=folder, ckpt=ckpt))
+    if not runs:
+        fail("--out_dir names no run; give a folder with ckpt.pt, or several: "
+             "--out_dir=out/irl,out/mle")
+    return runs
+
+
+def read_samples(path, folder, source):
+    """sample.py's rows in path as completions to score; ValueError naming the line of a bad one."""
+    rows = []
+    for line_no, row in jsonl_rows(path, "samples file"):
+        # the metric, arith: correct (0/1); text: ROUGE-L
+        metric = row.get("correct", row.get("rougeL")) if isinstance(row, dict) else None
+        is_row = isinstance(row, dict) and isinstance(row.get("prompt"), str) \
+            and isinstance(row.get("sample"), str)
+        if not is_row or not (metric is None or isinstance(metric, (bool, int, float))
+                              and math.isfinite(metric)):
+            raise ValueError(f"{path}:{line_no} is not a sample.py row; write the file again with "
+                             f"python sample.py --out_dir={folder}")
+        if row["sample"] or row.get("terminated"):  # an empty, unfinished sample has no tokens
+            rows.append(dict(kind="sample", source=source, prompt=row["prompt"],
+                             completion=row["sample"], terminated=bool(row.get("terminated", True)),
+                             metric=None if metric is None else float(metric)))
+    return rows
+
+
+def load_run(run, device, samples_name):
+    """Add to the run its tokenizer, model, training config, gamma and samples."""
+    checkpoint = load_checkpoint(run["ckpt"])
+    run.update(tok=tokenizer_of(checkpoint, tokenizer),
+               model=model_from_checkpoint(checkpoint).to(device).eval(),
+               config=checkpoint.get("config", {}), iter_num=checkpoint.get("iter_num"))
+    run["gamma"] = float(run["config"].get("gamma", 1.0))
+    samples_path = os.path.join(run["folder"], samples_name)
+    if samples_name and not os.path.exists(samples_path):
+        raise ValueError(f"no {samples_name} in {run['folder']}; run python sample.py "
+                         f"--out_dir={run['folder']} first, or pass --samples=none")
+    run["samples"] = read_samples(samples_path, run["folder"], run["name"]) if samples_name else []
+
+
+def check_inputs(runs, device):
+    """Check every input, in this order, and stop with the first problem: the device, --results,
+    each run (checkpoint, then samples: loaded into its dict), no output in place of an input, the
+    dataset's split, the features, and that every run's tokenizer encodes every completion.
+    Returns (device, data, the split's (prompt, completion) pairs, the features)."""
+    samples_name = "" if samples == "none" else samples or f"samples_{split}_t1.jsonl"
+    try:
+        device = check_device(device)
+        check_out_dir(results, "results")
+        for run in runs:
+            load_run(run, device, samples_name)
+        data_name = dataset or runs[0]["config"].get("dataset", "arith")
+        to_write = ["reward_returns.png", "reward_vs_metric.png", "reward_v0.png",  # the figures
+                    "reward_features.png", "reward_summary.json"]
+        to_write += [f"reward_{kind}_{run['name']}.{ending}" for run in runs
+                     for kind, ending in (("heatmap", "png"), ("tokens", "jsonl"))]
+        # no output replaces what it is made from: the runs, their samples, the data, the features
+        check_outputs(
+            [(f"{name} of --results={results}", os.path.join(results, name),
+              "give another --results folder") for name in to_write],
+            [item for run in runs for item in run_inputs(run["ckpt"], f"--out_dir={run['ckpt']}")]
+            + [(f"--samples={samples_name} of {run['folder']}",
+                os.path.join(run["folder"], samples_name)) for run in runs if samples_name]
+            + dataset_inputs(data_name, f"--dataset={data_name}")
+            + ([(f"--features={features}", features)] if features else []))
+        data = load_dataset(data_name, runs[0]["tok"])
+        if not data["splits"].get(split):
+            raise ValueError(f"the dataset has no {split!r} split; use --split=val or --split=test")
+        feature_set = load_features(features, data["task"])
+        pairs = data["splits"][split][:max_prompts or None]
+        every_sample = [(r["prompt"], r["completion"]) for run in runs for r in run["samples"]]
+        for run in runs:  # every run scores the data and every run's samples (pooled): a tokenizer
+            for prompt, completion in pairs + every_sample:  # that cannot encode them fails here
+                encode_example(run["tok"], prompt, completion)
+    except (ValueError, OSError, SyntaxError) as err:
+        fail(err)
+    return device, data, pairs, feature_set
 
 
 def shuffle_words(completion, rng):
@@ -94,10 +182,32 @@ def shuffle_words(completion, rng):
     raise ValueError(f"cannot shuffle {completion!r}: fewer than two different words")
 
 
+def corrupt_each(pairs, task):
+    """One corruption of each expert completion, by the task's corrupt() (text: shuffle_words);
+    None where there is none (e.g. a one-word line: the pair is left out)."""
+    task_module = importlib.import_module(f"data.{task}.prepare") if task != "text" else None
+    corrupt, rng = getattr(task_module, "corrupt", shuffle_words), random.Random(seed)
+    corrupted = []
+    for prompt, completion in pairs:
+        try:
+            corrupted.append(corrupt(completion, rng))
+        except ValueError:
+            corrupted.append(None)
+    return corrupted
+
+
+runs = name_runs(out_dir)
+results = results or runs[0]["folder"]
+device, data, pairs, feature_set = check_inputs(runs, device)
+corrupted = corrupt_each(pairs, data["task"])
+
+# ----------------------------------------------------------------------------- score and measure
+
 def encode(tok, prompt, completion, terminated, block_size):
-    """(prompt ids, completion ids) fitted to the window; no EOS for a completion that did not end."""
+    """(prompt ids, completion ids) fitted to the window; no EOS for one that did not end."""
     prompt_ids, completion_ids = encode_example(tok, prompt, completion)
-    return fit_to_block(prompt_ids, completion_ids if terminated else completion_ids[:-1], block_size)[:2]
+    completion_ids = completion_ids if terminated else completion_ids[:-1]
+    return fit_to_block(prompt_ids, completion_ids, block_size)[:2]
 
 
 @torch.no_grad()
@@ -106,7 +216,8 @@ def score(model, tok, rows, gamma):
     v_0, from irl_loss.token_rewards on padded batches. r_t is None for the last token of a
     completion cut by the window (no next state: no reward)."""
     block_size = model.config.block_size
-    examples = [encode(tok, r["prompt"], r["completion"], r["terminated"], block_size) for r in rows]
+    examples = [encode(tok, r["prompt"], r["completion"], r["terminated"], block_size)
+                for r in rows]
     for i in range(0, len(rows), batch_size):
         chunk = examples[i:i + batch_size]
         batch = {k: v.to(device) for k, v in make_batch(chunk, tok.eos_id).items()}
@@ -138,6 +249,10 @@ def finite(x):
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def mean_return(rows):
+    return float(np.mean([r["ret"] for r in rows])) if rows else None
+
+
 def by_prompt(rows):
     """The rows grouped by prompt, in order of first appearance."""
     groups = {}
@@ -148,7 +263,7 @@ def by_prompt(rows):
 
 def spearman_and_se(rows, resamples=200):
     """Spearman's rho of return and metric over the rows, and its bootstrap standard error over
-    prompts (a prompt's K samples are resampled together: they share v_0 and are not independent)."""
+    prompts (a prompt's K samples are resampled together: they share v_0, are not independent)."""
     if not rows:
         return None, None
     rho = metrics.spearman([r["ret"] for r in rows], [r["metric"] for r in rows])
@@ -174,132 +289,65 @@ def pick_rate(groups):
     return (float(np.mean(hits)), float(np.mean(chance)), len(hits)) if hits else (None, None, 0)
 
 
-# ----------------------------------------------------------------------------- inputs (all checked before any output)
-runs = []
-for path in [p for p in out_dir.split(",") if p]:
-    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
-    name = os.path.basename(os.path.abspath(folder)) or "run"
-    while name in [r["name"] for r in runs]:
-        name += "_"
-    runs.append(dict(name=name, folder=folder, ckpt=os.path.join(path, "ckpt.pt") if os.path.isdir(path) else path))
-if not runs:
-    fail("--out_dir names no run; give a folder with ckpt.pt, or several: --out_dir=out/irl,out/mle")
-samples_name = "" if samples == "none" else samples or f"samples_{split}_t1.jsonl"
-results = results or runs[0]["folder"]
-
-
-def read_samples(path, folder, source):
-    """sample.py's rows in path as completions to score; ValueError naming the line of a bad one."""
-    rows = []
-    for line_no, row in jsonl_rows(path, "samples file"):
-        metric = row.get("correct", row.get("rougeL")) if isinstance(row, dict) else None  # arith: 0/1; text: ROUGE-L
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(row.get("sample"), str) \
-                or not (metric is None or isinstance(metric, (bool, int, float)) and math.isfinite(metric)):
-            raise ValueError(f"{path}:{line_no} is not a sample.py row; write the file again with python sample.py "
-                             f"--out_dir={folder}")
-        if row["sample"] or row.get("terminated"):  # an empty, unfinished sample has no tokens
-            rows.append(dict(kind="sample", source=source, prompt=row["prompt"],
-                             completion=row["sample"], terminated=bool(row.get("terminated", True)),
-                             metric=None if metric is None else float(metric)))
-    return rows
-
-
-samples_of = {}  # run name -> its samples (prompt, completion, terminated, metric), read once
-try:
-    device = check_device(device)
-    check_out_dir(results, "results")
-    for run in runs:
-        checkpoint = load_checkpoint(run["ckpt"])
-        run.update(tok=tokenizer_of(checkpoint, tokenizer), model=model_from_checkpoint(checkpoint).to(device).eval(),
-                   config=checkpoint.get("config", {}), iter_num=checkpoint.get("iter_num"))
-        run["gamma"] = float(run["config"].get("gamma", 1.0))
-        if samples_name and not os.path.exists(os.path.join(run["folder"], samples_name)):
-            raise ValueError(f"no {samples_name} in {run['folder']}; run python sample.py --out_dir={run['folder']} "
-                             f"first, or pass --samples=none")
-        samples_of[run["name"]] = read_samples(os.path.join(run["folder"], samples_name), run["folder"],
-                                               run["name"]) if samples_name else []
-    checkpoint = None
-    data_name = dataset or runs[0]["config"].get("dataset", "arith")
-    to_write = ["reward_returns.png", "reward_vs_metric.png", "reward_v0.png", "reward_features.png",  # as below
-                "reward_summary.json"] + [f"reward_{kind}_{run['name']}.{ending}" for run in runs
-                                          for kind, ending in (("heatmap", "png"), ("tokens", "jsonl"))]
-    check_outputs(  # no output replaces what it is made from: the runs, their samples, the data, the features
-        [(f"{name} of --results={results}", os.path.join(results, name), "give another --results folder")
-         for name in to_write],
-        [item for run in runs for item in run_inputs(run["ckpt"], f"--out_dir={run['ckpt']}")]
-        + [(f"--samples={samples_name} of {run['folder']}", os.path.join(run["folder"], samples_name))
-           for run in runs if samples_name]
-        + dataset_inputs(data_name, f"--dataset={data_name}")
-        + ([(f"--features={features}", features)] if features else []))
-    data = load_dataset(data_name, runs[0]["tok"])
-    if not data["splits"].get(split):
-        raise ValueError(f"the dataset has no {split!r} split; use --split=val or --split=test")
-    feature_set = load_features(features, data["task"])
-    pairs = data["splits"][split][:max_prompts or None]
-    every_sample = [(r["prompt"], r["completion"]) for rows in samples_of.values() for r in rows]
-    for run in runs:  # every run scores the data and every run's samples (pooled)
-        for prompt, completion in pairs + every_sample:
-            encode_example(run["tok"], prompt, completion)  # a tokenizer that cannot encode them fails here
-except (ValueError, OSError, SyntaxError) as err:
-    fail(err)
-task_module = importlib.import_module(f"data.{data['task']}.prepare") if data["task"] != "text" else None
-corrupt = getattr(task_module, "corrupt", shuffle_words)
-rng = random.Random(seed)
-corrupted = []
-for prompt, completion in pairs:
-    try:
-        corrupted.append(corrupt(completion, rng))
-    except ValueError:  # e.g. a one-word line: no corruption, the pair is left out
-        corrupted.append(None)
-
-# ----------------------------------------------------------------------------- score and measure
-print("return R: a completion's summed per-token reward r_t, in nats; at gamma = 1, R = log p(completion | prompt) + v0\n"
-      "v0: the value of the prompt, the part of R that depends on the prompt alone (logsumexp of the logits before\n"
-      "    the first completion token); IRL's TD term trains it toward the surprisal of the expert's completion\n"
-      "pick rate: how often the highest-return of a prompt's samples has the best metric, on the prompts whose\n"
-      "    samples differ in it; chance: what picking one at random scores on them")
-for run in runs:
+def score_run(run, pairs, corrupted):
+    """Score, under the run's reward, the expert completions, their corruptions and every run's
+    samples: the run's rows, experts, corrupts and sampled (its own samples) go into its dict, and
+    the samples of all runs (pooled) come back."""
     model, tok, gamma = run["model"], run["tok"], run["gamma"]
-    experts = score(model, tok, [dict(kind="expert", prompt=p, completion=c, terminated=True) for p, c in pairs], gamma)
-    corrupts = score(model, tok, [dict(kind="corrupt", prompt=p, completion=c, terminated=True, expert=i)
-                                  for i, ((p, _), c) in enumerate(zip(pairs, corrupted)) if c is not None], gamma)
+    experts = [dict(kind="expert", prompt=p, completion=c, terminated=True) for p, c in pairs]
+    corrupts = [dict(kind="corrupt", prompt=p, completion=c, terminated=True, expert=i)
+                for i, ((p, _), c) in enumerate(zip(pairs, corrupted)) if c is not None]
+    experts, corrupts = score(model, tok, experts, gamma), score(model, tok, corrupts, gamma)
     # every run's samples under this run's reward: its own, and (with several runs) the pool of all,
     # which compares the rewards on the same completions
-    pooled = score(model, tok, [dict(r) for name in samples_of for r in samples_of[name]], gamma)
+    pooled = score(model, tok, [dict(r) for other in runs for r in other["samples"]], gamma)
     sampled = [r for r in pooled if r["source"] == run["name"]]
     run["rows"] = experts + corrupts + sampled
     run["experts"], run["corrupts"], run["sampled"] = experts, corrupts, sampled
+    return pooled
 
+
+def measure(run, pooled):
+    """The run's summary: returns, expert against corruption, return against the metric (its own
+    samples and the pool), pick rate, the telescoping check, and v_0."""
+    experts, corrupts, sampled = run["experts"], run["corrupts"], run["sampled"]
+    gamma, config = run["gamma"], run["config"]
     # the telescoping identity of docs/method.md section 6, on every terminated completion
-    errors = [abs(r["ret"] - (discounted(r["log_pi"], gamma) + r["v0"])) for r in run["rows"] if r["terminated"]]
+    errors = [abs(r["ret"] - (discounted(r["log_pi"], gamma) + r["v0"]))
+              for r in run["rows"] if r["terminated"]]
     above = [experts[r["expert"]]["ret"] > r["ret"] for r in corrupts]
     with_metric = [r for r in sampled if r["metric"] is not None]
     rate, chance, n_pick = pick_rate(by_prompt(with_metric))
     rho, rho_se = spearman_and_se(with_metric)
     pooled = [r for r in pooled if r["metric"] is not None] if len(runs) > 1 else []
     rho_pooled, rho_pooled_se = spearman_and_se(pooled) if pooled else (None, None)
-    surprisal = [-discounted(r["log_pi"], gamma) for r in experts]  # -sum_k gamma^k log pi_k of the expert
-    mean = lambda rows: float(np.mean([r["ret"] for r in rows])) if rows else None
-    config = run["config"]
-    run["summary"] = dict(
+    surprisal = [-discounted(r["log_pi"], gamma) for r in experts]  # -sum_k gamma^k log pi_k
+    v0 = [r["v0"] for r in experts]
+    sample_metric = [r["metric"] for r in with_metric]
+    log_prob = [sum(r["log_pi"]) for r in with_metric]
+    return dict(
         checkpoint=run["ckpt"], iter_num=run["iter_num"], loss=config.get("loss"),
         td_coef=config.get("td_coef") if config.get("loss") == "irl" else 0.0, gamma=gamma,
-        tokenizer=tok.state()["kind"], experts=len(experts), samples=len(sampled),
-        expert_return_mean=mean(experts), sample_return_mean=mean(sampled), corrupt_return_mean=mean(corrupts),
+        tokenizer=run["tok"].state()["kind"], experts=len(experts), samples=len(sampled),
+        expert_return_mean=mean_return(experts), sample_return_mean=mean_return(sampled),
+        corrupt_return_mean=mean_return(corrupts),
         expert_above_corrupt=float(np.mean(above)) if above else None, corrupt_pairs=len(above),
         metric=("accuracy" if data["task"] != "text" else "rougeL") if with_metric else None,
-        sample_metric_mean=float(np.mean([r["metric"] for r in with_metric])) if with_metric else None,
+        sample_metric_mean=float(np.mean(sample_metric)) if with_metric else None,
         spearman_return_metric=rho, spearman_return_metric_se=rho_se,
-        spearman_log_prob_metric=finite(metrics.spearman([sum(r["log_pi"]) for r in with_metric],
-                                                          [r["metric"] for r in with_metric])),
+        spearman_log_prob_metric=finite(metrics.spearman(log_prob, sample_metric)),
         spearman_return_metric_pooled=rho_pooled, spearman_return_metric_pooled_se=rho_pooled_se,
         pooled_samples=len(pooled),
         pick_rate=rate, pick_chance=chance, pick_prompts=n_pick,
         telescoping_max_abs_error=max(errors) if errors else None, telescoping_checked=len(errors),
-        v0_mean=float(np.mean([r["v0"] for r in experts])), v0_std=float(np.std([r["v0"] for r in experts])),
-        spearman_v0_expert_surprisal=finite(metrics.spearman([r["v0"] for r in experts], surprisal)))
+        v0_mean=float(np.mean(v0)), v0_std=float(np.std(v0)),
+        spearman_v0_expert_surprisal=finite(metrics.spearman(v0, surprisal)))
 
-    # instructed features: r_t of the expert completions' tokens (those that have a reward)
+
+def fit_features(run):
+    """Instructed features: r_t of the expert completions' tokens (those that have a reward) fitted
+    by least squares (run["fit"]), into the run's summary. Returns the features' matrix."""
+    experts = run["experts"]
     has_reward = np.array([x is not None for r in experts for x in r["rewards"]], dtype=bool)
     y = np.array([x for r in experts for x in r["rewards"] if x is not None])
     try:
@@ -308,46 +356,85 @@ for run in runs:
     except ValueError as err:
         fail(f"{err} (features of run {run['name']})")
     if features and fit["dependent"]:  # the analyst's own choice: say so rather than leave it out
-        fail(f"{features}: feature {feature_set[fit['dependent'][0]][0]} is a linear combination of the intercept and "
-             f"the features before it on the {fit['n']} tokens of run {run['name']}; drop it, or use more prompts")
+        dependent = feature_set[fit["dependent"][0]][0]
+        fail(f"{features}: feature {dependent} is a linear combination of the intercept and the "
+             f"features before it on the {fit['n']} tokens of run {run['name']}; drop it, or use "
+             f"more prompts")
     run["fit"] = fit
     run["summary"].update(
         feature_r2=finite(fit["r2"]), feature_tokens=fit["n"], feature_intercept=fit["intercept"],
-        features={name: dict(description=description, weight=finite(w), se=finite(se), ci_low=finite(lo), ci_high=finite(hi))
-                  for (name, description, _), w, se, lo, hi in zip(feature_set, fit["weights"], fit["se"],
-                                                                     fit["ci_low"], fit["ci_high"])})
-    s = run["summary"]
-    # every count below is of completions: expert + corrupted + samples, each line saying which
-    print(f"{run['name']} ({s['loss']}, td_coef {s['td_coef']}): mean return of {len(experts)} expert completions "
-          f"{fmt(s['expert_return_mean'])}, {len(sampled)} samples {fmt(s['sample_return_mean'])}, {len(corrupts)} "
-          f"corrupted {fmt(s['corrupt_return_mean'])}; expert above its corruption in {fmt(s['expert_above_corrupt'])} "
-          f"of {s['corrupt_pairs']} pairs")
-    n_prompts = len(by_prompt(with_metric))
-    if len({r["metric"] for r in with_metric}) == 1:  # nothing to rank: say so rather than print n/a
-        correlation = f"constant ({with_metric[0]['metric']:g}) over its {len(with_metric)} samples, no rank correlation"
+        features={name: dict(description=description, weight=finite(w), se=finite(se),
+                             ci_low=finite(lo), ci_high=finite(hi))
+                  for (name, description, _), w, se, lo, hi
+                  in zip(feature_set, fit["weights"], fit["se"], fit["ci_low"], fit["ci_high"])})
+    return X
+
+
+def print_run(run, X):
+    """The run's numbers; each line says which completions it counts."""
+    s, fit = run["summary"], run["fit"]
+    with_metric = [r for r in run["sampled"] if r["metric"] is not None]
+    print(f"{run['name']} ({s['loss']}, td_coef {s['td_coef']}): mean return of {s['experts']} "
+          f"expert completions {fmt(s['expert_return_mean'])}, {s['samples']} samples "
+          f"{fmt(s['sample_return_mean'])}, {len(run['corrupts'])} corrupted "
+          f"{fmt(s['corrupt_return_mean'])}; expert above its corruption in "
+          f"{fmt(s['expert_above_corrupt'])} of {s['corrupt_pairs']} pairs")
+    n = len(with_metric)
+    if len({r["metric"] for r in with_metric}) == 1:  # nothing to rank: say so, not n/a
+        constant = with_metric[0]["metric"]
+        correlation = f"constant ({constant:g}) over its {n} samples, no rank correlation"
     else:
-        correlation = (f"Spearman {fmt(rho)} +- {fmt(rho_se)} s.e. (log p alone: {fmt(s['spearman_log_prob_metric'])}) "
-                       f"over its {len(with_metric)} samples of {n_prompts} prompts")
-    print(f"  return vs {s['metric']}: {correlation}"
-          + (f", {fmt(rho_pooled)} +- {fmt(rho_pooled_se)} over all runs' {len(pooled)} samples" if pooled else "")
-          + f"; pick rate {fmt(rate)} vs chance {fmt(chance)} on the {n_pick} of them whose samples differ")
-    print(f"  v0 {s['v0_mean']:.3f} +- {s['v0_std']:.3f} sd over {len(experts)} prompts; Spearman(v0, expert surprisal) "
-          f"{fmt(s['spearman_v0_expert_surprisal'])}")
-    print(f"  features: R^2 {fmt(s['feature_r2'])} of r_t on the expert completions' {fit['n']} tokens; weight = nats "
-          f"of r_t above a token no feature marks, 95% interval:")
-    for (name, description, _), column, w, lo, hi in zip(feature_set, X.T, fit["weights"], fit["ci_low"],
-                                                         fit["ci_high"]):
+        correlation = (f"Spearman {fmt(s['spearman_return_metric'])} +- "
+                       f"{fmt(s['spearman_return_metric_se'])} s.e. (log p alone: "
+                       f"{fmt(s['spearman_log_prob_metric'])}) over its {n} samples of "
+                       f"{len(by_prompt(with_metric))} prompts")
+    pooled = (f", {fmt(s['spearman_return_metric_pooled'])} +- "
+              f"{fmt(s['spearman_return_metric_pooled_se'])} over all runs' "
+              f"{s['pooled_samples']} samples" if s["pooled_samples"] else "")
+    print(f"  return vs {s['metric']}: {correlation}{pooled}; pick rate {fmt(s['pick_rate'])} vs "
+          f"chance {fmt(s['pick_chance'])} on the {s['pick_prompts']} of them whose samples differ")
+    print(f"  v0 {s['v0_mean']:.3f} +- {s['v0_std']:.3f} sd over {s['experts']} prompts; "
+          f"Spearman(v0, expert surprisal) {fmt(s['spearman_v0_expert_surprisal'])}")
+    print(f"  features: R^2 {fmt(s['feature_r2'])} of r_t on the expert completions' {fit['n']} "
+          f"tokens; weight = nats of r_t above a token no feature marks, 95% interval:")
+    for (name, description, _), column, w, lo, hi \
+            in zip(feature_set, X.T, fit["weights"], fit["ci_low"], fit["ci_high"]):
         if math.isnan(w):  # no weight of its own (least_squares): say why
             why = ("never fires" if not column.any() else
                    f"constant ({column[0]:g} on every token)" if column.std() == 0 else
-                   "left out: a linear combination of the intercept and the features above on these tokens")
+                   "left out: a linear combination of the intercept and the features above on "
+                   "these tokens")
             print(f"    {name:20s} {why}")
         else:
             print(f"    {name:20s} {w:+.3f}  [{lo:+.3f}, {hi:+.3f}]  {description}")
-telescoping = ("check R = sum_k gamma^k log pi_k + v0 on every terminated completion: max abs error " + ", ".join(
-    f"{fmt(r['summary']['telescoping_max_abs_error'], '.2e')} ({r['name']}: {r['summary']['telescoping_checked']} of its "
-    f"{len(r['rows'])} completions: {len(r['experts'])} expert + {len(r['corrupts'])} corrupted + {len(r['sampled'])} "
-    f"samples)" for r in runs))
+
+
+def telescoping_check(runs):
+    """The line on the telescoping identity: each run's largest error, on how many completions."""
+    errors = ", ".join(
+        f"{fmt(r['summary']['telescoping_max_abs_error'], '.2e')} ({r['name']}: "
+        f"{r['summary']['telescoping_checked']} of its {len(r['rows'])} completions: "
+        f"{len(r['experts'])} expert + {len(r['corrupts'])} corrupted + {len(r['sampled'])} "
+        f"samples)" for r in runs)
+    return ("check R = sum_k gamma^k log pi_k + v0 on every terminated completion: max abs error "
+            + errors)
+
+
+print("return R: a completion's summed per-token reward r_t, in nats; at gamma = 1, "
+      "R = log p(completion | prompt) + v0\n"
+      "v0: the value of the prompt, the part of R that depends on the prompt alone (logsumexp of "
+      "the logits before\n"
+      "    the first completion token); IRL's TD term trains it toward the surprisal of the "
+      "expert's completion\n"
+      "pick rate: how often the highest-return of a prompt's samples has the best metric, on the "
+      "prompts whose\n"
+      "    samples differ in it; chance: what picking one at random scores on them")
+for run in runs:  # every count printed is of completions: expert + corrupted + samples
+    pooled = score_run(run, pairs, corrupted)
+    run["summary"] = measure(run, pooled)
+    X = fit_features(run)
+    print_run(run, X)
+telescoping = telescoping_check(runs)
 print(telescoping)
 
 # ----------------------------------------------------------------------------- figures
@@ -358,12 +445,6 @@ import matplotlib.pyplot as plt
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
-
-try:
-    os.makedirs(results, exist_ok=True)
-except OSError as err:
-    fail(f"cannot make --results={results} ({err.strerror})")
-figures = []
 
 
 def save(fig, name):
@@ -379,8 +460,11 @@ def draw_heatmap(run):
     """Expert completions and samples as text: the prompt's end in grey, then each token on a
     background coloured by its reward r_t (blue positive, red negative), the return on the right."""
     shown = [("expert", r) for r in run["experts"][:heatmap_rows]]
+    if run["summary"]["metric"] == "accuracy":
+        verdict = {None: "", 1.0: ", right", 0.0: ", wrong"}
+    else:
+        verdict = {None: ""}
     for r in run["sampled"][:heatmap_rows]:
-        verdict = {None: "", 1.0: ", right", 0.0: ", wrong"} if run["summary"]["metric"] == "accuracy" else {None: ""}
         shown.append(("sample" + verdict.get(r["metric"], f", ROUGE-L {r['metric']:.2f}"), r))
     lines = []
     for label, row in shown:
@@ -389,7 +473,7 @@ def draw_heatmap(run):
         tokens = [("■" if is_eos(row["tokens"], i) else t.replace("\n", "↵"), r)
                   for i, (t, r) in enumerate(zip(row["tokens"], row["rewards"]))]
         lines.append((label, prompt, tokens, row["ret"]))
-    prompt_width = max(len(p) for _, p, _, _ in lines)  # prompts right-aligned: completions start together
+    prompt_width = max(len(p) for _, p, _, _ in lines)  # prompts right-aligned: completions aligned
     width = prompt_width + max(sum(len(t) for t, _ in toks) for _, _, toks, _ in lines)
     bound = max([abs(r) for _, _, toks, _ in lines for _, r in toks if r is not None] + [1e-6])
     norm, cmap = Normalize(-bound, bound), plt.get_cmap("RdBu")
@@ -397,51 +481,55 @@ def draw_heatmap(run):
     for y, (label, prompt, tokens, ret) in enumerate(lines):
         ax.text(-0.5, y, label, ha="right", va="center", fontsize=8)
         x = prompt_width - len(prompt)
+        letter = dict(ha="center", va="center", family="monospace", fontsize=9)
         for ch in prompt:
-            ax.text(x + 0.5, y, ch, ha="center", va="center", family="monospace", fontsize=9, color="grey")
+            ax.text(x + 0.5, y, ch, color="grey", **letter)
             x += 1
         for text, r in tokens:
             if r is not None:
-                ax.add_patch(Rectangle((x, y - 0.42), len(text), 0.84, color=cmap(norm(r)), linewidth=0))
+                ax.add_patch(Rectangle((x, y - 0.42), len(text), 0.84, color=cmap(norm(r)),
+                                       linewidth=0))
             strong = r is not None and abs(r) > 0.6 * bound  # white letters on a dark background
             for ch in text:
-                ax.text(x + 0.5, y, ch, ha="center", va="center", family="monospace", fontsize=9,
-                        color="white" if strong else "black")
+                ax.text(x + 0.5, y, ch, color="white" if strong else "black", **letter)
                 x += 1
         ax.text(width + 1, y, f"R = {ret:.2f}", va="center", fontsize=8)
     ax.set_xlim(-0.5, width + 7)
     ax.set_ylim(len(lines) - 0.5, -0.5)
     ax.axis("off")
-    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, fraction=0.03, pad=0.01, label="reward $r_t$ (nats)")
-    ax.set_title(f"{run['name']}: the reward of each completion token, $r_t = q_t - \\gamma(1-d_t)\\,v_{{t+1}}$\n"
-                 f"blue: rewarded, red: penalised; grey: the end of the prompt; ■: EOS; R: the sum of the row",
-                 fontsize=10)
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, fraction=0.03, pad=0.01,
+                 label="reward $r_t$ (nats)")
+    ax.set_title(f"{run['name']}: the reward of each completion token, "
+                 f"$r_t = q_t - \\gamma(1-d_t)\\,v_{{t+1}}$\n"
+                 f"blue: rewarded, red: penalised; grey: the end of the prompt; ■: EOS; "
+                 f"R: the sum of the row", fontsize=10)
     save(fig, f"reward_heatmap_{run['name']}.png")
 
 
-for run in runs:
-    if heatmap_rows and (run["experts"] or run["sampled"]):
-        draw_heatmap(run)
+def draw_returns(runs):
+    """Returns of expert, sampled and corrupted completions: a histogram per run."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.8), squeeze=False)
+    kinds = (("expert", "experts"), ("sampled by the model", "sampled"),
+             ("expert, corrupted", "corrupts"))
+    for ax, run in zip(axes[0], runs):
+        groups = [(kind, [r["ret"] for r in run[key]]) for kind, key in kinds if run[key]]
+        bins = np.histogram_bin_edges(np.concatenate([g for _, g in groups]), bins=30)
+        for kind, values in groups:
+            ax.hist(values, bins=bins, histtype="step", linewidth=1.5,
+                    label=f"{kind} ({len(values)})")
+        above = fmt(run["summary"]["expert_above_corrupt"], ".0%")
+        ax.set_title(f"{run['name']}: return of each completion\nan expert completion beats its "
+                     f"corrupted copy in {above} of pairs", fontsize=10)
+        ax.set_xlabel("return R = sum of the per-token rewards (nats)")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("completions (count)")
+    save(fig, "reward_returns.png")
 
-# returns of expert, sampled and corrupted completions
-fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.8), squeeze=False)
-for ax, run in zip(axes[0], runs):
-    groups = [(kind, [r["ret"] for r in run[key]]) for kind, key in
-              (("expert", "experts"), ("sampled by the model", "sampled"), ("expert, corrupted", "corrupts")) if run[key]]
-    bins = np.histogram_bin_edges(np.concatenate([g for _, g in groups]), bins=30)
-    for kind, values in groups:
-        ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"{kind} ({len(values)})")
-    above = run["summary"]["expert_above_corrupt"]
-    ax.set_title(f"{run['name']}: return of each completion\nan expert completion beats its corrupted copy "
-                 f"in {fmt(above, '.0%')} of pairs", fontsize=10)
-    ax.set_xlabel("return R = sum of the per-token rewards (nats)")
-    ax.legend(fontsize=8)
-axes[0][0].set_ylabel("completions (count)")
-save(fig, "reward_returns.png")
 
-# return against the task metric, sample by sample (the paper's analysis)
-if any(r["summary"]["metric"] for r in runs):
-    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.2), squeeze=False, layout="constrained")
+def draw_vs_metric(runs):
+    """Return against the task metric, sample by sample (the paper's analysis)."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.2), squeeze=False,
+                             layout="constrained")
     jitter = np.random.default_rng(0)
     for ax, run in zip(axes[0], runs):
         rows = [r for r in run["sampled"] if r["metric"] is not None]
@@ -456,67 +544,104 @@ if any(r["summary"]["metric"] for r in runs):
             ax.set_ylabel("ROUGE-L of the sample against the reference (0 to 1)")
             best = "the best"
         ax.scatter([r["ret"] for r in rows], y, s=8, alpha=0.5)
-        # the pick rate, said in words: the Spearman figure alone mixes prompts of different difficulty
-        ax.set_title(f"{run['name']}: return against the task score of {len(rows)} samples, Spearman ρ "
-                     f"{fmt(s['spearman_return_metric'], '.2f')} ± {fmt(s['spearman_return_metric_se'], '.2f')}\n"
-                     f"a prompt's highest-return sample is {best} in {fmt(s['pick_rate'], '.0%')} of "
-                     f"{s['pick_prompts']} prompts\n(those whose samples differ; a random pick: "
+        # the pick rate, said in words: Spearman alone mixes prompts of different difficulty
+        ax.set_title(f"{run['name']}: return against the task score of {len(rows)} samples, "
+                     f"Spearman ρ {fmt(s['spearman_return_metric'], '.2f')} ± "
+                     f"{fmt(s['spearman_return_metric_se'], '.2f')}\n"
+                     f"a prompt's highest-return sample is {best} in {fmt(s['pick_rate'], '.0%')} "
+                     f"of {s['pick_prompts']} prompts\n(those whose samples differ; a random pick: "
                      f"{fmt(s['pick_chance'], '.0%')})", fontsize=9)
         ax.set_xlabel("return R of the sample (nats)")
     save(fig, "reward_vs_metric.png")
 
-# v_0 per prompt: against the expert's surprisal, and run against run
-fig, axes = plt.subplots(1, 2 if len(runs) > 1 else 1, figsize=(11 if len(runs) > 1 else 6, 4.6), squeeze=False,
-                         layout="constrained")  # room for the two-line title above the axes' own
-fig.suptitle("$v_0$, the value of the prompt: the part of every return that depends on the prompt alone\n"
-             "(logsumexp of the logits before the first completion token; IRL's TD term pulls it toward the grey line)",
-             fontsize=9.5)
-ax = axes[0][0]
-for run in runs:
-    surprisal = [-discounted(r["log_pi"], run["gamma"]) for r in run["experts"]]
-    ax.scatter(surprisal, [r["v0"] for r in run["experts"]], s=8, alpha=0.6,
-               label=f"{run['name']} (Spearman {fmt(run['summary']['spearman_v0_expert_surprisal'], '.2f')})")
-low, high = ax.get_xlim()
-ax.plot([low, high], [low, high], color="grey", linewidth=0.8, label="$v_0$ = surprisal")
-ax.set_title("one point per prompt", fontsize=9)
-ax.set_xlabel(r"surprisal of the expert's completion, $-\sum_k \gamma^k \log\pi_k$ (nats)")
-ax.set_ylabel(r"$v_0(x)$, value of the prompt (nats)")
-ax.legend(fontsize=8)
-for ax, run in zip(axes[0][1:], runs[1:2]):
-    ax.scatter([r["v0"] for r in runs[0]["experts"]], [r["v0"] for r in run["experts"]], s=8, alpha=0.6)
-    ax.set_xlabel(f"$v_0$ of {runs[0]['name']} (nats)")
-    ax.set_ylabel(f"$v_0$ of {run['name']} (nats)")
-    ax.set_title("the same prompts under two runs, one point per prompt", fontsize=9)
-save(fig, "reward_v0.png")
 
-# instructed features: weights with 95% intervals, each feature by its description (its docstring)
-fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(feature_set) + 1.6))
-ys = np.arange(len(feature_set))
-for j, run in enumerate(runs):
-    fit = run["fit"]
-    offset = (j - (len(runs) - 1) / 2) * 0.25
-    ax.errorbar(fit["weights"], ys + offset, xerr=[fit["weights"] - fit["ci_low"], fit["ci_high"] - fit["weights"]],
-                fmt="o", markersize=4, capsize=3, label=f"{run['name']} ($R^2$ = {fmt(fit['r2'], '.2f')})")
-ax.axvline(0, color="grey", linewidth=0.8)
-ax.set_yticks(ys, [textwrap.fill(description or name, 40) for name, description, _ in feature_set], fontsize=8)
-ax.invert_yaxis()
-ax.set_title(f"What the learned reward pays for: $r_t$ fitted on named features of the tokens\n"
-             f"({runs[0]['fit']['n']} tokens of expert completions; $R^2$ = the share of $r_t$'s variance they explain)",
-             fontsize=9.5)
-ax.set_xlabel("weight: nats of $r_t$ above a token no feature marks, with 95% interval")
-ax.legend(fontsize=8, title="run", title_fontsize=8)
-save(fig, "reward_features.png")
+def draw_v0(runs):
+    """v_0 per prompt: against the expert's surprisal, and (with several runs) the first run against
+    the second."""
+    two = len(runs) > 1
+    # layout="constrained": room for the two-line title above the axes' own
+    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(11 if two else 6, 4.6), squeeze=False,
+                             layout="constrained")
+    fig.suptitle("$v_0$, the value of the prompt: the part of every return that depends on the "
+                 "prompt alone\n(logsumexp of the logits before the first completion token; "
+                 "IRL's TD term pulls it toward the grey line)", fontsize=9.5)
+    ax = axes[0][0]
+    for run in runs:
+        surprisal = [-discounted(r["log_pi"], run["gamma"]) for r in run["experts"]]
+        rho = fmt(run["summary"]["spearman_v0_expert_surprisal"], ".2f")
+        ax.scatter(surprisal, [r["v0"] for r in run["experts"]], s=8, alpha=0.6,
+                   label=f"{run['name']} (Spearman {rho})")
+    low, high = ax.get_xlim()
+    ax.plot([low, high], [low, high], color="grey", linewidth=0.8, label="$v_0$ = surprisal")
+    ax.set_title("one point per prompt", fontsize=9)
+    ax.set_xlabel(r"surprisal of the expert's completion, $-\sum_k \gamma^k \log\pi_k$ (nats)")
+    ax.set_ylabel(r"$v_0(x)$, value of the prompt (nats)")
+    ax.legend(fontsize=8)
+    for ax, run in zip(axes[0][1:], runs[1:2]):
+        ax.scatter([r["v0"] for r in runs[0]["experts"]], [r["v0"] for r in run["experts"]],
+                   s=8, alpha=0.6)
+        ax.set_xlabel(f"$v_0$ of {runs[0]['name']} (nats)")
+        ax.set_ylabel(f"$v_0$ of {run['name']} (nats)")
+        ax.set_title("the same prompts under two runs, one point per prompt", fontsize=9)
+    save(fig, "reward_v0.png")
+
+
+def draw_features(runs):
+    """Instructed features: each run's weights with 95% intervals, each feature by its description
+    (its docstring)."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(feature_set) + 1.6))
+    ys = np.arange(len(feature_set))
+    for j, run in enumerate(runs):
+        fit = run["fit"]
+        offset = (j - (len(runs) - 1) / 2) * 0.25
+        xerr = [fit["weights"] - fit["ci_low"], fit["ci_high"] - fit["weights"]]
+        ax.errorbar(fit["weights"], ys + offset, xerr=xerr, fmt="o", markersize=4, capsize=3,
+                    label=f"{run['name']} ($R^2$ = {fmt(fit['r2'], '.2f')})")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    labels = [textwrap.fill(description or name, 40) for name, description, _ in feature_set]
+    ax.set_yticks(ys, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_title(f"What the learned reward pays for: $r_t$ fitted on named features of the tokens\n"
+                 f"({runs[0]['fit']['n']} tokens of expert completions; $R^2$ = the share of "
+                 f"$r_t$'s variance they explain)", fontsize=9.5)
+    ax.set_xlabel("weight: nats of $r_t$ above a token no feature marks, with 95% interval")
+    ax.legend(fontsize=8, title="run", title_fontsize=8)
+    save(fig, "reward_features.png")
+
+
+try:
+    os.makedirs(results, exist_ok=True)
+except OSError as err:
+    fail(f"cannot make --results={results} ({err.strerror})")
+figures = []  # the names of the figures drawn, in order (save adds each)
+for run in runs:
+    if heatmap_rows and (run["experts"] or run["sampled"]):
+        draw_heatmap(run)
+draw_returns(runs)
+if any(r["summary"]["metric"] for r in runs):
+    draw_vs_metric(runs)
+draw_v0(runs)
+draw_features(runs)
 
 # ----------------------------------------------------------------------------- write
+TOKEN_KEYS = ("kind", "prompt", "completion", "terminated", "tokens", "rewards", "log_pi", "ret",
+              "v0", "metric")
+
+
+def rounded(x):
+    """Floats (in lists too) to 5 decimals: float32 has about 7 digits."""
+    if isinstance(x, list):
+        return [rounded(y) for y in x]
+    return round(x, 5) if isinstance(x, float) else x
+
+
 summary = dict(dataset=data["name"], task=data["task"], split=split, prompts=len(pairs),
                features_file=features or None, figures=figures, telescoping=telescoping,
                runs={run["name"]: run["summary"] for run in runs})
 outputs = {"reward_summary.json": json.dumps(summary, indent=2) + "\n"}
 for run in runs:
-    keep = ("kind", "prompt", "completion", "terminated", "tokens", "rewards", "log_pi", "ret", "v0", "metric")
-    short = lambda x: [short(y) for y in x] if isinstance(x, list) else round(x, 5) if isinstance(x, float) else x
-    outputs[f"reward_tokens_{run['name']}.jsonl"] = "".join(  # 5 decimals: float32 has about 7 digits
-        json.dumps({k: short(r[k]) for k in keep if k in r}) + "\n" for r in run["rows"])
+    outputs[f"reward_tokens_{run['name']}.jsonl"] = "".join(
+        json.dumps({k: rounded(r[k]) for k in TOKEN_KEYS if k in r}) + "\n" for r in run["rows"])
 for name, text in outputs.items():
     try:
         write_atomically(os.path.join(results, name), text)

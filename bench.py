@@ -43,7 +43,10 @@ import torch.nn.functional as F
 
 from chunked_head import chunked_irl_loss
 from checkpoint import check_fits
-from configurator import SEED_RANGE, check_device, configure, parse_list, stop_on_interrupt
+from checks import check_device
+from configurator import SEED_RANGE, configure, parse_list, settings_of
+from runfiles import stop_on_interrupt
+from generate import generate
 from irl_loss import irl_loss, q_and_v
 from model import GPT, GPTConfig
 
@@ -71,14 +74,13 @@ peak_tflops = 0.0  # the GPU's peak for MFU; 0 = from its name (bf16 dense: A100
 threads = 0  # CPU threads for torch; 0 = torch's default (1 is steadier when other jobs share the cores)
 seed = 0  # seed of weights and batch
 # -----------------------------------------------------------------------------
-settings = {k: v for k, v in globals().items() if not k.startswith("_")
-            and isinstance(v, (bool, int, float, str, type(None)))}
+stop_on_interrupt("bench.py", "it writes no files")
+settings = settings_of(globals(), __file__)
 RANGES = {k: (1, None) for k in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "loss_chunk", "steps",
                                   "max_new_tokens", "sample_batch")}
 RANGES.update(td_coef=(0, None), warmup=(0, None), temperature=(0, None), n_kv_head=(0, None), seed=SEED_RANGE,
               threads=(0, os.cpu_count()))  # more threads than cores slow torch down (by the thousand, crash it)
 globals().update(configure(settings, __file__, ranges=RANGES))
-stop_on_interrupt("bench.py", "it writes no files")
 PROMPT_LEN = 16  # sampling: tokens of each prompt
 try:
     device = check_device(device)
@@ -243,12 +245,13 @@ def sampling_tokens_per_s(shape, vocab_size):
     if compile_decode:
         decodings["compiled"] = dict(compile=True)
         with autocast:
-            model.generate(prompts, max_new_tokens, temperature, compile=True)  # compiles
+            generate(model, prompts, max_new_tokens, temperature, compile=True)  # compiles
     times = {name: [] for name in decodings}
     for _ in range(3):
         for name, kwargs in decodings.items():
             with autocast:
-                times[name].append(timed(lambda: model.generate(prompts, max_new_tokens, temperature, **kwargs)))
+                times[name].append(timed(lambda: generate(model, prompts, max_new_tokens, temperature,
+                                                          **kwargs)))
     return {name: sample_batch * max_new_tokens / median(t) for name, t in times.items()}
 
 

@@ -7,72 +7,68 @@ Flags for the scripts, nanoGPT style: every module-level setting of a script is 
 
 A script lists its settings as plain assignments with a trailing comment, e.g.
     batch_size = 32  # examples per micro-batch
-and calls `globals().update(configure(settings, __file__))`. The comments are the --help text,
+and calls `globals().update(configure(settings_of(globals(), __file__), __file__))`. The comments are the --help text,
 so the help can never drift from the code. A value is parsed as a Python literal and must have
 the default's type (an int is fine for a float; a float must be finite); anything else stops
 with one line. A config file is Python: it may import modules and define helpers, and every
 plain value (bool, number, string, None) it assigns must be a setting.
 
-This is where input enters, so the checks every script shares live here too: check_device(),
-parse_list() for comma-separated flags, check_settings() for a checkpoint's settings (the flags'
-own checks), read_text() for any text file a user names (file and line of a bad byte), read_json()
-for a JSON object in one, and stop_on_interrupt(), which configure() installs: Ctrl-C or SIGTERM
-ends a script with one line, not a traceback.
+Also here: parse_list() for comma-separated flags, check_settings() for a checkpoint's settings
+(the flags' own checks), and TRAIN_RANGES, the ranges of train.py's flags.
 """
 import ast
 import difflib
-import json
 import math
 import os
 import re
-import signal
 import sys
+
+from runfiles import read_text, same_path
 
 PLAIN = (bool, int, float, str, type(None))  # the types a setting can have
 SEED_RANGE = (0, 2**32 - 1)  # a seed's range: what torch, numpy and random all accept
+TRAIN_RANGES = {  # train.py's flags: (lowest, highest) allowed, None = no bound; a checkpoint's config too
+    **{k: (0, 1) for k in ("gamma", "mix_in", "sample_fraction")},
+    "gem_beta": (0.01, 1),
+    **{k: (0, 0.99) for k in ("dropout", "beta1", "beta2")},
+    **{k: (0, None) for k in ("td_coef", "entropy_coef", "learning_rate", "min_lr", "weight_decay", "grad_clip",
+                              "mle_weight", "kl_coef", "disc_learning_rate", "warmup_iters", "lr_decay_iters",
+                              "eval_prompts", "loss_chunk")},
+    **{k: (1, None) for k in ("batch_size", "gradient_accumulation_steps", "n_layer", "n_head", "n_embd",
+                              "sample_every", "max_new_tokens", "disc_n_layer", "eval_interval", "eval_iters",
+                              "log_interval", "max_iters")},  # max_iters=0 would train nothing and save nothing
+    "block_size": (2, None),  # a prompt token and a completion token: the fewest a row can learn from
+    "seed": SEED_RANGE,
+}
+
+
+def settings_of(namespace, script_path):
+    """A script's settings: {name: value} of the plain values (PLAIN) that its own lines assign at
+    module level (`name = value`), in order; names it imports are not settings."""
+    with open(script_path, encoding="utf-8") as f:
+        assigned = {m.group(1) for m in map(re.compile(r"^(\w+)\s*=").match, f) if m}
+    return {k: v for k, v in namespace.items() if k in assigned and not k.startswith("_")
+            and isinstance(v, PLAIN)}
 
 
 def help_lines(script_path):
-    """{name: meaning} from the `name = value  # meaning` lines of a script."""
-    pattern = re.compile(r"^(\w+)\s*=\s*.*?#\s*(.*)$")
+    """{name: meaning} from the `name = value  # meaning` lines of a script; a meaning goes on in
+    the comment lines right below it that start with '#   ' (three spaces)."""
+    meanings, name = {}, None
     with open(script_path, encoding="utf-8") as f:
-        return {m.group(1): m.group(2) for m in map(pattern.match, f) if m}
+        for line in f:
+            setting, more = re.match(r"^(\w+)\s*=\s*.*?#\s*(.*)$", line), re.match(r"^#   (.*)$", line)
+            if setting:
+                name = setting.group(1)
+                meanings[name] = setting.group(2)
+            elif more and name:
+                meanings[name] += " " + more.group(1).strip()
+            else:
+                name = None
+    return meanings
 
 
-def read_text(path, what="file"):
-    """The text of a UTF-8 file; ValueError naming the file (and the line of a bad byte) otherwise."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise ValueError(f"cannot read {what} {path} ({err.strerror or err})") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[err.start:err.start + 1]!r}); "
-                         f"save the {what} as UTF-8") from None
 
-
-def read_json(path, what="JSON file"):
-    """The JSON object in a file (a model's config.json); ValueError naming the file and line otherwise."""
-    text = read_text(path, what)
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as err:
-        line = f":{err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
-        raise ValueError(f"{path}{line}: not valid JSON ({json_problem(err)})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: must be a JSON object")
-    return value
-
-
-def json_problem(err):
-    """Why json.loads failed, in a few words: its message and column, or Python's own limit it hit
-    (a number of more than 4300 digits, nesting too deep)."""
-    if isinstance(err, json.JSONDecodeError):
-        return f"{err.msg}: column {err.colno}"
-    return str(err).split(";")[0]  # the rest suggests changing an interpreter limit
 
 
 def check_value(key, value, default, shown=None, label="--{}"):
@@ -138,16 +134,6 @@ def check_settings(values, settings, ranges, label="--{}"):
     return checked
 
 
-def same_path(a, b):
-    """Do two paths reach the same file or folder: the same after '..', './', a trailing '/' and symbolic
-    links are resolved, or two hard links of one file? A path that does not exist (yet) is no other name."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
 
 def same_setting(a, b):
     """Do two values of a setting mean the same: equal, or two names of one file or folder (data/ and ./data)?"""
@@ -195,49 +181,22 @@ def traceback_of(err):
     return frames
 
 
-def check_device(device):
-    """The device to run on: '' = cuda if available, else mps, else cpu; a name (cpu, cuda,
-    cuda:N, mps) must exist here. ValueError with one line otherwise."""
-    import torch  # imported here: the flags of a script are read before its heavy imports matter
-    if not device:
-        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if not re.fullmatch(r"cpu|mps|cuda(:[0-9]+)?", device):
-        raise ValueError(f"--device={device!r} is not a device; use cpu, cuda, cuda:N or mps")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device={device} but no CUDA GPU is visible; use --device=cpu")
-    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise ValueError(f"--device={device} but only cuda:0 to cuda:{torch.cuda.device_count() - 1} are visible")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device=mps but no Apple GPU (MPS) is available; use --device=cpu")
-    return device
-
-
-def stop_on_interrupt(script, kept="each file it wrote is whole (written to a temporary file, then "
-                                   "renamed); the others are as they were"):
-    """Ctrl-C ends the script with one line saying what was kept (exit status 1), not a traceback;
-    and so does SIGTERM (kill, a job scheduler, a parent stopping its runs), which would otherwise end
-    it on the spot. The exit unwinds the stack, so an atomic write in progress removes its temporary."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: sys.exit(f"{script}: interrupted; {kept}"))
-
-
 def configure(settings, script_path, argv=None, ranges=None, with_given=False):
     """Apply config files and --key=value flags to a dict of default settings; return the result.
     ranges: {name: (lowest, highest)} that the final values must respect (None: unbounded).
     with_given: return (config, the names a config file or flag set, even to their default), e.g.
     for a resumed run to tell a flag that contradicts its checkpoint from one left out.
-    Also installs stop_on_interrupt() for the script, and lets it print any text on any terminal."""
+    """
     argv = sys.argv[1:] if argv is None else argv
-    script = script_path.split("/")[-1]
-    stop_on_interrupt(script)
-    if hasattr(sys.stdout, "reconfigure"):  # a character the terminal's encoding lacks (LC_ALL=C) is
-        sys.stdout.reconfigure(errors="backslashreplace")  # escaped, as Python does on stderr, not an error
+    script = os.path.basename(script_path)  # what its errors start with
+    here = os.path.dirname(os.path.abspath(__file__))
+    command = os.path.relpath(os.path.abspath(script_path), here)  # how to run it: lab/experiment.py
     config, given = dict(settings), set()
     try:
         for arg in argv:
             if arg in ("-h", "--help"):
                 meanings = help_lines(script_path)
-                print(f"usage: python {script} [config.py] [--key=value ...]\n")
+                print(f"usage: python {command} [config.py] [--key=value ...]\n")
                 for key, default in settings.items():
                     print(f"  --{key}={default!r}".ljust(34) + f" {meanings.get(key, '')}")
                 sys.exit(0)
@@ -254,7 +213,8 @@ def configure(settings, script_path, argv=None, ranges=None, with_given=False):
                     if key not in settings:
                         close = difflib.get_close_matches(key, settings, n=1)
                         hint = f"did you mean --{close[0]}? " if close else ""
-                        raise ValueError(f"unknown flag --{key}; {hint}(python {script} --help lists them)")
+                        raise ValueError(f"unknown flag --{key}; {hint}(python {command} --help lists "
+                                         f"them)")
                     config[key] = check_value(key, value, settings[key]) if source else \
                         parse_value(key, value, settings[key])
                     given.add(key)

@@ -27,8 +27,9 @@ import sys
 
 import torch
 
-from checkpoint import check_out_dir
-from configurator import configure, json_problem, read_json, read_text
+from configurator import configure
+from runfiles import check_out_dir, json_problem, read_json, read_text, stop_on_interrupt
+from generate import generate
 from tokenizer import CharTokenizer, GPT2Tokenizer, check_tokenizer_state, tokenizer_from_state
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -80,19 +81,20 @@ def read_meta(path):
     return meta
 
 
-def prepare_task(name, out_dir=None):
+def prepare_task(name, out_dir=None, **knobs):
     """Prepare task `name` with data/<name>/prepare.py into out_dir (default data/<name>) on first use,
-    and again when the knobs its meta.json records differ from prepare.py's now. True when it prepared."""
+    and again when the knobs its meta.json records differ from prepare.py's now (its constants, or
+    the knobs passed: arith's MAX_OPERAND=30, say). True when it prepared."""
     module = importlib.import_module(f"data.{name}.prepare")
     where = out_dir or f"data/{name}"
     meta = os.path.join(out_dir or os.path.join(DATA_DIR, name), "meta.json")
     if not os.path.exists(meta):
         print(f"preparing {where} (first use) ...")
-    elif hasattr(module, "settings") and read_meta(meta).get("settings") != module.settings():
+    elif hasattr(module, "settings") and read_meta(meta).get("settings") != module.settings(**knobs):
         print(f"{where} was made with other settings than data/{name}/prepare.py's: preparing it again")
     else:
         return False
-    module.prepare(out_dir)
+    module.prepare(out_dir, **knobs)
     return True
 
 
@@ -186,6 +188,7 @@ def check_alphabet(tok, splits, paths):
 def prepare_main(prepare, script_path):
     """`python data/<name>/prepare.py [--out_dir=folder]`: prepare(folder) (default: the script's
     own), with one line for a bad flag, a folder that cannot be written or a failed write."""
+    stop_on_interrupt("prepare.py")
     out_dir = configure(dict(out_dir=""), script_path)["out_dir"] or os.path.dirname(os.path.abspath(script_path))
     try:
         check_out_dir(out_dir)
@@ -256,5 +259,6 @@ def sample_examples(model, examples, eos_id, max_new_tokens, generator=None):
     and no gradient. A sample that stops without EOS (max_new_tokens or the window) keeps no EOS, so
     make_batch treats it as truncated, not terminated. Online IQ-Learn and GAIL both use this."""
     prompts = [prompt for prompt, _ in examples]
-    completions = model.generate(prompts, max_new_tokens, temperature=1.0, eos_id=eos_id, generator=generator)
+    completions = generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=eos_id,
+                           generator=generator)
     return list(zip(prompts, completions))

@@ -32,12 +32,13 @@ import string
 
 import numpy as np
 
-from configurator import read_text
+from runfiles import read_text
 
 EOS = "<|endoftext|>"  # the text of the EOS token in `tokens` (no single BPE or char token decodes to it)
 Z_95 = 1.959964  # two-sided 95% quantile of the normal distribution
-LARGEST = 1e6  # a feature's largest magnitude: far above a bool, count or position, and X'X of such values keeps
+# a feature's largest magnitude: far above a bool, count or position, and X'X of such values keeps
 # the precision least squares needs (of 1e300, its squares overflow)
+LARGEST = 1e6
 
 
 def token_texts(tok, ids):
@@ -68,7 +69,8 @@ def step_part(tokens, t):
     """Which part of "a+b=c;...#answer" token t ends in: 'operands', 'result' or 'answer'. Read
     from the last marker ("=", ";", "#") before the token's end, so BPE pieces like "19;" work."""
     before = "".join(tokens[:t]) + tokens[t].rstrip(";#=")
-    where = {before.rfind(marker): part for marker, part in (("=", "result"), (";", "operands"), ("#", "answer"))}
+    markers = (("=", "result"), (";", "operands"), ("#", "answer"))
+    where = {before.rfind(marker): part for marker, part in markers}
     return where[max(where)] if max(where) >= 0 else "operands"  # no marker yet: the first step's operands
 
 
@@ -118,7 +120,9 @@ def is_punctuation(tokens, t):
 def word_start(tokens, t):
     """the token starts a word (char: after a space; BPE: a piece with a leading space)"""
     text = tokens[t]
-    return text != EOS and text.strip()[:1].isalnum() and (t == 0 or text[0] == " " or tokens[t - 1][-1:] == " ")
+    if text == EOS or not text.strip()[:1].isalnum():
+        return False
+    return t == 0 or text[0] == " " or tokens[t - 1][-1:] == " "
 
 
 def capitalised(tokens, t):
@@ -143,10 +147,11 @@ def load_features(path="", task="text"):
         code = read_text(path, "feature file")  # bad bytes: the file and line, not Python's decoding rules
         try:
             exec(compile(code, path, "exec"), namespace)
-        except (Exception, SystemExit) as err:  # sys.exit() in the file too: it must not end analyze_reward.py
-            raise ValueError(f"{path} does not run ({type(err).__name__}: {err}); fix it or leave --features out") from None
-        functions = [f for name, f in namespace.items() if inspect.isfunction(f) and not name.startswith("_")
-                     and f.__module__ == namespace["__name__"]]
+        except (Exception, SystemExit) as err:  # sys.exit() too: it must not end analyze_reward.py
+            raise ValueError(f"{path} does not run ({type(err).__name__}: {err}); fix it or leave "
+                             f"--features out") from None
+        functions = [f for name, f in namespace.items() if inspect.isfunction(f)
+                     and not name.startswith("_") and f.__module__ == namespace["__name__"]]
         if not functions:
             raise ValueError(f"{path} defines no feature functions; define e.g. "
                              f"def is_digit(tokens, t): return tokens[t].isdigit()")
@@ -165,7 +170,7 @@ def feature_value(feature, tokens, t):
     else:
         if not isinstance(value, (bool, int, float, np.number, np.bool_)):
             problem = f"returns {value!r:.40}, not a bool or a number"
-        elif not -LARGEST <= value <= LARGEST:  # nan and inf too; compared, not converted: float(10**400) overflows
+        elif not -LARGEST <= value <= LARGEST:  # nan and inf too; compared: float(10**400) overflows
             shown = (f"about {'-' * (value < 0)}10^{int(abs(value).bit_length() * math.log10(2))}"
                      if isinstance(value, int) else repr(value))  # (repr of 10**5000 is refused too)
             problem = f"returns {shown}, not a finite number within +-{LARGEST:g}; scale it"
@@ -178,8 +183,9 @@ def feature_value(feature, tokens, t):
 def feature_matrix(completions, features):
     """(n_tokens, n_features) float array: one row per token of each completion (lists of token
     texts), in order."""
-    return np.array([[feature_value(f, tokens, t) for _, _, f in features]
-                     for tokens in completions for t in range(len(tokens))], dtype=float).reshape(-1, len(features))
+    rows = [[feature_value(f, tokens, t) for _, _, f in features]
+            for tokens in completions for t in range(len(tokens))]
+    return np.array(rows, dtype=float).reshape(-1, len(features))
 
 
 def least_squares(X, y):
@@ -207,4 +213,5 @@ def least_squares(X, y):
     weights[used], se[used] = coef[1:], se_all[1:]
     return dict(intercept=float(coef[0]), weights=weights, se=se,
                 ci_low=weights - Z_95 * se, ci_high=weights + Z_95 * se,
-                r2=1.0 - rss / tss if tss > 0 else float("nan"), n=n, dependent=[j for j in varies if j not in used])
+                r2=1.0 - rss / tss if tss > 0 else float("nan"), n=n,
+                dependent=[j for j in varies if j not in used])

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from irl_loss import masked_mean, policy_stats, q_and_v
-from model import GPT, GPTConfig
+from model import GPT
 
 
 class GAIL:
@@ -79,8 +79,7 @@ class GAIL:
 def make_models(policy, model_args, n_layer, weight_decay, learning_rate, betas, device_type):
     """(discriminator, its AdamW, the frozen reference pi_ref = a copy of the policy as it is now)."""
     reference = copy.deepcopy(policy).requires_grad_(False).eval()
-    config = {k: model_args[k] for k in GPTConfig.__dataclass_fields__ if k in model_args}
-    discriminator = GPT(GPTConfig(**dict(config, n_layer=n_layer, dropout=0.0)))
+    discriminator = GPT.from_args(dict(model_args, n_layer=n_layer, dropout=0.0))
     discriminator.to(policy.lm_head.weight.device)
     disc_optimizer = discriminator.configure_optimizers(weight_decay, learning_rate, betas, device_type)
     return discriminator, disc_optimizer, reference

@@ -14,7 +14,7 @@ its own. decode() drops both.
 import functools
 import os
 
-from configurator import read_json, read_text
+from runfiles import read_json, read_text
 
 
 class Tokenizer:

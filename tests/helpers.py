@@ -8,6 +8,7 @@ import sys
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENT = "lab/experiment.py"  # the experiment lab's script, in ROOT
 # train.py flags for a model small enough to train for a few steps in seconds on one CPU core
 TINY_MODEL = ["--n_layer=1", "--n_head=2", "--n_embd=32"]  # (a checkpoint keeps its own shape: no shape flags)
 TINY = TINY_MODEL + ["--batch_size=8", "--eval_iters=1", "--eval_prompts=4", "--log_interval=1", "--compile=False",

@@ -23,9 +23,9 @@ import time
 import pytest
 import torch
 
-from checkpoint import LOCK_FILE
+from runfiles import LOCK_FILE
 from dataset import prepare_task
-from tests.helpers import ROOT, run_script
+from tests.helpers import EXPERIMENT, ROOT, run_script
 
 TRAIN = ["--n_layer=1", "--n_head=1", "--n_embd=16", "--batch_size=4", "--block_size=32", "--max_iters=2",
          "--eval_interval=1", "--eval_iters=1", "--eval_prompts=2", "--log_interval=1", "--compile=False",
@@ -34,7 +34,7 @@ DEFAULTS = {  # flags every case of a script starts with (a case's own flags com
     "train.py": TRAIN + ["--out_dir={w}/out"],  # no --dataset: a resumed run keeps its own
     "sample.py": ["--out_dir={w}/run", "--max_prompts=2", "--num_samples=2", "--max_new_tokens=8", "--device=cpu"],
     "analyze_reward.py": ["--out_dir={w}/run", "--max_prompts=4", "--results={w}/results", "--device=cpu"],
-    "experiment.py": ["--results={w}/results", "--seeds=1", "--temperatures=1.0", "--task=arith", "--systems=mle",
+    EXPERIMENT: ["--results={w}/results", "--seeds=1", "--temperatures=1.0", "--task=arith", "--systems=mle",
                       "--max_prompts=2", "--train_args=" + " ".join(TRAIN + ["--dataset={w}/data"])],
     "bench.py": ["--steps=1", "--warmup=0", "--vocab_sizes=32", "--n_layer=1", "--n_head=1", "--n_embd=16",
                  "--batch_size=2", "--block_size=8", "--max_new_tokens=4", "--sample_batch=1", "--device=cpu"],
@@ -335,22 +335,22 @@ CASES = NO_GPU + [  # (id, script, flags, words of the message (one string, or a
     ("analyze-full-disk", "analyze_reward.py", ["--results={w}/run"], "No space left on device", "full_disk"),
     ("analyze-device-mps", "analyze_reward.py", ["--device=mps"], "--device=mps", ""),
     # experiment.py: every list and name checked before the first run trains
-    ("experiment-task-unknown", "experiment.py", ["--task=nope"], "use all, arith, finetune", ""),
-    ("experiment-systems-word", "experiment.py", ["--systems=mle,abc"], "'abc' is not a system of task arith", ""),
-    ("experiment-systems-wrong-task", "experiment.py", ["--task=finetune", "--systems=gail"],
+    ("experiment-task-unknown", EXPERIMENT, ["--task=nope"], "use all, arith, finetune", ""),
+    ("experiment-systems-word", EXPERIMENT, ["--systems=mle,abc"], "'abc' is not a system of task arith", ""),
+    ("experiment-systems-wrong-task", EXPERIMENT, ["--task=finetune", "--systems=gail"],
      "'gail' is not a system of task finetune", ""),
-    ("experiment-temperatures-negative", "experiment.py", ["--temperatures=-1"], "'-1' is not one of", ""),
-    ("experiment-beam-zero", "experiment.py", ["--beam_size=0"], "--beam_size", ""),
-    ("experiment-temperatures-gap", "experiment.py", ["--temperatures=1,,2"], "'' is not one of", ""),
-    ("experiment-temperatures-nan", "experiment.py", ["--temperatures=nan"], "'nan' is not one of", ""),
-    ("experiment-system-unknown", "experiment.py", ["--systems=gaill"], "'gaill' is not a system", ""),
-    ("experiment-results-file", "experiment.py", ["--results={w}/afile"], "is a file", ""),
-    ("experiment-results-empty", "experiment.py", ["--results="], "names no folder", ""),
-    ("experiment-results-read-only", "experiment.py", ["--results={w}/ro"], "read-only", "read_only"),
-    ("experiment-locked", "experiment.py", [], "in use by another process", "lock_results"),
-    ("experiment-train-args", "experiment.py", ["--train_args=--bogus=1"], "unknown flag --bogus", ""),
-    ("experiment-config-raises", "experiment.py", ["{w}/raises.py"], "raises.py:2 does not run", ""),
-    ("experiment-interrupted", "experiment.py", ["--systems=mle,irl0.1", "--seeds=2", "--train_args=" + " ".join(
+    ("experiment-temperatures-negative", EXPERIMENT, ["--temperatures=-1"], "'-1' is not one of", ""),
+    ("experiment-beam-zero", EXPERIMENT, ["--beam_size=0"], "--beam_size", ""),
+    ("experiment-temperatures-gap", EXPERIMENT, ["--temperatures=1,,2"], "'' is not one of", ""),
+    ("experiment-temperatures-nan", EXPERIMENT, ["--temperatures=nan"], "'nan' is not one of", ""),
+    ("experiment-system-unknown", EXPERIMENT, ["--systems=gaill"], "'gaill' is not a system", ""),
+    ("experiment-results-file", EXPERIMENT, ["--results={w}/afile"], "is a file", ""),
+    ("experiment-results-empty", EXPERIMENT, ["--results="], "names no folder", ""),
+    ("experiment-results-read-only", EXPERIMENT, ["--results={w}/ro"], "read-only", "read_only"),
+    ("experiment-locked", EXPERIMENT, [], "in use by another process", "lock_results"),
+    ("experiment-train-args", EXPERIMENT, ["--train_args=--bogus=1"], "unknown flag --bogus", ""),
+    ("experiment-config-raises", EXPERIMENT, ["{w}/raises.py"], "raises.py:2 does not run", ""),
+    ("experiment-interrupted", EXPERIMENT, ["--systems=mle,irl0.1", "--seeds=2", "--train_args=" + " ".join(
         TRAIN + ["--dataset={w}/data", "--max_iters=100000", "--eval_interval=100000"])], "interrupted", "interrupt"),
     # bench.py
     ("bench-device-gpu", "bench.py", ["--device=gpu"], "'gpu' is not a device", ""),

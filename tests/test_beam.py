@@ -1,4 +1,4 @@
-"""GPT.beam_search against independent references: greedy generate() for beam_size=1, and an
+"""generate.beam_search against independent references: greedy generate() for beam_size=1, and an
 exhaustive search over every completion, scored with plain forward() (no cache), for a beam wide
 enough to keep every prefix."""
 import itertools
@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from generate import beam_search, generate
 from model import GPT, GPTConfig
 
 
@@ -50,13 +51,13 @@ PROMPTS = [[1, 2, 3], [7], [4, 4, 9, 12, 30, 2, 5], [11, 3], list(range(1, 30)),
 @pytest.mark.parametrize("eos", [False, True])
 def test_beam_size_1_is_greedy(eos):
     model = peaked_model(0, vocab_size=50, block_size=32, scale=10.0)
-    greedy = model.generate(PROMPTS, 12, temperature=0.0)
+    greedy = generate(model, PROMPTS, 12, temperature=0.0)
     eos_id = greedy[2][4] if eos else None  # a token some row emits mid-completion
     if eos:
-        greedy = model.generate(PROMPTS, 12, temperature=0.0, eos_id=eos_id)
+        greedy = generate(model, PROMPTS, 12, temperature=0.0, eos_id=eos_id)
         assert sum(eos_id in row for row in greedy) >= 2
     assert [len(row) for row in greedy[4:]] == [3, 0]  # the last two are cut by block_size
-    assert model.beam_search(PROMPTS, 12, beam_size=1, eos_id=eos_id) == greedy
+    assert beam_search(model, PROMPTS, 12, beam_size=1, eos_id=eos_id) == greedy
 
 
 def exhaustive_best(model, prompt, max_new_tokens, eos_id, length_penalty):
@@ -84,12 +85,12 @@ def test_wide_beam_is_the_exhaustive_argmax():
     greedy_is_beaten = 0
     for eos_id, length_penalty in itertools.product([None, 2], [0.0, 1.0, 2.0]):
         beam_size = V ** (T - 1) + (eos_id is not None)
-        out, scores = model.beam_search(prompts, T, beam_size, eos_id=eos_id, length_penalty=length_penalty,
-                                        return_scores=True)
+        out, scores = beam_search(model, prompts, T, beam_size, eos_id=eos_id, length_penalty=length_penalty,
+                                  return_scores=True)
         for prompt, completion, s in zip(prompts, out, scores):
             best, best_score = exhaustive_best(model, prompt, T, eos_id, length_penalty)
             assert (completion, s) == (best, pytest.approx(best_score, abs=1e-5)), (eos_id, length_penalty, prompt)
-        greedy = model.generate(prompts, T, temperature=0.0, eos_id=eos_id)
+        greedy = generate(model, prompts, T, temperature=0.0, eos_id=eos_id)
         greedy_is_beaten += sum(g != c for g, c in zip(greedy, out))
     assert len(out[2]) <= 2  # block_size 8 leaves the 6-token prompt room for 2 new tokens
     assert greedy_is_beaten >= 3  # the wide beam is not greedy in disguise
@@ -101,16 +102,16 @@ def test_small_beam_scores_are_its_completions_log_probs():
     depend on the other prompts in the batch (the cache rows follow their beams)."""
     model = peaked_model(0, vocab_size=50, block_size=32, scale=10.0)
     prompts = PROMPTS[:5]
-    eos_id = model.generate(prompts, 12, temperature=0.0)[2][4]
+    eos_id = generate(model, prompts, 12, temperature=0.0)[2][4]
     for length_penalty in [0.0, 1.0]:
-        out, scores = model.beam_search(prompts, 12, 3, eos_id=eos_id, length_penalty=length_penalty,
-                                        return_scores=True)
+        out, scores = beam_search(model, prompts, 12, 3, eos_id=eos_id, length_penalty=length_penalty,
+                                  return_scores=True)
         assert sum(c[-1:] == [eos_id] for c in out) >= 1
         for prompt, completion, s in zip(prompts, out, scores):
             assert completion[-1:] == [eos_id] or len(completion) == min(12, 32 - len(prompt))
             log_prob_sum = completion_log_probs(model, prompt, [completion]).sum().item()
             assert s == pytest.approx(score(log_prob_sum, len(completion), length_penalty), abs=1e-4)
-        alone = [model.beam_search([p], 12, 3, eos_id=eos_id, length_penalty=length_penalty)[0] for p in prompts]
+        alone = [beam_search(model, [p], 12, 3, eos_id=eos_id, length_penalty=length_penalty)[0] for p in prompts]
         assert out == alone
 
 

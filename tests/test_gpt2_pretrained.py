@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from checkpoint import gpt2_checkpoint, model_from_checkpoint
+from checkpoint import model_from_checkpoint
+from hf_import import gpt2_checkpoint
 from tests.helpers import TINY, TINY_MODEL, run_script
 
 TINY_RUN = [flag for flag in TINY if flag not in TINY_MODEL]  # the pretrained model keeps its shape

@@ -16,10 +16,11 @@ import time
 import pytest
 import torch
 
-import checkpoint
+import runfiles
 import tests.test_bad_inputs as table
-from checkpoint import LOCK_FILE, rank_rng, write_atomically
-from tests.helpers import ROOT
+from checkpoint import rank_rng
+from runfiles import LOCK_FILE, write_atomically
+from tests.helpers import EXPERIMENT, ROOT
 from tests.test_bad_inputs import DEFAULTS, SETUPS, TRAIN, children_of, replaced, write_checkpoint
 
 base = table.base  # the fixture: w/run, w/data and the small files of the table
@@ -32,8 +33,8 @@ def run_inline(script, args, monkeypatch, capsys, cwd):
     try:
         return table.run_inline(script, args, monkeypatch, capsys, cwd)
     finally:
-        while checkpoint.held_locks:
-            os.close(checkpoint.held_locks.pop())
+        while runfiles.held_locks:
+            os.close(runfiles.held_locks.pop())
 
 
 def link(w, name, target, kind="symbolic"):
@@ -121,12 +122,12 @@ CASES = [  # (id, script, flags, words of the message (one string, or all of a t
                                                "torchrun --nproc_per_node=2"), "saved_by_two"),
     ("resume-no-ranks", "train.py", RESUME, "rng['ranks'] is not one random generator state per process", "no_ranks"),
     # experiment.py --train_args: shell quoting, and the flags experiment.py sets per run
-    ("train-args-seed", "experiment.py", ["--train_args=--seed=5"], ("--seed is experiment.py's", "--seeds=N"), ""),
-    ("train-args-out-dir", "experiment.py", ["--train_args=--device=cpu --out_dir=x"],
+    ("train-args-seed", EXPERIMENT, ["--train_args=--seed=5"], ("--seed is experiment.py's", "--seeds=N"), ""),
+    ("train-args-out-dir", EXPERIMENT, ["--train_args=--device=cpu --out_dir=x"],
      ("--out_dir is experiment.py's", "--results"), ""),
-    ("train-args-init-from", "experiment.py", ["--train_args=--init_from=x.pt"], "--init_from is experiment.py's", ""),
-    ("train-args-quote", "experiment.py", ["--train_args=--dataset='a b"], ("does not parse", "shell quoting"), ""),
-    ("train-args-space", "experiment.py", ["--train_args=--dataset='{w}/no such data'"],
+    ("train-args-init-from", EXPERIMENT, ["--train_args=--init_from=x.pt"], "--init_from is experiment.py's", ""),
+    ("train-args-quote", EXPERIMENT, ["--train_args=--dataset='a b"], ("does not parse", "shell quoting"), ""),
+    ("train-args-space", EXPERIMENT, ["--train_args=--dataset='{w}/no such data'"],
      "no such data does not exist (no such file or folder)", ""),
 ]
 
@@ -237,10 +238,10 @@ def test_experiment_stopped_leaves_no_run(base, tmp_path):
     SIGKILL alone, its runs get SIGTERM from the kernel (PR_SET_PDEATHSIG) and stop too."""
     w = tmp_path / "w"
     shutil.copytree(base, w)
-    args = [a.replace("{w}", str(w)) for a in DEFAULTS["experiment.py"] + ["--train_args=" + " ".join(
+    args = [a.replace("{w}", str(w)) for a in DEFAULTS[EXPERIMENT] + ["--train_args=" + " ".join(
         TRAIN + [f"--dataset={w}/data", "--max_iters=100000", "--eval_interval=100000"])]]
     for signum in (signal.SIGTERM, signal.SIGKILL):
-        process = start("experiment.py", args)
+        process = start(EXPERIMENT, args)
         wait_for(lambda: children_of(process.pid) or process.poll() is not None)
         kids = children_of(process.pid)
         assert kids, process.communicate()[1]

@@ -12,7 +12,9 @@ import sys
 import pytest
 import torch
 
-from checkpoint import hf_checkpoint, is_hf_model, model_from_checkpoint
+from checkpoint import model_from_checkpoint
+from hf_import import hf_checkpoint, is_hf_model
+from generate import beam_search, generate
 from tests.helpers import ROOT, TINY, TINY_MODEL, run_script
 from tests.test_train import train_losses
 from tokenizer import HFTokenizer
@@ -117,8 +119,8 @@ def test_logits_and_greedy_generation_equal_transformers(family, tokenizer_json,
                                   max_new_tokens=12, do_sample=False, pad_token_id=0)[0, len(p):].tolist()
                 for p in prompts]
     for decoding in (dict(use_cache=False), dict(use_cache=True), dict(compile=True)):
-        assert model.generate(prompts, 12, temperature=0.0, **decoding) == expected, decoding
-    assert model.beam_search(prompts, 12, beam_size=1) == expected  # beam search's cache rows follow their beams
+        assert generate(model, prompts, 12, temperature=0.0, **decoding) == expected, decoding
+    assert beam_search(model, prompts, 12, beam_size=1) == expected  # beam search's cache rows follow their beams
 
 
 def test_llama3_rope_scaling_frequencies(tokenizer_json, tmp_path):

@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig, padded_causal_mask, sample_from, strip_compile_prefix
+from generate import (beam_search, decode_step, generate, new_kv_cache, padded_causal_mask,
+                      sample_from, static_kv_cache)
+from model import GPT, GPTConfig, strip_compile_prefix
 
 
 @pytest.fixture(autouse=True)
@@ -193,7 +195,7 @@ def test_kv_cache_chunks_match_full_sequence():
     model = tiny_model()
     idx = torch.randint(50, (2, 20))
     full = model.hidden_states(idx)
-    cache = model.new_kv_cache(2, 24)
+    cache = new_kv_cache(model, 2, 24)
     chunks = [model.hidden_states(idx[:, a:b], kv_cache=cache) for a, b in [(0, 7), (7, 8), (8, 20)]]
     torch.testing.assert_close(torch.cat(chunks, dim=1), full, rtol=1e-4, atol=1e-4)
     assert cache["length"] == 20
@@ -252,7 +254,7 @@ def no_compile(monkeypatch):
 def test_greedy_batched_matches_reference(decoding):
     model = tiny_model()
     expected = [greedy_by_forward(model, p, 12) for p in PROMPTS]
-    assert model.generate(PROMPTS, 12, temperature=0.0, **decoding) == expected
+    assert generate(model, PROMPTS, 12, temperature=0.0, **decoding) == expected
 
 
 def test_decode_step_matches_forward():
@@ -261,13 +263,13 @@ def test_decode_step_matches_forward():
     model = tiny_model()
     idx = torch.randint(50, (2, 20))
     expected = model(idx)
-    cache = model.static_kv_cache(2, 20)
+    cache = static_kv_cache(model, 2, 20)
     max_length = cache["kv"][0].size(-2)
     assert max_length == 64 and all(kv.shape == (2, 2, 2, 64, 16) for kv in cache["kv"])
     model.hidden_states(idx[:, :8], kv_cache=cache)
     for t in range(8, 20):
         attn_mask = (torch.arange(max_length) <= t).expand(2, 1, max_length)
-        logits = model.decode_step(idx[:, t:t + 1], torch.full((2, 1), t), attn_mask, cache["kv"], torch.tensor([t]))
+        logits = decode_step(model, idx[:, t:t + 1], torch.full((2, 1), t), attn_mask, cache["kv"], torch.tensor([t]))
         torch.testing.assert_close(logits, expected[:, t], rtol=1e-4, atol=1e-4)
 
 
@@ -276,11 +278,11 @@ def test_static_cache_is_reused_while_the_shapes_stay():
     (rounded up to 64) must get the same tensors back, and stale keys from an earlier call must not
     change what a later one generates."""
     model = tiny_model()
-    first = model.generate(PROMPTS, 12, temperature=0.0, compile=True)
+    first = generate(model, PROMPTS, 12, temperature=0.0, compile=True)
     kv = model._static_kv_cache["kv"]
-    assert model.generate(PROMPTS[::-1], 10, temperature=0.0, compile=True) == [r[:10] for r in first[::-1]]
+    assert generate(model, PROMPTS[::-1], 10, temperature=0.0, compile=True) == [r[:10] for r in first[::-1]]
     assert all(a is b for a, b in zip(model._static_kv_cache["kv"], kv))
-    model.generate(PROMPTS[:3], 12, temperature=0.0, compile=True)  # another batch size: a new cache
+    generate(model, PROMPTS[:3], 12, temperature=0.0, compile=True)  # another batch size: a new cache
     assert model._static_kv_cache["kv"][0].size(1) == 3
 
 
@@ -291,33 +293,33 @@ def test_num_samples_is_the_prompts_repeated(decoding):
     on every decoding path, and a row that stops early (eos) must not change its neighbours."""
     model = tiny_model()
     for eos_id in (None, 7):
-        repeated = model.generate([p for p in PROMPTS for _ in range(3)], 12, temperature=1.0, eos_id=eos_id,
-                                  generator=torch.Generator().manual_seed(0), **decoding)
-        shared = model.generate(PROMPTS, 12, temperature=1.0, eos_id=eos_id, num_samples=3,
-                                generator=torch.Generator().manual_seed(0), **decoding)
+        repeated = generate(model, [p for p in PROMPTS for _ in range(3)], 12, temperature=1.0, eos_id=eos_id,
+                            generator=torch.Generator().manual_seed(0), **decoding)
+        shared = generate(model, PROMPTS, 12, temperature=1.0, eos_id=eos_id, num_samples=3,
+                          generator=torch.Generator().manual_seed(0), **decoding)
         assert shared == repeated
         assert len({tuple(s) for s in shared[:3]}) > 1  # the K samples of a prompt differ: real draws
 
 
 def test_greedy_does_not_depend_on_the_batch():
     model = tiny_model()
-    alone = [model.generate([p], 15, temperature=0.0)[0] for p in PROMPTS]
-    assert model.generate(PROMPTS, 15, temperature=0.0) == alone
-    assert model.generate(PROMPTS[::-1], 15, temperature=0.0) == alone[::-1]
-    assert model.generate(PROMPTS, 15, temperature=0.0, use_cache=False) == alone
+    alone = [generate(model, [p], 15, temperature=0.0)[0] for p in PROMPTS]
+    assert generate(model, PROMPTS, 15, temperature=0.0) == alone
+    assert generate(model, PROMPTS[::-1], 15, temperature=0.0) == alone[::-1]
+    assert generate(model, PROMPTS, 15, temperature=0.0, use_cache=False) == alone
 
 
 def test_stops_after_eos():
     model = tiny_model()
-    free = model.generate(PROMPTS, 15, temperature=0.0)
+    free = generate(model, PROMPTS, 15, temperature=0.0)
     eos_id = free[2][4]  # a token that some row emits mid-completion
-    stopped = model.generate(PROMPTS, 15, temperature=0.0, eos_id=eos_id)
+    stopped = generate(model, PROMPTS, 15, temperature=0.0, eos_id=eos_id)
     for row, full in zip(stopped, free):
         expected = full[:full.index(eos_id) + 1] if eos_id in full else full
         assert row == expected
     assert stopped[2][-1] == eos_id and len(stopped[2]) <= 5
-    assert model.generate(PROMPTS, 15, temperature=0.0, eos_id=eos_id, use_cache=False) == stopped
-    assert model.generate(PROMPTS, 15, temperature=0.0, eos_id=eos_id, compile=True) == stopped
+    assert generate(model, PROMPTS, 15, temperature=0.0, eos_id=eos_id, use_cache=False) == stopped
+    assert generate(model, PROMPTS, 15, temperature=0.0, eos_id=eos_id, compile=True) == stopped
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -329,7 +331,7 @@ def test_sampling_stops_at_eos_when_eos_dominates(use_cache):
         model.transformer.ln_f.bias.fill_(1.0)
         model.lm_head.weight[eos_id] = 1.0
     g = torch.Generator().manual_seed(0)
-    out = model.generate(PROMPTS, 10, temperature=1.0, eos_id=eos_id, generator=g, use_cache=use_cache)
+    out = generate(model, PROMPTS, 10, temperature=1.0, eos_id=eos_id, generator=g, use_cache=use_cache)
     assert out == [[eos_id]] * len(PROMPTS)
 
 
@@ -337,7 +339,7 @@ def test_sampling_stops_at_eos_when_eos_dominates(use_cache):
 def test_respects_block_size(decoding):
     model = tiny_model()  # block_size 32
     prompts = [list(range(1, 31)), [3, 1, 4, 1, 5], list(range(32))]
-    out = model.generate(prompts, 100, temperature=0.0, **decoding)
+    out = generate(model, prompts, 100, temperature=0.0, **decoding)
     assert [len(p) + len(c) for p, c in zip(prompts, out)] == [32, 32, 32]
     assert out[2] == []
     assert out[:2] == [greedy_by_forward(model, p, 100) for p in prompts[:2]]
@@ -349,19 +351,19 @@ def test_max_new_tokens_beyond_the_window(decoding):
     buffer or cache is allocated for it."""
     model = tiny_model()  # block_size 32
     prompts = [list(range(1, 31)), [3, 1, 4, 1, 5]]
-    expected = model.generate(prompts, 27, temperature=0.0, **decoding)
-    assert model.generate(prompts, 2_000_000_000, temperature=0.0, **decoding) == expected
-    assert model.beam_search(prompts, 2_000_000_000, 2) == model.beam_search(prompts, 27, 2)
+    expected = generate(model, prompts, 27, temperature=0.0, **decoding)
+    assert generate(model, prompts, 2_000_000_000, temperature=0.0, **decoding) == expected
+    assert beam_search(model, prompts, 2_000_000_000, 2) == beam_search(model, prompts, 27, 2)
 
 
 def test_tiny_temperature_is_greedy():
     """Sampling as the temperature goes to 0 is greedy (no ties here); a temperature that underflows
     float32 must not make nan of the logits."""
     model = tiny_model()
-    greedy = model.generate(PROMPTS, 12, temperature=0.0)
+    greedy = generate(model, PROMPTS, 12, temperature=0.0)
     for temperature in (1e-6, 1e-45, 1e-300):
         g = torch.Generator().manual_seed(0)
-        assert model.generate(PROMPTS, 12, temperature=temperature, generator=g) == greedy
+        assert generate(model, PROMPTS, 12, temperature=temperature, generator=g) == greedy
 
 
 @torch.no_grad()
@@ -387,23 +389,23 @@ def sample_by_forward(model, prompts, max_new_tokens, temperature, seed, top_k=N
 
 def test_seeded_sampling_is_reproducible():
     model = tiny_model()
-    sample = lambda seed, **kw: model.generate(PROMPTS, 12, temperature=1.0,
-                                               generator=torch.Generator().manual_seed(seed), **kw)
+    sample = lambda seed, **kw: generate(model, PROMPTS, 12, temperature=1.0,
+                                         generator=torch.Generator().manual_seed(seed), **kw)
     first = sample(0)
     assert first == sample_by_forward(model, PROMPTS, 12, 1.0, seed=0)  # what seed 0 draws, and the same again
     assert sample(0) == first
     assert sample(0) != sample(1)
     assert sample(0, top_k=5) == sample_by_forward(model, PROMPTS, 12, 1.0, seed=0, top_k=5)
     assert sample(0, top_k=5) == sample(0, top_k=5)
-    hot = model.generate(PROMPTS, 12, temperature=2.5, generator=torch.Generator().manual_seed(3), use_cache=False)
+    hot = generate(model, PROMPTS, 12, temperature=2.5, generator=torch.Generator().manual_seed(3), use_cache=False)
     assert hot == sample_by_forward(model, PROMPTS, 12, 2.5, seed=3)
 
 
 def test_top_k_1_is_greedy():
     model = tiny_model()
     g = torch.Generator().manual_seed(0)
-    assert (model.generate(PROMPTS, 12, temperature=0.7, top_k=1, generator=g)
-            == model.generate(PROMPTS, 12, temperature=0.0))
+    assert (generate(model, PROMPTS, 12, temperature=0.7, top_k=1, generator=g)
+            == generate(model, PROMPTS, 12, temperature=0.0))
 
 
 def test_top_k_samples_only_the_k_best():
@@ -411,7 +413,7 @@ def test_top_k_samples_only_the_k_best():
     prompt = [5, 6, 7]
     best3 = set(model(torch.tensor([prompt]))[0, -1].topk(3).indices.tolist())
     g = torch.Generator().manual_seed(0)
-    firsts = {model.generate([prompt] * 64, 1, temperature=5.0, top_k=3, generator=g)[i][0] for i in range(64)}
+    firsts = {generate(model, [prompt] * 64, 1, temperature=5.0, top_k=3, generator=g)[i][0] for i in range(64)}
     assert firsts <= best3 and len(firsts) > 1
 
 
@@ -430,7 +432,7 @@ def test_sample_from_matches_the_probabilities():
 def test_generate_restores_mode_and_ignores_dropout():
     model = tiny_model(dropout=0.5)
     model.train()
-    a = model.generate(PROMPTS, 8, temperature=0.0)
+    a = generate(model, PROMPTS, 8, temperature=0.0)
     assert model.training
     model.eval()
-    assert model.generate(PROMPTS, 8, temperature=0.0) == a and not model.training
+    assert generate(model, PROMPTS, 8, temperature=0.0) == a and not model.training

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import ROOT, TINY, run_script
+from tests.helpers import EXPERIMENT, ROOT, TINY, run_script
 
 
 def snapshot(folder):
@@ -107,9 +107,9 @@ BAD_INPUT = [  # (script, flags, words of the one-line message); {w} is the work
     ("bench.py", ["--steps=0"], "--steps=0 must be >= 1"),
     ("bench.py", ["--vocab_sizes=big"], "--vocab_sizes='big'"),
     ("bench.py", ["--dtype=float16"], "use float32 or bfloat16"),
-    ("experiment.py", ["--task=nope"], "use all, arith, finetune, tuned, small_data, cmudict, shakespeare"),
-    ("experiment.py", ["--num_samples=1"], "--num_samples=1 must be >= 2"),
-    ("experiment.py", ["--seedz=2"], "unknown flag --seedz; did you mean --seeds?"),
+    (EXPERIMENT, ["--task=nope"], "use all, arith, finetune, tuned, small_data, cmudict, shakespeare"),
+    (EXPERIMENT, ["--num_samples=1"], "--num_samples=1 must be >= 2"),
+    (EXPERIMENT, ["--seedz=2"], "unknown flag --seedz; did you mean --seeds?"),
 ]
 
 
@@ -118,10 +118,11 @@ def test_bad_input_stops_with_one_line(work, monkeypatch, script, flags, message
     flags = [f.format(w=work) for f in flags]
     out = work / "out"  # where a script would write, unless a flag says otherwise
     if script != "bench.py" and not any(f.startswith(("--out_dir", "--results")) for f in flags):
-        flags.append(f"--out_dir={out}" if script != "experiment.py" else f"--results={out}")
+        flags.append(f"--out_dir={out}" if script != EXPERIMENT else f"--results={out}")
     before = snapshot(work)
     code = run_inline(script, flags, monkeypatch)
-    assert isinstance(code, str) and code.startswith(f"{script}: error: "), code  # a message: exit status 1
+    prefix = f"{os.path.basename(script)}: error: "
+    assert isinstance(code, str) and code.startswith(prefix), code  # a message: exit status 1
     assert "\n" not in code and message in code, code
     assert snapshot(work) == before and not out.exists()  # nothing written, nothing changed
 

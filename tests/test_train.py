@@ -127,6 +127,32 @@ def test_help_lists_every_flag():
         assert re.search(rf"--{flag}=\S+ +\S", out), flag
 
 
+def test_help_lists_the_settings_only():
+    """--help lists exactly the settings assigned in train.py: an imported constant (LOCK_FILE) is no
+    flag, and the comment lines that go on below a setting belong to its meaning."""
+    source = open(os.path.join(ROOT, "train.py")).read()
+    block = source.split("# settings:")[1].split("# -----")[0]  # the settings, under their header
+    settings = re.findall(r"^(\w+) = .*?  # ", block, re.M)
+    out = run_script(["--help"]).stdout
+    assert re.findall(r"^  --(\w+)=", out, re.M) == settings
+    init_from = next(line for line in out.splitlines() if line.startswith("  --init_from="))
+    assert init_from.endswith("Qwen2/2.5 or Qwen3 (resume: may change)")
+    refused = run_script(["--LOCK_FILE=x", "--out_dir=unused"], check=False)
+    assert "unknown flag --LOCK_FILE" in refused.stderr
+
+
+def test_a_bad_flag_is_named_before_the_out_dir(tmp_path):
+    """A flag that is wrong on its own is reported first, even in a folder that holds a run; a path
+    given to --init_from that does not exist is said to be missing."""
+    run_script(TINY + ["--max_iters=1", "--eval_interval=1", f"--out_dir={tmp_path}"])
+    result = run_script(["--loss=irll", f"--out_dir={tmp_path}"], check=False)
+    assert "--loss='irll' is not a loss" in result.stderr and "already holds a run" not in result.stderr
+    missing = tmp_path / "no_such_model"
+    result = run_script([f"--init_from={missing}", f"--out_dir={tmp_path / 'new'}"], check=False)
+    assert result.returncode != 0 and "no such file or folder" in result.stderr
+    assert not (tmp_path / "new").exists()
+
+
 def test_nanogpt_checkpoint_fine_tunes(tmp_path):
     """A checkpoint in nanoGPT's layout (compiled: '_orig_mod.' names, no tokenizer) loads and trains."""
     model_args = dict(n_layer=1, n_head=2, n_embd=32, block_size=64, bias=True, vocab_size=50304, dropout=0.0)

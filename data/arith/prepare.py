@@ -30,7 +30,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:  # run as a script, python data/arith/prepare.py: the repository's modules
     sys.path.insert(0, ROOT)
-from checkpoint import write_atomically  # noqa: E402 (a temporary file, then a rename: never half a file)
+from runfiles import write_atomically  # noqa: E402 (a temporary file, then a rename)
 
 out_dir = ""  # where python data/arith/prepare.py writes train/val/test.jsonl and meta.json; '' = data/arith
 
@@ -162,49 +162,60 @@ def corrupt(completion, rng):
     raise ValueError(f"could not corrupt {completion!r}")
 
 
-def random_expression(rng, n):
+def random_expression(rng, n, max_operand, operators):
     """(text, precedence of its last operator) of a random expression of n operands."""
     if n == 1:
-        return str(rng.randint(1, MAX_OPERAND)), 3
-    k, op = rng.randint(1, n - 1), rng.choice(OPERATORS)
-    (left, lp), (right, rp) = random_expression(rng, k), random_expression(rng, n - k)
+        return str(rng.randint(1, max_operand)), 3
+    k, op = rng.randint(1, n - 1), rng.choice(operators)
+    (left, lp) = random_expression(rng, k, max_operand, operators)
+    (right, rp) = random_expression(rng, n - k, max_operand, operators)
     left = left if lp >= PRECEDENCE[op] else f"({left})"  # parentheses only where they are needed
     right = right if rp > PRECEDENCE[op] or (rp == PRECEDENCE[op] and op in "+*") else f"({right})"
     return left + op + right, PRECEDENCE[op]
 
 
-def settings():
-    """The knobs the data was made with (meta.json keeps them: data prepared with others is made again)."""
-    return dict(MIN_OPERANDS=MIN_OPERANDS, MAX_OPERANDS=MAX_OPERANDS, MAX_OPERAND=MAX_OPERAND, OPERATORS=OPERATORS,
-                MAX_VALUE=MAX_VALUE, SPLIT_SIZES=SPLIT_SIZES, SEED=SEED)
+def settings(**knobs):
+    """The knobs the data is made with: the constants above, but for those passed by name (e.g.
+    MAX_OPERAND=30). meta.json keeps them: data prepared with others is made again."""
+    made_with = dict(MIN_OPERANDS=MIN_OPERANDS, MAX_OPERANDS=MAX_OPERANDS, MAX_OPERAND=MAX_OPERAND,
+                     OPERATORS=OPERATORS, MAX_VALUE=MAX_VALUE, SPLIT_SIZES=SPLIT_SIZES, SEED=SEED)
+    unknown = sorted(set(knobs) - set(made_with))
+    if unknown:
+        raise ValueError(f"arith has no knob {unknown[0]}; its knobs are {', '.join(made_with)}")
+    return dict(made_with, **knobs)
 
 
-def prepare(out_dir=None):
+def prepare(out_dir=None, **knobs):
+    """Write train/val/test.jsonl and meta.json into out_dir (default: this folder), made with
+    settings(**knobs)."""
     out_dir = out_dir or os.path.dirname(os.path.abspath(__file__))
     os.makedirs(out_dir, exist_ok=True)
-    rng, rows = random.Random(SEED), {}  # prompt -> completion: a problem is in one split only
+    k = settings(**knobs)
+    split_sizes = k["SPLIT_SIZES"]
+    rng, rows = random.Random(k["SEED"]), {}  # prompt -> completion: a problem is in one split only
     tries = 0  # draws since the last new problem: the knobs may allow fewer problems than the splits need
-    while len(rows) < sum(SPLIT_SIZES.values()):
+    while len(rows) < sum(split_sizes.values()):
         tries += 1
         if tries > 20_000:
-            raise ValueError(f"found only {len(rows)} distinct problems of the {sum(SPLIT_SIZES.values())} that "
+            raise ValueError(f"found only {len(rows)} distinct problems of the {sum(split_sizes.values())} that "
                              f"SPLIT_SIZES asks for: raise MAX_OPERAND or MAX_VALUE, or lower SPLIT_SIZES")
-        prompt = random_expression(rng, rng.randint(MIN_OPERANDS, MAX_OPERANDS))[0] + "="
+        n_operands = rng.randint(k["MIN_OPERANDS"], k["MAX_OPERANDS"])
+        prompt = random_expression(rng, n_operands, k["MAX_OPERAND"], k["OPERATORS"])[0] + "="
         try:
             completion = solve(prompt, rng)
         except ValueError:  # a division that is not exact
             continue
         if prompt not in rows and "=-" not in completion \
-                and max(map(int, re.findall(r"[0-9]+", completion))) <= MAX_VALUE:
+                and max(map(int, re.findall(r"[0-9]+", completion))) <= k["MAX_VALUE"]:
             rows[prompt] = completion
             tries = 0
     rows, start = list(rows.items()), 0
-    for split, size in SPLIT_SIZES.items():
+    for split, size in split_sizes.items():
         lines = [json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in rows[start:start + size]]
         write_atomically(os.path.join(out_dir, f"{split}.jsonl"), "".join(lines))
         start += size
     chars = "".join(sorted(set("".join(p + c for p, c in rows))))
-    meta = {"name": "arith", "task": "arith", "tokenizer": {"kind": "char", "chars": chars}, "settings": settings()}
+    meta = {"name": "arith", "task": "arith", "tokenizer": {"kind": "char", "chars": chars}, "settings": k}
     write_atomically(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1) + "\n")
     return out_dir
 

@@ -29,7 +29,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:  # run as a script, python data/cmudict/prepare.py: the repository's modules
     sys.path.insert(0, ROOT)
-from checkpoint import write_atomically  # noqa: E402 (a temporary file, then a rename: never half a file)
+from runfiles import write_atomically  # noqa: E402 (a temporary file, then a rename)
 import metrics  # noqa: E402
 
 out_dir = ""  # where python data/cmudict/prepare.py writes train/val/test.jsonl and meta.json; '' = data/cmudict

@@ -17,7 +17,7 @@ measure continuing unseen text rather than recalling it: VAL_PLAYS for val, TEST
 other play and the poems for train. Each split is a seeded random sample of its windows.
 
 prepare_pretrain(out_dir) writes the base model's data: the raw text of the train plays and poems (val:
-the val plays') in chunks with an empty prompt, plain language modelling (experiment.py --task=shakespeare).
+the val plays') in chunks with an empty prompt, plain language modelling (lab/experiment.py --task=shakespeare).
 """
 import json
 import os
@@ -28,7 +28,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:  # run as a script, python data/shakespeare/prepare.py: the repository's modules
     sys.path.insert(0, ROOT)
-from checkpoint import write_atomically  # noqa: E402 (a temporary file, then a rename: never half a file)
+from runfiles import write_atomically  # noqa: E402 (a temporary file, then a rename)
 
 out_dir = ""  # where python data/shakespeare/prepare.py writes train/val/test.jsonl and meta.json; '' = data/shakespeare
 

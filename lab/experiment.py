@@ -1,0 +1,491 @@
+"""
+The paper's experiments, small, over paired seeds: task score against diversity (its figures 2-3),
+the reward analysis (Spearman of return and task score, as a function of λ), and fine-tuning a
+trained model on a small shifted demonstration set (its small-data figure). Runs train.py,
+sample.py and analyze_reward.py as a user would (python -m lab.experiment runs it too):
+
+    python lab/experiment.py                    # arith, finetune, then tuned (--task=all): 5 hours
+    python lab/experiment.py --task=arith       # accuracy vs Self-BLEU of every system, rewards
+    python lab/experiment.py --task=finetune    # arith's MLE models fine-tuned on few shifted demos
+    python lab/experiment.py --task=small_data  # arith, 5% vs 100% of train: val curves
+    python lab/experiment.py --task=tuned       # best against best: each family tuned on val
+    python lab/experiment.py --task=cmudict     # the same on real data: word -> pronunciation
+    python lab/experiment.py --task=shakespeare # and the next line of held-out plays
+    python lab/experiment.py --quick            # a check: 2 seeds, short runs, fewer systems
+    python lab/experiment.py --task=arith --plan > plan.txt   # the commands, one a line
+
+Seed s of every system runs with --seed=s, so train.py starts each system from the same weights
+(those of FROM_MLE from seed s's MLE run) and draws the same batches: a difference system - MLE (or
+- CONTROL, MLE on the same extra steps, for those fine-tuned from MLE) is taken per seed and
+reported as mean ± s.e. over seeds. The headline is accuracy at matched Self-BLEU: a run's
+(Self-BLEU, accuracy) points over its temperatures (greedy as T=0, Self-BLEU 1), joined piecewise
+linearly, minus its seed's MLE (or CONTROL) curve, averaged over Self-BLEU values both cover.
+
+cmudict and shakespeare are task tuned's comparison on real language, each a task of its own
+(results/<task>/); with --jobs=2 on an idle 2-core x86 CPU they take 145 minutes together, measured
+part by part (TUNED: 5 families x 3 configurations on one tuning seed, then 5 x 5 final runs and
+2 x 5 on the smaller train set):
+- cmudict, 2 blocks of width 128, window 48, batch 32: a 1500-step run trains in about 70 s at one
+  thread, and its 8 decodings of the 500 test prompts and the reward analysis take 45 s: 47 minutes.
+- shakespeare: the base model (4 blocks of width 192, window 256, batch 8), 2500 steps alone (every
+  other run needs it): 10.7 minutes; a fine-tuning run, 400 steps with 9 evaluations of val nll,
+  about 2.2 minutes beside another, its 6 decodings of 150 test prompts (at most 80 characters: a
+  model this small loops instead of ending a line) and the reward analysis about 2 more: tuning
+  18.2 minutes, the final runs 51.9 and 17.8, 99 in all.
+Over budget, --seeds=3 cuts the final runs by 40%.
+
+Runs go seed by seed: each is trained, sampled and analysed in one go, so a stop leaves whole runs
+(their logs and summaries, which git keeps) behind. A run whose files exist is skipped, so an
+interrupted experiment continues where it stopped (a run stopped mid-training resumes from its
+ckpt.pt, and a finished run whose weights another run needs but a fresh clone lacks trains again);
+Ctrl-C, SIGTERM, a failed run or (on Linux) a kill of the experiment stops the runs in progress.
+`--seeds=3` reports over the first 3 seeds.
+Runs go `jobs` at a time, each on one thread (OMP_NUM_THREADS=1): two one-thread runs side by side
+use a 2-core CPU better than one two-thread run after another. Numbers depend on the thread count
+and CPU through float rounding.
+
+A sweep across machines: --plan prepares the data and prints every command still to run, one a
+line, in waves (a line needs only lines of earlier waves; stderr says which lines each wave holds),
+for GNU parallel or a Slurm job array to run wave after wave, from the folder it was made in, e.g.
+`sed -n 1,20p plan.txt | parallel -j 8`. The same command without --plan then skips every run whose
+files are there and draws the tables. Task tuned chooses its final runs from its tuning runs: its
+plan lists them once those are done.
+"""
+import os
+import shlex
+import sys
+import time
+from contextlib import redirect_stdout
+from functools import partial
+
+import numpy as np
+
+if __package__ != "lab":  # run as a script, python lab/experiment.py: the repository's modules
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configurator import configure, parse_list, settings_of  # noqa: E402
+from lab import report
+from lab.demonstrations import arith_fraction, builtin, finetune_data
+from lab.runner import Runner, decoding_file, reward_file, run_dir
+from lab.stats import best, best_row
+from lab.tasks import (ARITH_FLAGS, DEMO_SIZES, FINETUNE_FLAGS, FROM_MLE, OWN_TASKS,
+                       QUICK_FINE_TUNE, QUICK_SCRATCH, REWARD, SHIFT_LABEL, SYSTEMS, TASKS, TUNED,
+                       TUNED_TASKS)
+from runfiles import check_out_dir, lock_out_dir, stop_on_interrupt, write_atomically
+
+# -----------------------------------------------------------------------------
+task = "all"  # all (arith, finetune, then tuned) | arith | finetune | tuned | small_data |
+#   cmudict | shakespeare
+systems = ""  # '' = the task's own; or some of
+#   mle,ent0.01,ent0.1,irl0.1,irl1,online0.01,online0.1,online1,gail,mle+ft
+seeds = 5  # paired seeds per system
+temperatures = "0.25,0.5,0.75,1.0"  # sampling temperatures (greedy and beam search come on top)
+num_samples = 4  # K samples per prompt at each temperature
+beam_size = 4  # beams of the beam-search decoding
+max_prompts = 500  # val prompts sampled (arith's val split has 500: all of it)
+jobs = 2  # runs at a time, one thread each
+train_args = ""  # extra train.py flags for every run, shell-quoted, e.g. "--device=cuda
+#   --dataset='my data.jsonl'"
+results = "results"  # where runs, tables and figures go
+quick = False  # check that it all works: 2 seeds, short runs, 100 prompts, fewer systems, into
+#   results_quick/
+plan = False  # print the train.py / sample.py / analyze_reward.py commands still to run, one a
+#   line in dependency order, instead of running them (a sweep across machines)
+# -----------------------------------------------------------------------------
+stop_on_interrupt("experiment.py")
+settings = settings_of(globals(), __file__)
+switches = {"--quick": "--quick=True", "--plan": "--plan=True"}  # these read as switches
+config, given = configure(settings, __file__, [switches.get(arg, arg) for arg in sys.argv[1:]],
+                          with_given=True, ranges=dict(seeds=(1, None), jobs=(1, None),
+                                                       num_samples=(2, None), max_prompts=(1, None),
+                                                       beam_size=(1, None)))
+QUICK = dict(seeds=2, max_prompts=100, temperatures="0.5,1", results="results_quick")  # unless set
+QUICK_NOTE = ("**--quick checks that every part runs (2 seeds, runs of 150 steps, 100 prompts, "
+              "fewer systems): its numbers say nothing about the methods.**")
+if config["quick"]:
+    config.update({k: v for k, v in QUICK.items() if k not in given})
+globals().update(config)
+
+OWNED = {  # train.py flags that tell one run from another: set here, refused in --train_args
+    "--out_dir": "one folder per run under --results; pass --results=FOLDER",
+    "--seed": "seed s of every system runs with --seed=s; pass --seeds=N",
+    "--init_from": "for each run (from scratch, from its seed's MLE run, or resumed); drop it",
+}
+
+
+def fail(message):
+    sys.exit(f"experiment.py: error: {message}")
+
+
+def systems_of(name):
+    """The systems of task `name`, mle first; ValueError for a name not in SYSTEMS or not for this
+    task."""
+    own = TASKS[name]["quick_systems" if quick else "systems"]
+    chosen = [s for s in (systems or own).split(",") if s]
+    allowed = [s for s in SYSTEMS if name == "arith" or s not in FROM_MLE]
+    for system in chosen:
+        if system not in allowed:
+            raise ValueError(f"--systems={systems!r}: {system!r} is not a system of task {name}; "
+                             f"use {', '.join(allowed)}")
+    return ["mle"] + [s for s in dict.fromkeys(chosen) if s != "mle"]
+
+
+# every flag is checked before the first run trains
+try:
+    task_names = ["arith", "finetune", "tuned"] if task == "all" else [task]
+    if task_names[0] not in list(TASKS) + ["tuned"] + OWN_TASKS:
+        names = list(TASKS)[:2] + ["tuned"] + list(TASKS)[2:] + OWN_TASKS
+        raise ValueError(f"--task={task!r}; use all, {', '.join(names)}")
+    task_systems = {name: systems_of(name) for name in task_names if name in TASKS}
+    temperature_values = parse_list("temperatures", temperatures, float, low=0)
+    check_out_dir(results, "results")
+    try:
+        train_flags = shlex.split(train_args)
+    except ValueError as err:
+        raise ValueError(f"--train_args={train_args!r} does not parse ({err}); it takes shell "
+                         f"quoting") from None
+    for name in (arg.split("=")[0] for arg in train_flags):
+        if name in OWNED:
+            raise ValueError(f"--train_args: {name} is experiment.py's to set, {OWNED[name]}")
+except ValueError as err:
+    fail(err)
+stop_on_interrupt("experiment.py", "the runs in progress were stopped; finished runs and the "
+                                   "checkpoints of the others are kept: run the same command to "
+                                   "continue")
+DECODINGS = ["greedy", f"beam{beam_size}"] + [f"t{t:g}" for t in temperature_values if t > 0]
+runner = Runner(jobs, train_flags, num_samples, max_prompts, plan)
+
+
+def schedule(flags, short):
+    """flags, then under --quick the short schedule (the last value of a flag wins)."""
+    return flags + short if quick else flags
+
+
+arith_flags = schedule(ARITH_FLAGS, QUICK_SCRATCH)  # arith from scratch (task arith's MLE runs...)
+
+
+# ----------------------------------------------------------------------------- score vs diversity
+def compare(name, spec, levelled=False):
+    """Train, sample and analyse every run of spec, seed by seed (so that a stop leaves whole
+    seeds behind), then its tables and figure (report.score_vs_diversity) and, if levelled, whether
+    its runs levelled off. Table rows. spec, every key given:
+    - root: the runs are root/<system>_s<seed>; systems: {name: (label, train.py flags)}, base first
+    - start(system, seed) -> (seconds spent, flags that start the run from a model, trained first
+      if need be)
+    - sampling: sample.py's split, weights (ckpt.pt or best.pt), prompts and max_new_tokens;
+      decodings; analyzed: the systems that get the reward analysis
+    - metric, also_scored: sample.py's scores in the tables; early_stop: what train.py's log tracks
+      (val/nll, or the greedy val score); part_of: the task it times"""
+    root, sampling = spec["root"], spec["sampling"]
+
+    def pipeline(s, seed):
+        """Train one run (from its start), sample it at every decoding, analyse its reward;
+        seconds spent."""
+        out_dir = run_dir(root, s, seed)
+        outputs = [decoding_file(out_dir, d, sampling["split"]) for d in spec["decodings"]]
+        outputs += [reward_file(out_dir)] if s in spec["analyzed"] else []
+        finished = all(map(os.path.exists, outputs + [os.path.join(out_dir, "trained")]))
+        spent, start = (0.0, []) if finished else spec["start"](s, seed)
+        spent += runner.train(out_dir, spec["systems"][s][1] + start, seed, outputs)
+        spent += sum(runner.sample(out_dir, d, seed, **sampling) for d in spec["decodings"])
+        if s in spec["analyzed"]:
+            spent += runner.analyze(out_dir, seed, sampling["split"], sampling["weights"])
+        return spent
+
+    runner.timed(spec["part_of"], f"{name}: train, sample and analyse each run", {
+        (s, seed): partial(pipeline, s, seed) for seed in range(seeds) for s in spec["systems"]})
+    if plan:
+        return []
+    rows = report.score_vs_diversity(name, spec, seeds)
+    return rows + ([""] + report.levelled_rows(name, spec, seeds) if levelled else [])
+
+
+def task_comparison(name):
+    """Task `name` (arith): its systems from scratch, or from their seed's MLE run (FROM_MLE, on
+    QUICK_FINE_TUNE under --quick), scored on val."""
+    root, chosen, metric = os.path.join(results, name), task_systems[name], TASKS[name]["metric"]
+    flags = schedule(TASKS[name]["flags"], TASKS[name]["quick"])
+    short = lambda s: QUICK_FINE_TUNE if quick and s in FROM_MLE else []  # appended, as flags' is
+    compared = {s: (SYSTEMS[s][0], flags + SYSTEMS[s][1] + short(s)) for s in chosen}
+
+    def start(s, seed):
+        """Those of FROM_MLE start from the seed's MLE run (trained first if its weights are
+        gone)."""
+        if s not in FROM_MLE:
+            return 0.0, []
+        mle = run_dir(root, "mle", seed)
+        spent = runner.train(mle, compared["mle"][1], seed)
+        return spent, [f"--init_from={os.path.join(mle, 'ckpt.pt')}"]
+
+    return compare(name, dict(
+        root=root, systems=compared, start=start, decodings=DECODINGS,
+        sampling=dict(split="val", weights="ckpt.pt", prompts=max_prompts, max_new_tokens=None),
+        analyzed=[s for s in REWARD if s in chosen], metric=metric, also_scored=[],
+        early_stop=f"val/{metric}", part_of=name))
+
+
+# ----------------------------------------------------------------------------- val curves
+def small_data():
+    """MLE vs IRL on 5% and 100% of arith's train split. The 100% runs are arith's own
+    (results/arith/)."""
+    name, chosen = "small_data", task_systems["small_data"]
+    root, arith = os.path.join(results, name), os.path.join(results, "arith")
+    fraction = arith_fraction(os.path.join(root, "arith_5pct"))
+    runs = {(s, data): partial(run_dir, folder, s + suffix) for s in chosen
+            for data, folder, suffix in (("100%", arith, ""), ("5%", root, "_5pct"))}
+    extra = {"100%": [], "5%": [f"--dataset={fraction}"]}
+    runner.timed(name, "train", {
+        (key, seed): partial(runner.train, dirs(seed), arith_flags + SYSTEMS[key[0]][1]
+                             + extra[key[1]], seed, [os.path.join(dirs(seed), "log.jsonl")])
+        for key, dirs in runs.items() for seed in range(seeds)})
+    if plan:
+        return []
+    groups = {key: [dirs(seed) for seed in range(seeds)] for key, dirs in runs.items()}
+    return report.val_curves(name, groups, "arith, 5% vs 100% of the train split", seeds,
+                             os.path.join(root, "figure.png"))
+
+
+def finetune():
+    """The paper's setting: a base model per seed (MLE on arith: task arith's own MLE run),
+    fine-tuned by each system on a small demonstration set of a shifted distribution (SHIFTED); val
+    nll and accuracy on the shifted val split."""
+    name, chosen, root = "finetune", task_systems["finetune"], os.path.join(results, "finetune")
+    t0 = time.time()
+    folders, made = finetune_data(os.path.join(root, "data"))
+    runner.parts.append((name, "data", made, 2, (time.time() - t0) / 60))  # base and shifted
+    base = partial(run_dir, os.path.join(results, "arith"), "mle")
+    dirs = lambda s, n, seed: os.path.join(root, f"{s}_n{n}_s{seed}")
+    flags = schedule(FINETUNE_FLAGS, QUICK_FINE_TUNE)
+
+    def fine_tune(s, n, seed):
+        """The base model of the seed (trained first if its weights are gone), then its fine-tuning
+        run."""
+        out_dir = dirs(s, n, seed)
+        started = any(os.path.exists(os.path.join(out_dir, f)) for f in ("trained", "ckpt.pt"))
+        spent = 0.0 if started else runner.train(base(seed), arith_flags + SYSTEMS["mle"][1], seed)
+        start = [f"--init_from={os.path.join(base(seed), 'ckpt.pt')}"]
+        return spent + runner.train(out_dir, [f"--dataset={folders[n]}"] + flags + SYSTEMS[s][1]
+                                    + start, seed, [os.path.join(out_dir, "log.jsonl")])
+
+    runner.timed(name, "fine-tune arith's MLE run of each seed", {
+        (s, n, seed): partial(fine_tune, s, n, seed)
+        for seed in range(seeds) for n in DEMO_SIZES for s in chosen})
+    if plan:
+        return []
+    groups = {(s, f"{n} demos"): [dirs(s, n, seed) for seed in range(seeds)]
+              for n in DEMO_SIZES for s in chosen}
+    return report.val_curves(name, groups, f"fine-tuning arith's MLE model on demonstrations of "
+                             f"{SHIFT_LABEL}", seeds, os.path.join(root, "figure.png"))
+
+
+# ----------------------------------------------------------------------------- best against best
+def configurations(setting):
+    """{family: {configuration name: train.py flags}}: each family's knob settings at every
+    dropout, in grid order (--quick: MLE and IRL, the first two of each)."""
+    grid = {}
+    for family, (_, loss_name, knob) in setting["families"].items():
+        if quick and family not in ("mle", "irl"):
+            continue
+        flags = [[f"--loss={loss_name}", *k, f"--dropout={d}"]
+                 for k in knob for d in setting["dropouts"]]
+        named = {family + "_" + "_".join(f[2:].replace("=", "") for f in fl[1:]): fl
+                 for fl in flags}
+        grid[family] = dict(list(named.items())[:2] if quick else named)
+    return grid
+
+
+def demonstration_flags(setting, root, size):
+    """The --dataset flag of a setting's runs: task finetune's shifted demonstrations, or a
+    built-in dataset (its train split cut to its first size examples, if size)."""
+    if setting["data"] == "finetune":
+        folders, _ = finetune_data(os.path.join(results, "finetune", "data"))
+        return [f"--dataset={folders[size]}"]
+    return builtin(setting["data"], root, size)
+
+
+def base_model(setting, root):
+    """start(system, seed) -> (seconds spent, flags) of a setting's runs: from scratch, or from the
+    seed's base model, trained first if its weights are not there: the seed's MLE run of task arith
+    (a tuning seed's own in root/tuning), or one base model for every seed, seed 0's, in root/base:
+    the question is the fine-tuning loss, not how base models differ by seed, and one base costs
+    half a family's five final runs."""
+    base = setting["base"]
+    if base is None:
+        return lambda system, seed: (0.0, [])
+    if base == "arith":
+        out_dir = lambda seed: (run_dir(os.path.join(results, "arith"), "mle", seed) if seed < seeds
+                                else run_dir(os.path.join(root, "tuning"), "base", seed))
+        flags, seed_of = arith_flags + SYSTEMS["mle"][1], lambda seed: seed
+    else:
+        folder = os.path.join(root, "data", "pretrain")
+        if not os.path.exists(os.path.join(folder, "meta.json")):
+            base["prepare"](folder)
+        out_dir, seed_of = lambda seed: os.path.join(root, "base"), lambda seed: 0
+        flags = [f"--dataset={folder}"] + schedule(base["flags"], base["quick"])
+    return lambda system, seed: (runner.train(out_dir(seed), flags, seed_of(seed)),
+                                 [f"--init_from={os.path.join(out_dir(seed), 'ckpt.pt')}"])
+
+
+def tuned_setting(name, root, part_of):
+    """Tune every family of TUNED[name] on val, then run each family's choice on the final seeds,
+    scored on the test split against the tuned MLE (compare), into root; part_of: the task it times.
+    Table rows."""
+    written = TUNED[name]
+    setting = dict(written,  # as this invocation runs it
+                   flags=schedule(written["flags"], written["quick"]),
+                   final_flags=[] if quick else written["final_flags"],
+                   tuning_seeds=written["tuning_seeds"][:1] if quick else written["tuning_seeds"],
+                   prompts=min(max_prompts, written["prompts"] or max_prompts))
+    metric, stop, prompts = setting["metric"], setting["early_stop"], setting["prompts"]
+    grid, keep = configurations(setting), f"--keep_best={stop}"
+    max_new_tokens = setting["max_new_tokens"]
+    part = f"{name}: " if part_of != name else ""  # task tuned times its settings' parts apart
+    data = demonstration_flags(setting, root, setting["size"])
+    start = base_model(setting, root)
+    one_base = isinstance(setting["base"], dict)
+    if one_base and not os.path.exists(os.path.join(root, "base", "trained")):
+        # alone, before the runs that need it; once finished, only a run that needs its weights and
+        # lacks them trains it again (a clone whose runs are all there redraws its tables without)
+        runner.timed(part_of, f"{part}pre-train the base model",
+                     {"base": lambda: start(None, 0)[0]})
+
+    by_score = stop == f"val/{metric}"  # else the choice goes by the lowest val nll: no decoding
+    tuning_dirs = lambda c: [run_dir(os.path.join(root, "tuning"), c, seed)
+                             for seed in setting["tuning_seeds"]]
+    made = lambda out_dir: ([decoding_file(out_dir, "greedy", "val")] if by_score
+                            else [os.path.join(out_dir, "trained")])  # what the choice reads
+
+    def tuning_run(config, flags, seed):
+        """One configuration on one tuning seed: trained, early-stopped, its best.pt decoded
+        greedily on val if the choice goes by that score."""
+        out_dir = run_dir(os.path.join(root, "tuning"), config, seed)
+        finished = all(map(os.path.exists, made(out_dir)))
+        spent, start_flags = (0.0, []) if finished else start(config, seed)
+        spent += runner.train(out_dir, data + setting["flags"] + start_flags + flags + [keep], seed,
+                              made(out_dir))
+        if by_score:
+            spent += runner.sample(out_dir, "greedy", seed, "val", "best.pt", prompts,
+                                   max_new_tokens)
+        return spent
+
+    runner.timed(part_of, f"{part}tune each family on val", {
+        (c, seed): partial(tuning_run, c, flags, seed) for seed in setting["tuning_seeds"]
+        for configs in grid.values() for c, flags in configs.items()})
+    if plan and not all(os.path.exists(f) for configs in grid.values() for c in configs
+                        for d in tuning_dirs(c) for f in made(d)):
+        print(f"tuned {name}: its final runs come from its tuning runs; once those are done, "
+              f"--plan lists them", file=sys.stderr)
+        return []
+    scores = {c: np.mean([read_score(d, metric, stop, by_score) for d in tuning_dirs(c)])
+              for configs in grid.values() for c in configs}
+    picks = {family: best(configs, stop, lambda c: scores[c]) for family, configs in grid.items()}
+    rows = [] if plan else report.grid_table(name, setting, grid, tuning_dirs, scores, picks)
+    compared = {}  # each family's choice
+    for family, configs in grid.items():
+        # the label in words: "MLE (learning rate 1e-3, dropout 0.1)" (the loss flag left out)
+        pick = configs[picks[family]]
+        words = ", ".join(f[2:].replace("_", " ").replace("=", " ") for f in pick[1:])
+        compared[family] = (f"{setting['families'][family][0]} ({words})",
+                            data + setting["flags"] + pick + [keep] + setting["final_flags"])
+    hotter = [f"t{t:g}" for t in setting["temperatures"]]
+    finals = dict(root=root, systems=compared, start=start,
+                  decodings=DECODINGS + [d for d in hotter if d not in DECODINGS],
+                  sampling=dict(split="test", weights="best.pt", prompts=prompts,
+                                max_new_tokens=max_new_tokens),
+                  analyzed=list(compared) if setting["reward"] else [], metric=metric,
+                  also_scored=setting["also_scored"], early_stop=stop, part_of=part_of)
+    rows += [""] + compare(f"tuned {name}", finals, levelled=True)
+    if setting["smaller"]:  # the same choices again (no new tuning) on fewer demonstrations
+        families, size = setting["smaller"]
+        flags, what = demonstration_flags(setting, root, size), f"{size} demonstrations"
+        rows += [""] + compare(f"tuned {name}, {what}", dict(
+            finals, root=os.path.join(root, f"train{size}"), analyzed=[],
+            systems={f: (f"{compared[f][0]}, {what}", compared[f][1] + flags) for f in families}),
+            levelled=True)
+    return rows
+
+
+def read_score(out_dir, metric, stop, by_score):
+    """What a tuning run is chosen by: the greedy val score of its best.pt, or its best stop."""
+    if by_score:
+        return report.read(decoding_file(out_dir, "greedy", "val"))[metric]
+    return best_row(report.read(os.path.join(out_dir, "log.jsonl")), stop)[stop]
+
+
+def tuned():
+    """Best against best: every family tuned on val with the same budget, early-stopped, then
+    compared on test."""
+    return [row for name in TUNED_TASKS
+            for row in tuned_setting(name, os.path.join(results, "tuned", name), "tuned") + [""]]
+
+
+# -----------------------------------------------------------------------------
+def run_task(name, root):
+    """Task `name`'s runs, then its table rows (none under --plan)."""
+    drivers = {"finetune": finetune, "small_data": small_data, "tuned": tuned}
+    drivers.update({n: partial(tuned_setting, n, root, n) for n in OWN_TASKS})
+    return drivers.get(name, partial(task_comparison, name))()
+
+
+def write_table(name, root, rows, t0):
+    """root/table.md: the rows, then the timing line: this invocation's (or, when it only redrew,
+    the one already there). Prints it and what it wrote."""
+    mine = [p for p in runner.parts if p[0] == name]
+    command = shlex.join(["python", "lab/experiment.py"] + sys.argv[1:])
+    table_file = os.path.join(root, "table.md")
+    if not any(ran for _, _, ran, _, _ in mine) and os.path.exists(table_file):  # only redrawn
+        with open(table_file) as f:
+            timing = f.read().strip().splitlines()[-1]
+    else:
+        parts = "; ".join(f"{part} {minutes:.1f} ({ran} of {total} run{'s' * (total != 1)})"
+                          for _, part, ran, total, minutes in mine)
+        skipped = any(ran < total for _, _, ran, total, _ in mine)
+        timing = (f"`{command}`: {(time.time() - t0) / 60:.1f} minutes of wall time for {name}, "
+                  f"{jobs} runs at a time ({parts})"
+                  + ("; the others were done before and skipped" if skipped else ""))
+    table = "\n".join(rows) + f"\n\n{timing}\n"
+    write_atomically(table_file, (QUICK_NOTE + "\n\n" if quick else "") + table)
+    print(table)
+    figures = [os.path.join(root, t, "figure.png") for t in TUNED_TASKS] if name == "tuned" else [
+        os.path.join(root, "figure.png")]
+    drawn = report.overview(results) if name in ("tuned", *OWN_TASKS) else None  # once all 3 ran
+    print(f"wrote {', '.join(figures + ([drawn] if drawn else []))} and {table_file}")
+
+
+def print_plan():
+    """--plan: the commands noted, wave by wave, and on stderr which lines each wave holds."""
+    lines = sorted(runner.lines, key=lambda noted: noted[0])  # stable: dependency order in a wave
+    if not lines:
+        print("nothing left to run: the same command without --plan draws the tables",
+              file=sys.stderr)
+        return
+    waves = {}
+    for number, (wave, line) in enumerate(lines, 1):
+        print(line)
+        waves.setdefault(wave, []).append(number)
+    spans = ", ".join(f"{w[0]}-{w[-1]}" for w in waves.values())
+    print(f"{len(lines)} commands in {len(waves)} waves (lines {spans}): a line needs only lines "
+          f"of the waves before it; once all have run, the same command without --plan draws the "
+          f"tables", file=sys.stderr)
+
+
+def main():
+    if quick and not plan:
+        print(QUICK_NOTE)
+    for name in task_names:
+        root = os.path.join(results, name)
+        lock_out_dir(root)  # one experiment at a time on a results folder
+        t0 = time.time()
+        if plan:
+            with redirect_stdout(sys.stderr):  # stdout holds the commands only
+                run_task(name, root)
+        else:
+            write_table(name, root, run_task(name, root), t0)
+    if plan:
+        print_plan()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, OSError) as err:  # a folder in use, a file that cannot be written
+        fail(err)

@@ -1,0 +1,223 @@
+"""
+Runs the experiments' scripts as a user would: train.py, sample.py and analyze_reward.py, each in a
+process of its own on one thread (OMP_NUM_THREADS=1), `jobs` at a time. A run whose files exist is
+skipped and one stopped mid-training resumes from its ckpt.pt, so an interrupted experiment goes on
+where it stopped; Ctrl-C, SIGTERM, a failed run or (on Linux) a kill of the experiment stops the
+runs in progress.
+
+With plan=True nothing runs (--plan): each command becomes a shell line instead, in a wave one after
+the highest wave of the lines whose outputs it reads, so a line needs only lines of earlier waves.
+"""
+import ctypes
+import itertools
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from functools import partial
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where train.py & co. are
+try:  # Linux: a run gets SIGTERM when the experiment dies, even by SIGKILL (PR_SET_PDEATHSIG)
+    PRCTL, PR_SET_PDEATHSIG = ctypes.CDLL(None, use_errno=True).prctl, 1
+except AttributeError:  # elsewhere (macOS) stop() covers every stop but SIGKILL
+    PRCTL = None
+
+
+def run_dir(root, system, seed):
+    return os.path.join(root, f"{system}_s{seed}")
+
+
+def decoding_file(out_dir, decoding, split="val"):
+    """sample.py's summary of one decoding (its default name)."""
+    name = "t0" if decoding == "greedy" else decoding
+    return os.path.join(out_dir, f"samples_{split}_{name}.json")
+
+
+def reward_file(out_dir):
+    return os.path.join(out_dir, "reward", "reward_summary.json")
+
+
+def last_wins(command):
+    """The command with one --name=value per name: the last one given (the one train.py uses), in
+    the place of the first (so the echoed command reads as what runs)."""
+    named = {}
+    for arg in command:
+        named[arg.split("=")[0] if arg.startswith("--") else arg] = arg
+    return list(named.values())
+
+
+class Runner:
+    """The runs of one experiment: `jobs` at a time, train_flags (--train_args) last on every
+    train.py command, num_samples samples a prompt at a temperature, max_prompts prompts by default;
+    plan: note each command as a shell line (self.lines) instead of running it."""
+
+    def __init__(self, jobs, train_flags, num_samples, max_prompts, plan=False):
+        self.jobs, self.train_flags = jobs, train_flags
+        self.num_samples, self.max_prompts = num_samples, max_prompts
+        self.plan = {} if plan else None  # --plan: {file a noted line writes: its wave}
+        self.lines = []  # --plan: (wave, shell line)
+        self.children, self.lock = set(), threading.Lock()  # the processes now running
+        self.stopping = threading.Event()  # set once the experiment stops: no new run starts
+        self.train_locks = {}  # out_dir -> a lock: one thread trains a run (a base is needed twice)
+        self.parts = []  # (task, part, runs done, runs in all, minutes of wall time)
+
+    def done(self, path):
+        return os.path.exists(path) or (self.plan is not None and path in self.plan)
+
+    def run(self, command, done_file, mark=False, reads=(), writes=()):
+        """Run a script unless done_file exists; mark: make done_file (empty) once it succeeded.
+        Returns the seconds spent (0 when skipped or noted). For --plan's waves: reads, the files it
+        needs beyond those its flags name; writes, those it makes beside done_file."""
+        if self.done(done_file):
+            return 0.0
+        if self.plan is not None:
+            self.note(command, [done_file, *writes], reads, done_file if mark else None)
+            return 0.0
+        seconds = self.launch(command)
+        if mark:
+            open(done_file, "w").close()
+        return seconds
+
+    def launch(self, command):
+        """Run a script of the repository in a process of its own, on one thread; the seconds it
+        took, or ValueError with the last line it wrote to stderr."""
+        with self.lock:  # no new process once stop() began
+            if self.stopping.is_set():
+                sys.exit("experiment.py: stopped")
+            print("$", " ".join(command), flush=True)
+            t0 = time.time()
+            # the death signal is tied to the thread that starts the run: this one, which waits
+            death_signal = partial(PRCTL, PR_SET_PDEATHSIG, signal.SIGTERM) if PRCTL else None
+            script = [sys.executable, os.path.join(HERE, command[0])] + command[1:]
+            process = subprocess.Popen(script, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                       text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                                       preexec_fn=death_signal)
+            self.children.add(process)
+        _, stderr = process.communicate()
+        with self.lock:
+            self.children.discard(process)
+        if process.returncode != 0:
+            last = (stderr.strip().splitlines()[-1] if stderr.strip()
+                    else f"exit status {process.returncode}")
+            raise ValueError(f"{' '.join(command)} failed: {last}")
+        return time.time() - t0
+
+    def note(self, command, outputs, reads, mark):
+        """--plan: the command as a shell line, a wave after those of the lines that write what it
+        reads."""
+        reads = [arg.split("=", 1)[1] for arg in command if "=" in arg] + list(reads)
+        wave = 1 + max((self.plan[path] for path in reads if path in self.plan), default=0)
+        script = os.path.relpath(os.path.join(HERE, command[0]))
+        line = "OMP_NUM_THREADS=1 " + shlex.join(["python", script, *command[1:]])
+        self.lines.append((wave, line + (f" && touch {shlex.quote(mark)}" if mark else "")))
+        self.plan.update(dict.fromkeys(outputs, wave))
+
+    def train(self, out_dir, flags, seed, outputs=()):
+        """train.py into out_dir unless it finished before and its ckpt.pt is there, or every file
+        of outputs (what was made from its weights) is; a run with a checkpoint resumes, one that
+        died before its first checkpoint starts afresh, and so does a finished one whose weights are
+        needed but gone (git keeps a run's logs and summaries, not its weights). flags: the task's
+        first (a config file sets an out_dir of its own), then the system's: later flags win."""
+        command = ["train.py", *flags, f"--out_dir={out_dir}", f"--seed={seed}", *self.train_flags]
+        trained, ckpt, best, log = (os.path.join(out_dir, f)
+                                    for f in ("trained", "ckpt.pt", "best.pt", "log.jsonl"))
+        with self.train_locks.setdefault(out_dir, threading.Lock()):  # setdefault is atomic
+            weights_or_outputs = self.done(ckpt) or (outputs and all(map(self.done, outputs)))
+            if self.done(trained) and weights_or_outputs:
+                return 0.0
+            if os.path.exists(ckpt):
+                command.append("--init_from=resume")  # the last --init_from wins
+            elif self.plan is None:
+                for stale in (trained, log):  # a start that saved nothing, or a finished run
+                    if os.path.exists(stale):  # without its weights
+                        os.remove(stale)
+            return self.run(last_wins(command), trained, mark=True, writes=[ckpt, best])
+
+    def sample(self, out_dir, decoding, seed, split="val", weights="ckpt.pt", prompts=None,
+               max_new_tokens=None):
+        """sample.py on the run's weights (ckpt.pt, or best.pt: the early-stopped state) at one
+        decoding (greedy, beam<N> or t<temperature>), on the first `prompts` prompts of the split
+        (None: max_prompts), at most max_new_tokens tokens each (None: sample.py's default)."""
+        if decoding == "greedy":
+            args = ["--temperature=0", "--num_samples=1"]
+        elif decoding.startswith("beam"):
+            args = [f"--beam_size={decoding[4:]}", "--num_samples=1"]
+        else:
+            args = [f"--temperature={decoding[1:]}", f"--num_samples={self.num_samples}"]
+        command = ["sample.py", f"--out_dir={out_dir}",
+                   f"--init_from={os.path.join(out_dir, weights)}", *args, f"--split={split}",
+                   f"--max_prompts={prompts or self.max_prompts}", f"--seed={seed}"]
+        command += [f"--max_new_tokens={max_new_tokens}"] if max_new_tokens else []
+        return self.run(command, decoding_file(out_dir, decoding, split))
+
+    def analyze(self, out_dir, seed, split="val", weights="ckpt.pt"):
+        """The reward analysis of one run, on its samples at temperature 1 (drawn here if not
+        yet)."""
+        seconds = self.sample(out_dir, "t1", seed, split, weights)
+        command = ["analyze_reward.py", f"--out_dir={os.path.join(out_dir, weights)}",
+                   f"--split={split}", "--max_prompts=200",
+                   f"--results={os.path.join(out_dir, 'reward')}"]
+        samples = decoding_file(out_dir, "t1", split)
+        return seconds + self.run(command, reward_file(out_dir), reads=[samples])
+
+    def timed(self, name, part, calls):
+        """Run calls ({key: function returning seconds spent}) `jobs` at a time, in order, saying
+        "run k of N" as each that has work left starts; note the part's wall time. --plan: the
+        calls note their lines, one after another."""
+        if self.plan is not None:
+            for call in calls.values():
+                call()
+            return
+        left, count = self.runs_left(calls), itertools.count(1)
+
+        def counted(key):
+            if key in left:
+                with self.lock:  # a line at a time
+                    print(f"run {next(count)} of {len(left)}: {part}", flush=True)
+            return calls[key]()
+
+        t0, pool = time.time(), ThreadPoolExecutor(self.jobs)
+        try:
+            futures = [pool.submit(counted, key) for key in calls]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            ran = sum(future.result() > 0 for future in futures)
+        except BaseException:  # a failed run or Ctrl-C: stop the others now, not after the queue
+            self.stop()
+            pool.shutdown(cancel_futures=True)
+            raise
+        pool.shutdown()
+        self.parts.append((name, part, ran, len(calls), (time.time() - t0) / 60))
+        print(f"{name}: {part}: {ran} of {len(calls)} runs in {self.parts[-1][4]:.1f} minutes, "
+              f"{self.jobs} at a time", flush=True)
+
+    def runs_left(self, calls):
+        """The keys of the calls that would start a script: each tried as --plan, nothing run."""
+        left, self.plan = set(), {}
+        try:
+            for key, call in calls.items():
+                before = len(self.lines)
+                call()
+                if len(self.lines) > before:
+                    left.add(key)
+        finally:
+            self.plan, self.lines = None, []
+        return left
+
+    def stop(self):
+        """End the runs in progress (their last checkpoint stays: saves are atomic) and start no new
+        one."""
+        with self.lock:
+            self.stopping.set()
+            running = list(self.children)
+        for process in running:
+            process.terminate()
+        for process in running:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

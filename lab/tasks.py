@@ -1,0 +1,157 @@
+"""
+The experiments' tasks as data: the systems compared, the schedules they train on and the families
+that task tuned tunes. lab/experiment.py reads them; nothing here runs.
+
+A system is (label, train.py flags). train.py reads flags left to right and the last value of a
+flag wins: a run's command is the task's flags, then the system's, then the run's own (--out_dir,
+--seed, --init_from); under --quick a short schedule follows the task's and the system's flags.
+"""
+from data.shakespeare.prepare import PRETRAIN_CHARS, prepare_pretrain
+
+# arith from scratch (and the base model of finetune): train.py's default model and schedule,
+# evaluated more often, so that a run is what `python train.py` does
+ARITH_FLAGS = ["--dataset=arith", "--eval_interval=250"]
+# online IQ-Learn, GAIL (docs/method.md section 5) and their control fine-tune each seed's MLE run
+# on this schedule, as the paper's methods fine-tune a trained model
+FINE_TUNE = ["--learning_rate=1e-4", "--min_lr=1e-5", "--warmup_iters=10", "--max_iters=300",
+             "--lr_decay_iters=300", "--eval_interval=100"]
+# --quick: the schedules cut short, from scratch and fine-tuning
+QUICK_SCRATCH = ["--max_iters=150", "--lr_decay_iters=150", "--eval_interval=75",
+                 "--eval_prompts=50"]
+QUICK_FINE_TUNE = ["--max_iters=50", "--lr_decay_iters=50", "--eval_interval=25",
+                   "--eval_prompts=50"]
+
+ONLINE = ["--loss=irl", "--mix_in=0.1", "--sample_fraction=0.25", "--sample_every=4",
+          "--max_new_tokens=32"] + FINE_TUNE
+SYSTEMS = {  # name: (label, train.py flags)
+    "mle": ("MLE", ["--loss=mle"]),
+    "ent0.01": ("MLE + entropy β=0.01", ["--loss=mle", "--entropy_coef=0.01"]),
+    "ent0.1": ("MLE + entropy β=0.1", ["--loss=mle", "--entropy_coef=0.1"]),
+    "irl0.1": ("IRL λ=0.1", ["--loss=irl", "--td_coef=0.1"]),
+    "irl1": ("IRL λ=1", ["--loss=irl", "--td_coef=1"]),
+    "online0.01": ("online IQ-Learn α=0.1 λ=0.01 (from MLE)", ONLINE + ["--td_coef=0.01"]),
+    "online0.1": ("online IQ-Learn α=0.1 λ=0.1 (from MLE)", ONLINE + ["--td_coef=0.1"]),
+    "online1": ("online IQ-Learn α=0.1 λ=1 (from MLE)", ONLINE + ["--td_coef=1"]),
+    "gail": ("GAIL (from MLE)", ["--loss=gail", "--max_new_tokens=32"] + FINE_TUNE),
+    "mle+ft": ("MLE fine-tuned (control)", ["--loss=mle"] + FINE_TUNE),
+}
+# these start from the same seed's MLE checkpoint, on FINE_TUNE (QUICK_FINE_TUNE under --quick)
+FROM_MLE = ["online0.01", "online0.1", "online1", "gail", "mle+ft"]
+CONTROL = "mle+ft"  # what the others of FROM_MLE are compared with: MLE on their schedule
+# the reward analysis: λ = 0 (from scratch, and on the schedule from MLE), online IQ-Learn by λ,
+# offline IRL
+REWARD = ["mle", "mle+ft", "online0.01", "online0.1", "online1", "irl0.1", "irl1"]
+
+# task finetune: each seed's MLE model of task arith, fine-tuned on a few demonstrations of a
+# shifted distribution: data/arith/prepare.py with these of its constants
+SHIFTED = dict(MAX_OPERAND=40)  # operands 1..40, not 1..20: most of them are new to the base model
+SHIFT_LABEL = "problems with operands up to 40 (the base model's went up to 20)"
+DEMO_SIZES = [250, 1000]  # the shifted train split cut to its first n examples
+# its schedule: long enough that MLE overfits 250 demonstrations (its val nll turns up)
+FINETUNE_FLAGS = ["--learning_rate=1e-3", "--min_lr=1e-4", "--warmup_iters=20", "--max_iters=500",
+                  "--lr_decay_iters=500", "--eval_interval=50"]
+
+TASKS = {  # the systems by default and with --quick; task arith's flags (and --quick's), metric
+    "arith": dict(systems="mle,ent0.01,ent0.1,irl0.1,online0.01,online0.1,online1,gail,mle+ft",
+                  quick_systems="mle,ent0.1,irl0.1,online0.1,gail,mle+ft",
+                  flags=ARITH_FLAGS, quick=QUICK_SCRATCH, metric="accuracy"),
+    "finetune": dict(systems="mle,irl0.1,ent0.1", quick_systems="mle,irl0.1"),
+    "small_data": dict(systems="mle,irl0.1", quick_systems="mle,irl0.1"),
+}
+
+# ---------------------------------------------------------------------- best against best (tuned)
+# {family: (label, loss, three settings of its knob)}, from scratch or fine-tuning: MLE's and DFT's
+# knobs (learning rates, weight decay) differ between the two
+ENTROPY = ("MLE + entropy", "mle", [[f"--entropy_coef={b}"] for b in (0.01, 0.03, 0.1)])
+GEM = ("GEM", "gem", [[f"--gem_beta={b}"] for b in (0.5, 0.7, 0.9)])
+IRL = ("IRL", "irl", [[f"--td_coef={t}"] for t in (0.03, 0.1, 0.3)])
+FAMILIES = dict(
+    scratch=dict(
+        mle=("MLE", "mle", [["--learning_rate=1e-3"], ["--learning_rate=2e-3"],
+                            ["--weight_decay=1.0"]]),
+        ent=ENTROPY,
+        dft=("DFT", "dft", [[f"--learning_rate={lr}"] for lr in ("1e-3", "2e-3", "4e-3")]),
+        gem=GEM, irl=IRL),
+    fine_tune=dict(
+        mle=("MLE", "mle", [["--learning_rate=1e-3"], ["--learning_rate=3e-4"],
+                            ["--weight_decay=1.0"]]),
+        ent=ENTROPY,
+        dft=("DFT", "dft", [[f"--learning_rate={lr}"] for lr in ("3e-4", "1e-3", "3e-3")]),
+        gem=GEM, irl=IRL))
+TUNED_TASKS = ["finetune", "arith"]  # task tuned: these two (the short fine-tuning runs first)
+# beyond --temperatures: every curve reaches the Self-BLEU of the most diverse one
+TUNED_TEMPERATURES = [1.25, 1.5]
+# A setting of best against best, every key given:
+# - data: a built-in dataset (prepared first) or "finetune", task finetune's shifted demonstrations;
+#   size: its train split cut to the first size examples (None: all of it)
+# - base: None (from scratch), "arith" (each seed's MLE run of task arith), or one model that every
+#   run fine-tunes: base["prepare"](folder) writes its data, base["flags"] train it
+# - flags: train.py's for every run; quick: appended under --quick; final_flags: on top, for the
+#   final runs only (not under --quick, whose short schedule they would replace)
+# - dropouts: every knob setting runs at each; tuning_seeds: the configurations are tried on these,
+#   never on the final seeds 0..seeds-1 (--quick: on the first only); families: FAMILIES'
+# - metric: sample.py's task score; early_stop: what --keep_best tracks and the choice goes by (the
+#   run's best val nll, or val/<metric>: the greedy val score of its best.pt)
+# - reward: the final runs get the reward analysis; prompts: sampled, at most --max_prompts (None:
+#   that many); temperatures: beyond --temperatures; also_scored: more of sample.py's scores in the
+#   table of decodings; max_new_tokens: sample.py's, for every decoding (None: its default)
+# - smaller: (families, size): the chosen configurations again on a smaller train split, or None
+TUNED = dict(
+    arith=dict(  # from scratch, early-stopped on val: tuned at 6000 steps (50% longer than task
+        # arith), and the choices run twice that, since at 6000 MLE, MLE + entropy and IRL still
+        # rise; both fit in the 4-hour budget
+        data="arith", size=None, base=None,
+        flags=["--eval_interval=250", "--max_iters=6000"], quick=QUICK_SCRATCH,
+        final_flags=["--max_iters=12000"],
+        dropouts=[0, 0.1], tuning_seeds=[100], families=FAMILIES["scratch"],
+        metric="accuracy", early_stop="val/accuracy", reward=True, prompts=None,
+        temperatures=TUNED_TEMPERATURES, also_scored=[], max_new_tokens=None, smaller=None),
+    finetune=dict(  # task finetune's 250 shifted demonstrations, from arith's MLE model of the seed
+        data="finetune", size=250, base="arith",
+        flags=FINETUNE_FLAGS, quick=QUICK_FINE_TUNE, final_flags=[],
+        dropouts=[0, 0.1], tuning_seeds=[100, 101],
+        families={f: FAMILIES["fine_tune"][f] for f in ("mle", "dft", "gem", "irl")},
+        metric="accuracy", early_stop="val/accuracy", reward=False, prompts=None,
+        temperatures=TUNED_TEMPERATURES, also_scored=[], max_new_tokens=None, smaller=None),
+    # Real language, each a task of its own (results/<name>/). One configuration per knob setting,
+    # at dropout 0.1 only (half arith's grid, the same for every family) and 1 tuning seed, so that
+    # both fit in 2.5 hours of a 2-core CPU: measured per step at 1 thread, wall time with --jobs=2
+    # in lab/experiment.py's docstring.
+    cmudict=dict(  # word -> pronunciation, the paper's translation task small: from scratch on 3000
+        # words, as a base could pre-train only on more of the dictionary, which is more
+        # demonstrations, not a prior; block 48 fits all
+        data="cmudict", size=None, base=None,
+        flags=["--block_size=48", "--eval_interval=250", "--max_iters=1500"],
+        quick=QUICK_SCRATCH, final_flags=[], dropouts=[0.1], tuning_seeds=[100],
+        families=FAMILIES["scratch"], metric="accuracy", early_stop="val/accuracy", reward=True,
+        prompts=None, temperatures=TUNED_TEMPERATURES, max_new_tokens=None,
+        # BLEU over phonemes, against every pronunciation of the word
+        also_scored=["phoneme_error_rate", "bleu"],
+        smaller=(["mle", "irl"], 750)),  # a quarter of the words: does MLE overfit them, IRL not?
+    shakespeare=dict(  # the next line of held-out plays (the paper's summarising, small),
+        # fine-tuned from a base model that learnt the raw text of the train plays by MLE; its
+        # window of 256 holds a prompt of 3 lines and the next line whole but for 1.3% of train
+        # examples and 0.2% of val (the start of their prompt is cut)
+        data="shakespeare", size=2000,
+        base=dict(prepare=prepare_pretrain, quick=QUICK_SCRATCH, flags=[
+            f"--block_size={PRETRAIN_CHARS}", "--batch_size=8", "--n_layer=4", "--n_embd=192",
+            "--loss=mle", "--learning_rate=2e-3", "--min_lr=2e-4", "--max_iters=2500",
+            "--eval_interval=500"]),
+        # every family at 3e-4: 1e-3 undoes part of the base (val nll 1.71, not 1.66, at step 300)
+        flags=[f"--block_size={PRETRAIN_CHARS}", "--batch_size=8", "--learning_rate=3e-4",
+               "--min_lr=3e-5", "--warmup_iters=20", "--max_iters=400", "--eval_interval=50"],
+        quick=QUICK_FINE_TUNE, final_flags=[], dropouts=[0.1], tuning_seeds=[100],
+        families=FAMILIES["fine_tune"],
+        # greedy decoding of a model this small loops ('the shall the shall the ...', base and
+        # fine-tuned alike), so greedy ROUGE-L measures the loop, not the model: early stopping and
+        # the choice go by val nll
+        metric="rougeL", early_stop="val/nll", reward=True,
+        # of the 500 test prompts: a line costs 10x a pronunciation (3x the tokens, 4x the model)
+        prompts=150,
+        temperatures=[],  # at T = 1 a prompt's samples share almost no 4-grams (Self-BLEU near 0)
+        also_scored=["rouge1", "rouge2"],
+        # a line has at most 72 characters (train; val 65, test 63): a looping decoding stops here
+        max_new_tokens=80,
+        smaller=(["mle", "irl"], 250)),  # 400 steps of 8 = 13 passes over 250
+)
+OWN_TASKS = [n for n in TUNED if n not in TUNED_TASKS]  # best against best, each a task of its own
