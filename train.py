@@ -172,8 +172,7 @@ if loss == "gail":  # the discriminator, its optimizer and the frozen starting p
                      device_type, mle_weight, kl_coef, gamma)
     method_state["gail"] = adversary
     optimized.append((adversary.discriminator, adversary.optimizer))
-# best: --keep_best's dict(metric, value, iter); samples: micro-step -> the policy's samples
-iter_num, best, samples = 0, None, {}
+iter_num, best, samples = 0, None, {}  # best: --keep_best's; samples: micro-step -> policy samples
 train_gen = torch.Generator().manual_seed(seed + rank)  # its state is the data position
 if init_from == "resume":  # exactly where the run stopped: optimizer, samples, random states
     iter_num, best, samples = restore_run(checkpoint, rank, rng_states, optimizer, method_state,
