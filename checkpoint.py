@@ -116,8 +116,7 @@ def check_checkpoint(checkpoint, path, for_resume=False):
             bad(field, f"is not a random generator state ({size} bytes)")
     if rng.get("cuda") is not None and (not isinstance(rng["cuda"], torch.Tensor) or rng["cuda"].dtype != torch.uint8):
         bad("rng['cuda']", "is not a CUDA random generator state")
-    if not isinstance(checkpoint.get("samples", []), list):
-        bad("samples", f"is a {kind_of(checkpoint['samples'])}, not a list")
+    check_samples(checkpoint.get("samples", []), args["vocab_size"], bad)
     if config.get("loss") == "gail":
         parts = checkpoint.get("gail")
         if not isinstance(parts, dict) or not all(isinstance(parts.get(k), dict) for k in
@@ -129,6 +128,25 @@ def check_checkpoint(checkpoint, path, for_resume=False):
         discriminator = meta_model(dict(args, n_layer=config["disc_n_layer"]))  # gail.make_models' shape
         check_weights(parts["discriminator"], shapes(discriminator), path, "gail['discriminator']")
         check_optimizer(parts["disc_optimizer"], discriminator, "gail['disc_optimizer']", bad)
+
+
+def check_samples(samples, vocab_size, bad):
+    """The policy samples a resumed online run reuses: per process, {micro-step: [(prompt ids,
+    completion ids)]}, every id a token of the model. bad(field, problem) otherwise."""
+    def is_ids(ids):
+        return isinstance(ids, (list, tuple)) and all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size for i in ids)
+    if not isinstance(samples, list):
+        bad("samples", f"is a {type(samples).__name__}, not a list")
+    for rank, steps in enumerate(samples):
+        if not isinstance(steps, dict):
+            bad(f"samples[{rank}]", f"is {steps!r:.40}, not a dict of micro-step -> samples")
+        for step, pairs in steps.items():
+            if not (isinstance(step, int) and isinstance(pairs, list) and all(
+                    isinstance(p, (list, tuple)) and len(p) == 2 and is_ids(p[0]) and p[0] and is_ids(p[1])
+                    for p in pairs)):
+                bad(f"samples[{rank}][{step!r:.20}]", f"is not a list of (prompt ids, completion ids) "
+                    f"with ids below {vocab_size}")
 
 
 def check_config(config, path, settings=READ_SETTINGS):
@@ -233,12 +251,32 @@ def check_fits(model_args, device):
     memory of device (a CUDA GPU's own, else the machine's RAM, which an Apple GPU shares): in float32
     its weights, their gradients and AdamW's two moments take 16 bytes a parameter, activations aside."""
     n = sum(p.numel() for p in meta_model(model_args).parameters())
-    have = torch.cuda.get_device_properties(device).total_memory if device.startswith("cuda") else \
-        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    have = device_memory(device)
     if 16 * n > have:
         raise ValueError(f"the model has {n / 1e9:.1f}B parameters: training it needs {16 * n / 1e9:.0f} GB (weights, "
                          f"gradients and AdamW's moments in float32), more than the {have / 1e9:.0f} GB of {device}; "
                          f"lower --n_embd or --n_layer")
+
+
+def check_fits_decoding(model, rows, length, device):
+    """ValueError, before any memory is taken, when decoding `rows` sequences of up to `length`
+    tokens at once cannot fit in the memory of device: each row's key/value cache (two tensors a
+    block) and the logits of its next token, in float32."""
+    config = model.config
+    length = min(length, config.block_size)
+    need = 4 * rows * (2 * config.n_layer * length * config.n_kv_head * config.head_dim + config.vocab_size)
+    have = device_memory(device)
+    if need > have:
+        raise ValueError(f"decoding {rows} rows at once needs {need / 1e9:.0f} GB (their key/value cache and "
+                         f"logits in float32), more than the {have / 1e9:.0f} GB of {device}; lower "
+                         f"--num_samples (or --beam_size, --batch_size)")
+
+
+def device_memory(device):
+    """Bytes of memory on device: a CUDA GPU's own, else the machine's RAM (an Apple GPU shares it)."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def check_weights(state_dict, expected, path, field):

@@ -8,10 +8,12 @@ leaves no lock file, nor an empty out_dir, that it made. Also here: the device e
 and the clean stops of a run (Ctrl-C or SIGTERM, a CUDA out-of-memory error, a loss not finite).
 """
 import math
+import netrc
 import os
 import re
 import signal
 import sys
+import urllib.parse
 
 import torch
 
@@ -22,6 +24,7 @@ from hf_import import GPT2_NAMES, hf_checkpoint, is_hf_model
 from runfiles import check_out_dir, check_outputs, fail, lock_out_dir
 
 LOSSES = ("irl", "mle", "dft", "gem", "gail")
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what W&B accepts
 
 
 def check_device(device):
@@ -56,6 +59,9 @@ def check_flags(c):
     if c["loss_chunk"] and (c["entropy_coef"] or c["loss"] == "gem"):
         fail(f"{'--loss=gem' if c['loss'] == 'gem' else '--entropy_coef'} needs the full logits; "
              f"use --loss_chunk=0 with it")
+    if c["entropy_coef"] and c["loss"] == "gail":
+        fail(f"--entropy_coef={c['entropy_coef']} does not act on --loss=gail (its policy gradient "
+             f"has its own MLE and KL terms); drop it")
     if c["keep_best"] and c["keep_best"] not in BEST_IS_HIGHER:
         fail(f"--keep_best={c['keep_best']!r}: use {', '.join(BEST_IS_HIGHER)} (or '' for no best.pt)")
     if c["n_embd"] % c["n_head"]:
@@ -111,10 +117,7 @@ def check_run(config, given, settings, script_path):
     except (ValueError, OSError) as err:
         fail(err)
     if config["wandb_log"] and master:
-        try:
-            import wandb  # noqa: F401 (imported only when asked for, by the process that logs)
-        except ImportError:
-            fail("--wandb_log=True needs Weights & Biases, which is not installed: pip install wandb")
+        check_wandb()
 
     # the checkpoint to start from, and a resumed run's settings
     checkpoint = None
@@ -134,6 +137,8 @@ def check_run(config, given, settings, script_path):
             print(f"resume: {ckpt_path} at iter {checkpoint['iter_num']}, "
                   + (f"its settings but {', '.join(changed)} (passed)" if changed
                      else "every setting as saved"))
+        if checkpoint.get("best") is not None:
+            checkpoint["best"] = check_best(checkpoint["best"], os.path.join(out_dir, "best.pt"), master)
     c = config
     try:  # no output replaces what the run reads
         check_outputs([(f"--out_dir={out_dir}'s {name}", os.path.join(out_dir, name),
@@ -171,6 +176,45 @@ def check_run(config, given, settings, script_path):
         except ValueError as err:
             sys.exit(0 if rank else f"train.py: error: {err}")
     return dict(config=config, checkpoint=checkpoint, rng_states=rng_states, device=device, dtype=dtype)
+
+
+def check_wandb():
+    """--wandb_log=True: Weights & Biases installed, WANDB_MODE one it knows, and a login where it
+    logs online (WANDB_API_KEY, or the host's entry in ~/.netrc that `wandb login` writes)."""
+    try:
+        import wandb  # noqa: F401 (imported only when asked for, by the process that logs)
+    except ImportError:
+        fail("--wandb_log=True needs Weights & Biases, which is not installed: pip install wandb")
+    mode = os.environ.get("WANDB_MODE") or "online"
+    if mode not in WANDB_MODES:
+        fail(f"WANDB_MODE={mode!r} is not a mode of W&B; use online, offline or disabled")
+    if mode in ("online", "run", "shared") and not os.environ.get("WANDB_API_KEY"):
+        host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+        try:
+            login = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+        except (OSError, netrc.NetrcParseError):
+            login = None
+        if not login:
+            fail(f"--wandb_log=True logs online, but W&B has no login here (no WANDB_API_KEY, no {host} "
+                 f"in ~/.netrc): run `wandb login`, or set WANDB_MODE=offline")
+
+
+def check_best(best, best_path, master):
+    """A resumed run's best.pt must hold the state its checkpoint records as the best (best['iter']).
+    If it is missing, unreadable or another state, --keep_best starts again (the next evaluation
+    writes best.pt), and the run says so. Returns the best to go on from."""
+    try:
+        saved = load_checkpoint(best_path)
+        problem = "" if saved.get("best") == best else f"holds iter {saved.get('iter_num')}"
+    except ValueError as err:
+        problem = str(err).split(";")[0]
+    if not problem:
+        return best
+    if master:
+        print(f"resume: {best_path} should hold the best evaluation, {best['metric']} {best['value']:.4f} "
+              f"at iter {best['iter']}, but {problem}; --keep_best starts again from the next "
+              f"evaluation, which writes it")
+    return None
 
 
 def check_shape_flags(config, settings, checkpoint):

@@ -22,8 +22,14 @@ class RunLog:
         self.sample_at_last, self.tokens, self.t0 = 0.0, 0, time.time()
 
     def start_wandb(self, project, name, config):
+        """A W&B run beside log.jsonl; ValueError with W&B's reason when it cannot start one."""
         import wandb  # imported only when asked for (check_run made sure it is installed)
-        self.wandb_run = wandb.init(project=project, name=name, config=config)
+        try:
+            self.wandb_run = wandb.init(project=project, name=name, config=config)
+        except Exception as err:  # no network, a login W&B refuses ...
+            first = (str(err).strip().splitlines() or [""])[0][:160]
+            raise ValueError(f"W&B did not start a run ({type(err).__name__}: {first}); check the "
+                             f"network or set WANDB_MODE=offline") from None
 
     @contextmanager
     def paused(self):

@@ -23,14 +23,14 @@ import time
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_of
+from checkpoint import check_fits_decoding, load_checkpoint, model_from_checkpoint, tokenizer_of
 from checks import check_device
 from configurator import SEED_RANGE, configure, settings_of
 from dataset import dataset_inputs, encode_example, encode_split, load_dataset, make_batch
 from generate import beam_search, generate
 from irl_loss import policy_stats
 import metrics
-from runfiles import (check_output_path, check_outputs, fail, read_text, run_inputs,
+from runfiles import (RUN_FILES, check_output_path, check_outputs, fail, read_text, run_inputs,
                       stop_on_interrupt, write_atomically)
 
 # -----------------------------------------------------------------------------
@@ -64,9 +64,9 @@ globals().update(configure(settings, __file__, ranges=dict(
 def read_prompts(tok, data_name):
     """(data, [(prompt, reference)]): the split's first max_prompts pairs, or the user's own prompts
     (--start: no data, no references, no metrics but diversity)."""
-    if start.startswith("FILE:"):
-        lines = read_text(start[5:], "prompt file").split("\n")
-        pairs = [(line, None) for line in lines if line.strip()]
+    if start.startswith("FILE:"):  # one prompt a line; Windows line ends and a BOM are fine
+        lines = read_text(start[5:], "prompt file").removeprefix("\ufeff").split("\n")
+        pairs = [(line.removesuffix("\r"), None) for line in lines if line.strip()]
         if not pairs:
             raise ValueError(f"{start[5:]} has no prompts; write one prompt per line")
         return None, pairs
@@ -76,6 +76,18 @@ def read_prompts(tok, data_name):
     if split not in data["splits"] or not data["splits"][split]:
         fail(f"the dataset has no {split!r} split; use --split=val or --split=test")
     return data, data["splits"][split][:max_prompts or None]
+
+
+def encode_prompt(tok, prompt, i):
+    """A prompt's token ids; ValueError naming where a prompt it cannot encode comes from."""
+    try:
+        return encode_example(tok, prompt)
+    except ValueError as err:
+        if not start.startswith("FILE:"):
+            raise
+        lines = read_text(start[5:]).removeprefix("\ufeff").split("\n")
+        line_no = [n for n, line in enumerate(lines, 1) if line.strip()][i]
+        raise ValueError(f"{start[5:]}:{line_no}: {err}") from None
 
 
 def check_inputs(device):
@@ -90,6 +102,9 @@ def check_inputs(device):
     if compile and not use_cache:
         fail("--compile=True compiles the decoding step of the key/value cache; "
              "drop --use_cache=False")
+    if os.path.basename(name) in RUN_FILES:
+        fail(f"--out_file={name} is named as a run's {os.path.basename(name)}; give the samples another "
+             f"name, e.g. --out_file={os.path.join(os.path.dirname(name), 'samples.jsonl')}")
     try:
         device = check_device(device)
         check_output_path(name)
@@ -108,12 +123,15 @@ def check_inputs(device):
         model = model_from_checkpoint(checkpoint).to(device).eval()
         del checkpoint  # the model holds the weights now
         data, pairs = read_prompts(tok, data_name)
-        prompts = [encode_example(tok, p) for p, _ in pairs]  # a prompt it cannot encode fails here
+        prompts = [encode_prompt(tok, p, i) for i, (p, _) in enumerate(pairs)]
+        check_fits_decoding(model, min(len(pairs), prompts_per_batch) * (beam_size or num_samples),
+                            max(map(len, prompts)) + max_new_tokens, device)
     except (ValueError, OSError) as err:
         fail(err)
     return device, tok, model, data, pairs, prompts
 
 
+prompts_per_batch = max(1, batch_size // (beam_size or num_samples))  # a beam or a sample is a row
 decoding = f"beam{beam_size}" if beam_size else f"t{temperature:g}"
 name = out_file or os.path.join(out_dir, f"samples_{'start' if start else split}_{decoding}.jsonl")
 summary_name = os.path.splitext(name)[0] + ".json"
@@ -131,7 +149,6 @@ prompts = [p[-(block_size - 1):] for p in prompts]
 jobs = [i for i in range(len(prompts)) for _ in range(num_samples)]  # prompt index of each sample
 completions = []
 t0 = time.time()
-prompts_per_batch = max(1, batch_size // (beam_size or num_samples))  # a beam or a sample is a row
 for i in range(0, len(prompts), prompts_per_batch):
     chunk = prompts[i:i + prompts_per_batch]
     if beam_size:

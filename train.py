@@ -63,7 +63,7 @@ loss = "irl"  # irl (IQ-Learn: MLE + td_coef * TD term) | mle | dft | gem (basel
 #   | gail (needs --init_from, see gail.py)
 td_coef = 0.1  # lambda: weight of the squared TD residual (0 = MLE)
 gamma = 1.0  # discount of the implied reward (1: finite episodes); GAIL's reward-to-go too
-entropy_coef = 0.0  # beta: minus beta times the policy's mean entropy on the completions, for any loss
+entropy_coef = 0.0  # beta: minus beta times the policy's mean entropy on the completions (not GAIL)
 gem_beta = 0.7  # GEM: temperature of its target softmax(logits / gem_beta); 1 = MLE's gradient,
 #   lower keeps more diversity
 loss_chunk = 0  # >0: head + loss over this many positions at a time, never all (B, T, vocab)
@@ -327,16 +327,16 @@ def save_best(record):
 
 # -----------------------------------------------------------------------------
 # the training loop
-try:
+try:  # log.jsonl kept up to the checkpoint's iteration; W&B beside it
     log = RunLog(log_path, iter_num if init_from == "resume" else -1, master, online, world_size)
+    if master and wandb_log:
+        log.start_wandb(wandb_project, wandb_run_name or os.path.basename(os.path.abspath(out_dir)), config)
 except (ValueError, OSError) as err:
     fail(err)
 if master:
     print(f"{data['name']}: {len(train_data)} train / {len(val_data)} val examples; model "
           f"{raw_model.get_num_params() / 1e6:.2f}M params; loss={loss} td_coef={td_coef_used} "
           f"gamma={gamma}; device={device} dtype={dtype}")
-if master and wandb_log:
-    log.start_wandb(wandb_project, wandb_run_name or os.path.basename(os.path.abspath(out_dir)), config)
 stop_cleanly(ckpt_path, lambda: iter_num, batch_size, block_size, model_args["vocab_size"],
              chunk_would_fit=not loss_chunk and not online)
 while True:
