@@ -18,7 +18,7 @@ import urllib.parse
 import torch
 
 from checkpoint import BEST_IS_HIGHER, check_config, load_checkpoint, rank_rng
-from configurator import help_lines, same_setting
+from configurator import same_setting
 from dataset import dataset_inputs
 from hf_import import GPT2_NAMES, hf_checkpoint, is_hf_model
 from runfiles import check_out_dir, check_outputs, fail, lock_out_dir
@@ -77,10 +77,9 @@ def check_flags(c):
     return from_hf
 
 
-def resumed_config(config, given, settings, checkpoint, script_path):
-    """A resumed run's settings: every one as saved, unless passed again and marked "(resume: may
-    change)" in --help; where the run is and how it starts, as passed."""
-    may_change = {k for k, text in help_lines(script_path).items() if "(resume: may change)" in text}
+def resumed_config(config, given, settings, checkpoint, may_change):
+    """A resumed run's settings: every one as saved, unless passed again and one of may_change;
+    where the run is and how it starts, as passed."""
     changed = []
     for key, value in checkpoint["config"].items():
         if key not in settings or key in ("out_dir", "init_from"):
@@ -95,7 +94,7 @@ def resumed_config(config, given, settings, checkpoint, script_path):
     return changed
 
 
-def check_run(config, given, settings, script_path):
+def check_run(config, given, settings, may_change):
     """Every check before the process group, in order. Returns dict(config, checkpoint, rng_states,
     device, dtype): the settings to run with (a resumed run's own: config is updated), the checkpoint
     or pretrained model to start from (None from scratch), this process's saved random states (a
@@ -132,7 +131,7 @@ def check_run(config, given, settings, script_path):
     except ValueError as err:
         fail(err)
     if init_from == "resume":
-        changed = resumed_config(config, given, settings, checkpoint, script_path)
+        changed = resumed_config(config, given, settings, checkpoint, may_change)
         if master:
             print(f"resume: {ckpt_path} at iter {checkpoint['iter_num']}, "
                   + (f"its settings but {', '.join(changed)} (passed)" if changed

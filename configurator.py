@@ -181,11 +181,12 @@ def traceback_of(err):
     return frames
 
 
-def configure(settings, script_path, argv=None, ranges=None, with_given=False):
+def configure(settings, script_path, argv=None, ranges=None, with_given=False, notes=None):
     """Apply config files and --key=value flags to a dict of default settings; return the result.
     ranges: {name: (lowest, highest)} that the final values must respect (None: unbounded).
     with_given: return (config, the names a config file or flag set, even to their default), e.g.
     for a resumed run to tell a flag that contradicts its checkpoint from one left out.
+    notes: {name: text} that --help adds to a setting's meaning (train.py's "(resume: may change)").
     """
     argv = sys.argv[1:] if argv is None else argv
     script = os.path.basename(script_path)  # what its errors start with
@@ -198,7 +199,8 @@ def configure(settings, script_path, argv=None, ranges=None, with_given=False):
                 meanings = help_lines(script_path)
                 print(f"usage: python {command} [config.py] [--key=value ...]\n")
                 for key, default in settings.items():
-                    print(f"  --{key}={default!r}".ljust(34) + f" {meanings.get(key, '')}")
+                    note = f" {notes[key]}" if key in (notes or {}) else ""
+                    print(f"  --{key}={default!r}".ljust(34) + f" {meanings.get(key, '')}{note}")
                 sys.exit(0)
             source = ""  # a config file names itself in an error
             if not arg.startswith("--"):  # a config file: python code that assigns settings

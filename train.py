@@ -39,12 +39,12 @@ from runlog import RunLog
 
 # -----------------------------------------------------------------------------
 # settings: each is a flag (--name=value) and its comment is its --help line. A resumed run takes
-# every setting from its checkpoint; a flag passed again changes one marked "(resume: may change)".
+# every setting from its checkpoint; a flag passed again changes one of RESUMABLE (below) only.
 # I/O
-out_dir = "out"  # where ckpt.pt and log.jsonl are written (resume: may change)
+out_dir = "out"  # where ckpt.pt and log.jsonl are written
 init_from = "scratch"  # scratch | resume (continue out_dir) | path/to/ckpt.pt (ours or nanoGPT's)
 #   | gpt2[-medium|-large|-xl] | a Hugging Face folder or hub name of GPT-2, Llama 3, SmolLM2,
-#   Qwen2/2.5 or Qwen3 (resume: may change)
+#   Qwen2/2.5 or Qwen3
 # data
 dataset = "arith"  # arith | shakespeare | a folder of train/val/test.jsonl | a .jsonl file
 tokenizer = ""  # '' = the dataset's (char) or the checkpoint's; char | gpt2
@@ -78,42 +78,44 @@ kl_coef = 0.1  # GAIL: weight of KL(policy || starting model) on the policy's sa
 disc_n_layer = 2  # GAIL: blocks of the discriminator (a GPT of the policy's width)
 disc_learning_rate = 1e-4  # GAIL: the discriminator's AdamW learning rate (constant)
 # optimizer
-max_iters = 4000  # optimizer steps (resume: may change)
+max_iters = 4000  # optimizer steps
 gradient_accumulation_steps = 1  # micro-batches per optimizer step (in total, over all processes)
-learning_rate = 1e-3  # peak learning rate (resume: may change)
+learning_rate = 1e-3  # peak learning rate
 weight_decay = 0.1  # AdamW weight decay (2-D weights only)
 beta1 = 0.9  # AdamW beta1
 beta2 = 0.99  # AdamW beta2
-grad_clip = 1.0  # clip the gradient norm at this value (0 = off) (resume: may change)
+grad_clip = 1.0  # clip the gradient norm at this value (0 = off)
 # learning-rate schedule
-decay_lr = True  # linear warmup then cosine decay; False = constant learning_rate (resume: may change)
-warmup_iters = 50  # steps of linear warmup (resume: may change)
-lr_decay_iters = 0  # step at which the cosine reaches min_lr; 0 = max_iters, so a shorter run
-#   decays too (resume: may change)
-min_lr = 1e-4  # learning rate at the end of the cosine (resume: may change)
+decay_lr = True  # linear warmup then cosine decay; False = constant learning_rate
+warmup_iters = 50  # steps of linear warmup
+lr_decay_iters = 0  # step at which the cosine reaches min_lr; 0 = max_iters, so a shorter run decays too
+min_lr = 1e-4  # learning rate at the end of the cosine
 # evaluation and logging
 eval_interval = 500  # evaluate (val loss, greedy accuracy) and save every this many steps
-#   (resume: may change)
-eval_iters = 8  # val batches per evaluation (always the same ones) (resume: may change)
-eval_prompts = 200  # val prompts for greedy accuracy (tasks with a verifier) (resume: may change)
-log_interval = 100  # print a progress line every this many steps (resume: may change)
+eval_iters = 8  # val batches per evaluation (always the same ones)
+eval_prompts = 200  # val prompts for greedy accuracy (tasks with a verifier)
+log_interval = 100  # print a progress line every this many steps
 wandb_log = False  # also log to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no
-#   network); log.jsonl stays the record (resume: may change)
-wandb_project = "nanoirl"  # the W&B project (resume: may change)
-wandb_run_name = ""  # the W&B run's name; '' = out_dir's name (resume: may change)
+#   network); log.jsonl stays the record
+wandb_project = "nanoirl"  # the W&B project
+wandb_run_name = ""  # the W&B run's name; '' = out_dir's name
 keep_best = ""  # early stopping: '' = off; val/accuracy (a verifier) or val/rougeL (text; higher
 #   is better), val/nll or val/loss (lower) -> out_dir/best.pt
 # system
-device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:1 | mps (resume: may change)
-dtype = ""  # '' = bfloat16 on CUDA if supported, else float16 on CUDA, float32 elsewhere (resume: may change)
-compile = None  # torch.compile the model; None = on for CUDA, off elsewhere (resume: may change)
-backend = "nccl"  # DDP backend on CUDA (gloo is used on CPU) (resume: may change)
+device = ""  # '' = cuda if available, else mps, else cpu; or cpu | cuda | cuda:1 | mps
+dtype = ""  # '' = bfloat16 on CUDA if supported, else float16 on CUDA, float32 elsewhere
+compile = None  # torch.compile the model; None = on for CUDA, off elsewhere
+backend = "nccl"  # DDP backend on CUDA (gloo is used on CPU)
 seed = 1337  # seed of weights, batches and dropout
+RESUMABLE = ("out_dir", "init_from", "max_iters", "learning_rate", "grad_clip", "decay_lr", "warmup_iters",
+             "lr_decay_iters", "min_lr", "eval_interval", "eval_iters", "eval_prompts", "log_interval",
+             "wandb_log", "wandb_project", "wandb_run_name", "device", "dtype", "compile", "backend")
 # -----------------------------------------------------------------------------
 stop_on_interrupt("train.py")
 settings = settings_of(globals(), __file__)
-config, given = configure(settings, __file__, ranges=TRAIN_RANGES, with_given=True)
-run = check_run(config, given, settings, __file__)  # every check before work: stops on a problem
+config, given = configure(settings, __file__, ranges=TRAIN_RANGES, with_given=True,
+                          notes={k: "(resume: may change)" for k in RESUMABLE})
+run = check_run(config, given, settings, RESUMABLE)  # every check before work: stops on a problem
 globals().update(config)  # a resumed run's own settings
 checkpoint, rng_states, device, dtype = (run[k] for k in ("checkpoint", "rng_states", "device", "dtype"))
 ckpt_path, best_path, log_path = (os.path.join(out_dir, name) for name in RUN_FILES)
@@ -268,8 +270,7 @@ def to_device(batch):
 
 
 def policy_samples(micro_step, examples):
-    """The policy's completions of a micro-batch's first prompts: fresh every step for GAIL (it is
-    on-policy), every sample_every steps for online IQ-Learn."""
+    """The policy's own completions: fresh every step for GAIL, every sample_every for IQ-Learn."""
     if loss == "gail" or iter_num % sample_every == 0 or micro_step not in samples:
         prompts = examples[:max(1, round(sample_fraction * batch_size))]
         samples[micro_step] = sample_examples(raw_model, prompts, tok.eos_id, max_new_tokens)
@@ -302,8 +303,7 @@ def evaluate():
 
 
 def save_state():
-    """Everything a resumed run needs to continue exactly: weights, optimizer, the method's state,
-    and each rank's random states, data position and samples (checkpoint.rank_rng restores them)."""
+    """All a resumed run needs to go on exactly (checkpoint.restore_run puts it back)."""
     rng, rank_samples = gather_rank_states(train_gen, samples, device_type, ddp, world_size)
     if master:
         save_checkpoint(dict(
