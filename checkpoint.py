@@ -81,7 +81,7 @@ def check_checkpoint(checkpoint, path, for_resume=False):
         value = args.get(key)
         if key not in args or not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 1)):
             bad(f"model_args[{key!r}]", f"is {value!r}, not {'a whole number >= 1' if kind is int else 'True or False'}")
-    if args["n_embd"] % args["n_head"]:
+    if not args.get("head_dim") and args["n_embd"] % args["n_head"]:  # a head_dim of its own: Qwen3
         bad("model_args", f"has n_embd={args['n_embd']}, not a multiple of n_head={args['n_head']}")
     if not isinstance(args.get("dropout", 0.0), (int, float)) or not 0 <= args.get("dropout", 0.0) < 1:
         bad("model_args['dropout']", f"is {args['dropout']!r}, not a number in [0, 1)")
@@ -231,6 +231,11 @@ def check_llama_args(args, bad):
     if scaling is not None and not (isinstance(scaling, dict) and all(
             isinstance(scaling.get(k), (int, float)) and scaling[k] > 0 for k in ROPE_SCALING)):
         bad("model_args['rope_scaling']", f"is {scaling!r:.80}, not None or a dict of {', '.join(ROPE_SCALING)}")
+    head_dim = args.get("head_dim") or args["n_embd"] // args["n_head"]
+    if args.get("llama") and head_dim % 2:  # rotary turns q and k in pairs
+        bad("model_args", f"has heads of width {head_dim}, not even (rotary turns pairs)")
+    if scaling is not None and scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+        bad("model_args['rope_scaling']", "has high_freq_factor <= low_freq_factor")
     if args["n_head"] % (args.get("n_kv_head") or args["n_head"]):
         bad("model_args", f"has n_head={args['n_head']}, not a multiple of n_kv_head={args['n_kv_head']}")
 

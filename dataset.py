@@ -8,8 +8,10 @@ fixed shuffle.
 
 A row of a batch holds exactly one example, right-padded:
 
-    tokens   = [EOS] + prompt + completion + [EOS]     (the first EOS marks "start", as in GPT-2;
-                                                        a pretrained model's own BOS if it has one)
+    tokens   = start + prompt + completion + [EOS]     (start: [EOS] for char and GPT-2, marking
+                                                        "start" as GPT-2 does; for a Hugging Face
+                                                        model what its own tokenizer puts first:
+                                                        Llama 3's BOS, nothing for Qwen or SmolLM2)
     idx      = tokens[:-1]                             the states s_t
     targets  = tokens[1:]                              the actions a_t = y_t
     loss_mask_t = 1 where targets_t is a completion token (the final EOS included)
@@ -56,6 +58,11 @@ def read_jsonl(path):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
                 or not isinstance(row.get("completion"), str):
             raise ValueError(f'{path}:{line_no}: needs string fields "prompt" and "completion"')
+        try:
+            (row["prompt"] + row["completion"]).encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate, from a "\ud800" escape
+            raise ValueError(f"{path}:{line_no}: {err.object[err.start]!r} is half a character (a lone "
+                             f"surrogate); write the text as whole UTF-8 characters") from None
         pairs.append((row["prompt"], row["completion"]))
     if not pairs:
         raise ValueError(f"{path} has no examples; add JSONL rows with prompt and completion")
@@ -200,10 +207,10 @@ def prepare_main(prepare, script_path):
 
 
 def encode_example(tok, prompt, completion=None):
-    """Token ids of one example: ([BOS] + prompt, completion + [EOS]); the completion is None for
-    a bare prompt (sampling). BOS is EOS but for a pretrained model with a BOS of its own, and the
-    prompt goes through the model's chat template if the tokenizer carries one (tokenizer.py)."""
-    prompt_ids = [tok.bos_id] + tok.encode(tok.format_prompt(prompt))
+    """Token ids of one example: (start + prompt, completion + [EOS]); the completion is None for
+    a bare prompt (sampling). The prompt is encoded as the model's own tokenizer does (a pretrained
+    model's BOS where it adds one, its chat template if it carries one; tokenizer.encode_prompt)."""
+    prompt_ids = tok.encode_prompt(prompt)  # the start of a row, then the prompt
     if completion is None:
         return prompt_ids
     return prompt_ids, tok.encode(completion) + [tok.eos_id]

@@ -102,9 +102,6 @@ def check_inputs(device):
     if compile and not use_cache:
         fail("--compile=True compiles the decoding step of the key/value cache; "
              "drop --use_cache=False")
-    if os.path.basename(name) in RUN_FILES:
-        fail(f"--out_file={name} is named as a run's {os.path.basename(name)}; give the samples another "
-             f"name, e.g. --out_file={os.path.join(os.path.dirname(name), 'samples.jsonl')}")
     try:
         device = check_device(device)
         check_output_path(name)
@@ -119,6 +116,10 @@ def check_inputs(device):
             run_inputs(ckpt_path, run_flag)
             + ([] if start else dataset_inputs(data_name, data_flag))
             + ([("the prompt file of --start", start[5:])] if start.startswith("FILE:") else []))
+        if os.path.basename(name) in RUN_FILES:  # another run's, then
+            raise ValueError(f"--out_file={name} is named as a run's {os.path.basename(name)}; give the "
+                             f"samples another name, e.g. --out_file="
+                             f"{os.path.join(os.path.dirname(name), 'samples.jsonl')}")
         tok = tokenizer_of(checkpoint, tokenizer)
         model = model_from_checkpoint(checkpoint).to(device).eval()
         del checkpoint  # the model holds the weights now

@@ -3,14 +3,18 @@ Tokenizers: characters, GPT-2's byte-level BPE built offline, or a pretrained mo
 (its tokenizer.json, for the Llama family).
 
 Each has `encode(text) -> list[int]`, `decode(ids) -> str`, `eos_id`, `bos_id`, `vocab_size`,
-`format_prompt(prompt)` and `state()`, a JSON-able dict that is saved with the prepared data and in
+`encode_prompt(prompt)` and `state()`, a JSON-able dict that is saved with the prepared data and in
 every checkpoint, so that train.py, sample.py and analyze_reward.py all decode the same way
 (`tokenizer_from_state(state)` rebuilds it).
 
-EOS ends every completion (docs/method.md section 2). bos_id starts every row (see dataset.py): EOS
-too, the way GPT-2 uses <|endoftext|> between documents, unless a pretrained model has a BOS token of
-its own. decode() drops both.
+EOS ends every completion (docs/method.md section 2). encode_prompt() is the start of a row (see
+dataset.py): [EOS] + the prompt for char and GPT-2 (the way GPT-2 uses <|endoftext|> between
+documents); a pretrained model's prompt as its own tokenizer in transformers encodes it (Llama 3
+puts its BOS first, Qwen and SmolLM2 nothing), through its chat template if trained with one. An
+empty prompt is [bos_id] (the model's BOS, else EOS): a state to predict the first token from.
+decode() drops both.
 """
+import datetime
 import functools
 import os
 
@@ -18,14 +22,14 @@ from runfiles import read_json, read_text
 
 
 class Tokenizer:
-    """What the tokenizers share: the row's first token, and the prompt as the model reads it."""
+    """What the char and GPT-2 tokenizers share: a prompt is read after the EOS that starts a row."""
 
     @property
     def bos_id(self):
         return self.eos_id
 
-    def format_prompt(self, prompt):
-        return prompt
+    def encode_prompt(self, prompt):
+        return [self.bos_id] + self.encode(prompt)
 
 
 class CharTokenizer(Tokenizer):
@@ -82,51 +86,75 @@ class GPT2Tokenizer(Tokenizer):
 
 @functools.lru_cache(maxsize=2)
 def parse_tokenizer_json(text):
-    """A `tokenizers` Tokenizer from the text of a tokenizer.json, parsed once per process (Qwen's is 11 MB)."""
+    """A `tokenizers` Tokenizer from the text of a tokenizer.json, parsed once per process (Qwen's
+    is 11 MB)."""
     try:
         from tokenizers import Tokenizer as FastTokenizer  # imported lazily: only pretrained models need it
     except ImportError:
-        raise ValueError("a pretrained model's tokenizer needs the tokenizers library: pip install transformers") from None
+        raise ValueError("a pretrained model's tokenizer needs the tokenizers library: pip install "
+                         "transformers") from None
     try:
         return FastTokenizer.from_str(text)
     except Exception as err:
         raise ValueError(f"not a valid tokenizer.json ({str(err).splitlines()[0][:120]})") from None
 
 
+@functools.lru_cache(maxsize=2)
+def highest_token(text):
+    """(text, id) of the token of a tokenizer.json with the highest id: the rows an embedding needs
+    are that id + 1, however many tokens there are (ids may leave gaps)."""
+    vocab = parse_tokenizer_json(text).get_vocab(with_added_tokens=True)
+    return max(vocab.items(), key=lambda item: item[1], default=("", -1))
+
+
+def compile_chat_template(text):
+    """A chat template compiled as transformers compiles one: sandboxed, trimmed blocks, {% break %},
+    and the functions its templates call: raise_exception, strftime_now (Llama 3.1's date)."""
+    try:
+        from jinja2.ext import loopcontrols
+        from jinja2.exceptions import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        raise ValueError("a chat template needs jinja2: pip install transformers") from None
+
+    def raise_exception(message):  # what Hugging Face's templates call on a conversation they reject
+        raise TemplateError(message)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.globals.update(raise_exception=raise_exception,
+                       strftime_now=lambda fmt: datetime.datetime.now().strftime(fmt))
+    try:
+        return env.from_string(text)
+    except Exception as err:  # jinja2's TemplateSyntaxError, with the line
+        raise ValueError(f"the chat template is not valid Jinja ({err})") from None
+
+
 class HFTokenizer(Tokenizer):
     """A pretrained model's own tokenizer: its tokenizer.json, run by Hugging Face's `tokenizers`
-    library (byte-level BPE for Llama 3, SmolLM2 and Qwen), its EOS and BOS tokens and, when
-    trained with --chat_template=True, its chat template. state: dict(kind="hf", json=the text of
-    tokenizer.json, eos=EOS's text, bos=BOS's text or None, chat_template=a Jinja template or None)."""
+    library (byte-level BPE for Llama 3, SmolLM2 and Qwen), its EOS and BOS tokens, the special
+    tokens it puts around a text and, when trained with --chat_template=True, its chat template.
+    state: dict(kind="hf", json=the text of tokenizer.json, eos=EOS's text, bos=BOS's text or None,
+    prefix=[texts] and suffix=[texts]: the special tokens before and after a prompt (absent in a
+    checkpoint from before them, whose rows start with bos_id), chat_template=a Jinja template or
+    None). A template that fails when rendered fails here, not at the first prompt."""
 
     def __init__(self, state):
         self._state = state
         self.tok = parse_tokenizer_json(state["json"])
-        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
-        self.eos_id = self.token_id(state["eos"])
-        self._bos_id = self.token_id(state["bos"]) if state.get("bos") else self.eos_id
+        self.vocab_size = highest_token(state["json"])[1] + 1
+        self.eos_id = self.token_id(state["eos"], "eos")
+        self._bos_id = self.token_id(state["bos"], "bos") if state.get("bos") else self.eos_id
+        self.prefix = [self.token_id(text, "prefix") for text in state.get("prefix", [])]
+        self.suffix = [self.token_id(text, "suffix") for text in state.get("suffix", [])]
+        self.rows_start_with_bos = "prefix" not in state
         self.template = None
         if state.get("chat_template"):
-            try:
-                from jinja2.ext import loopcontrols
-                from jinja2.sandbox import ImmutableSandboxedEnvironment
-            except ImportError:
-                raise ValueError("a chat template needs jinja2: pip install transformers") from None
+            self.template = compile_chat_template(state["chat_template"])
+            self.format_chat("Hello")
 
-            def raise_exception(message):  # what Hugging Face's templates call on a conversation they reject
-                raise ValueError(f"the chat template rejects the prompt: {message}")
-            # the environment transformers renders chat templates in: sandboxed, trimmed blocks, {% break %}
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-            env.globals["raise_exception"] = raise_exception
-            try:
-                self.template = env.from_string(state["chat_template"])
-            except Exception as err:  # jinja2's TemplateSyntaxError, with the line
-                raise ValueError(f"the chat template is not valid Jinja ({err})") from None
-
-    def token_id(self, text):
+    def token_id(self, text, field):
         token_id = self.tok.token_to_id(text)
         if token_id is None:
-            raise ValueError(f"the special token {text!r} is not in the tokenizer's vocabulary")
+            raise ValueError(f"its {field} {text!r} is not a token of its tokenizer.json")
         return token_id
 
     @property
@@ -134,60 +162,134 @@ class HFTokenizer(Tokenizer):
         return self._bos_id
 
     def encode(self, text):
-        return self.tok.encode(text, add_special_tokens=False).ids  # dataset.py adds the row's BOS and EOS
+        """The ids of text, no special tokens added (dataset.py ends a completion with EOS)."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # what `tokenizers` cannot take: a lone surrogate
+            raise ValueError(f"the text {text[max(0, err.start - 30):err.start + 10]!r} holds a lone "
+                             f"surrogate {text[err.start]!r} (character {err.start}), not Unicode: write "
+                             f"the character it stands for") from None
+        return self.tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids):
         return self.tok.decode(ids, skip_special_tokens=True)
 
-    def format_prompt(self, prompt):
-        """The prompt as the chat template writes one user turn and the start of the assistant's reply
-        (what apply_chat_template(add_generation_prompt=True) gives); as it is without a template."""
-        if self.template is None:
-            return prompt
-        bos, eos = self._state.get("bos") or "", self._state["eos"]
-        text = self.template.render(messages=[{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                    bos_token=bos, eos_token=eos)
-        return text[len(bos):] if bos and text.startswith(bos) else text  # the row starts with BOS already
+    def format_chat(self, prompt):
+        """The prompt as the chat template writes one user turn and the start of the assistant's
+        reply (what apply_chat_template(add_generation_prompt=True) gives), BOS included if it
+        writes one."""
+        try:
+            return self.template.render(messages=[{"role": "user", "content": prompt}],
+                                        add_generation_prompt=True, bos_token=self._state.get("bos") or "",
+                                        eos_token=self._state["eos"])
+        except Exception as err:  # an undefined name, a range too large, a list added to a string ...
+            first = (str(err).strip().splitlines() or [""])[0][:120]
+            raise ValueError(f"the chat template fails when rendered ({type(err).__name__}: "
+                             f"{first})") from None
+
+    def encode_prompt(self, prompt):
+        """The prompt's ids as the model's tokenizer in transformers gives them: the chat template's
+        text, tokenized as apply_chat_template does (no special tokens added: it writes them), else
+        tokenizer(prompt).input_ids, with the special tokens its post-processor adds."""
+        if self.template is not None:
+            ids = self.encode(self.format_chat(prompt))
+        else:
+            ids = self.prefix + self.encode(prompt) + self.suffix
+        if self.rows_start_with_bos and ids[:1] != [self.bos_id]:  # as such a checkpoint was trained
+            ids = [self.bos_id] + ids
+        return ids or [self.bos_id]
 
     def state(self):
         return self._state
 
 
 def pretrained_tokenizer_state(folder, config, chat_template=False):
-    """The HFTokenizer state of a Hugging Face model folder: tokenizer.json, the EOS and BOS of
-    tokenizer_config.json (else config.json's eos_token_id and bos_token_id): those the tokenizer
-    and its chat template use, which end an instruction-tuned model's turn, and, if chat_template,
-    its chat template (chat_template.jinja, or tokenizer_config.json's chat_template)."""
-    if not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+    """The HFTokenizer state of a Hugging Face model folder, each file and field checked (ValueError
+    naming it): tokenizer.json, each of whose ids must be a row of the model's embedding (config.json's
+    vocab_size); the EOS and BOS (special_token); the special tokens around a text
+    (special_tokens_around); and, if chat_template, its chat template (folder_chat_template)."""
+    json_path = os.path.join(folder, "tokenizer.json")
+    if not os.path.isfile(json_path):
         raise ValueError(f"{folder} has no tokenizer.json; this repository reads a pretrained model's "
                          f"tokenizer from it")
-    state = dict(kind="hf", json=read_text(os.path.join(folder, "tokenizer.json"), "tokenizer.json"))
+    state = dict(kind="hf", json=read_text(json_path, "tokenizer.json"))
+    try:
+        tok = parse_tokenizer_json(state["json"])
+    except ValueError as err:
+        raise ValueError(f"{json_path}: {err}") from None
+    text, highest = highest_token(state["json"])
+    rows = config.get("vocab_size")
+    if isinstance(rows, int) and highest >= rows:
+        raise ValueError(f"{json_path}: token {text!r} has id {highest}, past the model's {rows} "
+                         f"embedding rows (config.json's vocab_size): not this model's tokenizer")
     tok_path = os.path.join(folder, "tokenizer_config.json")
     tok_config = read_json(tok_path, "tokenizer_config.json") if os.path.isfile(tok_path) else {}
-    tok = parse_tokenizer_json(state["json"])
-    for key in ("eos", "bos"):  # tokenizer_config.json decides (Qwen's bos_token is null); else config.json
-        if f"{key}_token" in tok_config:
-            text = tok_config[f"{key}_token"]
-            state[key] = text.get("content") if isinstance(text, dict) else text  # an AddedToken written out
-        else:
-            token_id = config.get(f"{key}_token_id")
-            token_id = token_id[0] if isinstance(token_id, list) and token_id else token_id  # several EOS: the first
-            state[key] = tok.id_to_token(token_id) if isinstance(token_id, int) else None
+    config_path = os.path.join(folder, "config.json")
+    for key in ("eos", "bos"):
+        state[key] = special_token(tok, tok_config, tok_path, config, config_path, key)
     if not state["eos"]:
         raise ValueError(f"{folder}: neither tokenizer_config.json nor config.json names an EOS token")
-    if chat_template:
-        jinja_path = os.path.join(folder, "chat_template.jinja")
-        template = tok_config.get("chat_template")
-        if isinstance(template, list):  # several named templates: the default one
-            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-        if os.path.isfile(jinja_path):
-            template = read_text(jinja_path, "chat template")
-        if not isinstance(template, str) or not template:
-            raise ValueError(f"{folder} has no chat template (chat_template.jinja or tokenizer_config.json's "
-                             f"chat_template); drop --chat_template=True")
-        state["chat_template"] = template
-    HFTokenizer(state)  # fails here, with one line, if the files do not fit together
+    state["prefix"], state["suffix"] = special_tokens_around(tok)
+    if not chat_template:
+        return state
+    state["chat_template"], where = folder_chat_template(folder, tok_config, tok_path)
+    try:
+        HFTokenizer(state)  # renders the template once
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
     return state
+
+
+def special_token(tok, tok_config, tok_path, config, config_path, key):
+    """The text of the EOS or BOS (key 'eos' or 'bos'), or None: tokenizer_config.json's eos_token
+    or bos_token decides (Qwen's bos_token is null), else config.json's eos_token_id or bos_token_id
+    (the first of a list); ValueError naming the file and field unless it is a token of tokenizer.json."""
+    if f"{key}_token" in tok_config:
+        value = tok_config[f"{key}_token"]
+        text = value.get("content") if isinstance(value, dict) else value  # an AddedToken written out
+        if value is None or isinstance(text, str) and tok.token_to_id(text) is not None:
+            return text
+        raise ValueError(f"{tok_path}: {key}_token is {value!r:.60}, not the text of a token of "
+                         f"tokenizer.json")
+    value = config.get(f"{key}_token_id")
+    token_id = value[0] if isinstance(value, list) and value else value  # several EOS: the first
+    if token_id is None:
+        return None
+    if not (isinstance(token_id, int) and not isinstance(token_id, bool) and 0 <= token_id < 2**32
+            and tok.id_to_token(token_id) is not None):
+        raise ValueError(f"{config_path}: {key}_token_id is {value!r:.60}, not the id of a token of "
+                         f"tokenizer.json")
+    return tok.id_to_token(token_id)
+
+
+def special_tokens_around(tok):
+    """(prefix, suffix): the texts of the special tokens that the model's tokenizer in transformers
+    puts before and after a text: those of tokenizer.json's post-processor (Llama 3's puts its BOS
+    first; Qwen's and SmolLM2's nothing). transformers 5 reads no add_bos_token beside it."""
+    encoding = tok.encode("a", add_special_tokens=True)  # the post-processor marks the text's own tokens 0
+    own = [i for i, sequence in enumerate(encoding.sequence_ids) if sequence == 0] or [len(encoding.ids)]
+    return ([tok.id_to_token(i) for i in encoding.ids[:own[0]]],
+            [tok.id_to_token(i) for i in encoding.ids[own[-1] + 1:]])
+
+
+def folder_chat_template(folder, tok_config, tok_path):
+    """(the chat template, where it was read): chat_template.jinja, else tokenizer_config.json's
+    chat_template (a string, or a list of named ones: the default). ValueError naming the file."""
+    jinja_path = os.path.join(folder, "chat_template.jinja")
+    if os.path.isfile(jinja_path):
+        return read_text(jinja_path, "chat template"), jinja_path
+    template, where = tok_config.get("chat_template"), f"{tok_path}: chat_template"
+    if isinstance(template, list):  # several named templates: the default one
+        if not all(isinstance(t, dict) and isinstance(t.get("name"), str)
+                   and isinstance(t.get("template"), str) for t in template):
+            raise ValueError(f'{where} is a list, but not of {{"name": ..., "template": ...}} objects')
+        template = next((t["template"] for t in template if t["name"] == "default"), None)
+    if template is None:
+        raise ValueError(f"{folder} has no chat template (chat_template.jinja or tokenizer_config.json's "
+                         f"chat_template); drop --chat_template=True")
+    if not isinstance(template, str) or not template:
+        raise ValueError(f"{where} is {template!r:.60}, not a Jinja template")
+    return template, where
 
 
 def check_tokenizer_state(state):
@@ -199,7 +301,9 @@ def check_tokenizer_state(state):
     if kind == "char" and isinstance(state.get("chars"), str) and state["chars"]:
         return len(set(state["chars"])) + 1
     if kind == "hf" and isinstance(state.get("json"), str) and isinstance(state.get("eos"), str) \
-            and all(isinstance(state.get(k), (str, type(None))) for k in ("bos", "chat_template")):
+            and all(isinstance(state.get(k), (str, type(None))) for k in ("bos", "chat_template")) \
+            and all(isinstance(state.get(k, []), list) and all(isinstance(t, str) for t in state[k])
+                    for k in ("prefix", "suffix") if k in state):
         return HFTokenizer(state).vocab_size
     raise ValueError(f"unknown tokenizer state {state!r:.80}; expected kind 'char' (with its chars), 'gpt2' "
                      f"or 'hf' (with its tokenizer.json)")

@@ -167,3 +167,13 @@ def test_num_samples_too_large_to_decode_is_refused_first(run, tmp_path):
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert "decoding 1000000000 rows at once needs" in result.stderr and "lower --num_samples" in result.stderr
     assert digests(run) == before
+
+
+def test_a_lone_surrogate_in_the_data_names_its_line(tmp_path):
+    """JSON can escape half a UTF-16 pair ("\\ud800"), which no tokenizer can encode: one line."""
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"prompt": "1+1=", "completion": "2"}\n{"prompt": "1+2=", "completion": "\\ud800"}\n')
+    result = run_script(TINY + [f"--dataset={data}", f"--out_dir={tmp_path / 'out'}"], check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert f"{data}:2: " in result.stderr and "lone surrogate" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -15,29 +15,31 @@ TINY_RUN = [flag for flag in TINY if flag not in TINY_MODEL]  # the pretrained m
 
 
 def save_tiny_gpt2(path, vocab_size, seed=0):
-    """A random GPT-2 with weights scaled up so that its logits are far from uniform (at GPT-2's
-    init they differ by less than the float32 tolerance, and a transposed matrix would pass)."""
+    """A random GPT-2 with weights far from its init (test_llama.randomise: the matrices scaled up,
+    every norm weight and bias random), so that its logits are far from uniform (at GPT-2's init
+    they differ by less than the float32 tolerance, and a transposed matrix would pass) and a
+    swapped ln_1/ln_2 or bias shows."""
     transformers = pytest.importorskip("transformers")
+    from tests.test_llama import randomise
     torch.manual_seed(seed)
     config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=2,
-                                     bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
-    hf_model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for p in hf_model.parameters():
-            p.mul_(5.0)
+                                     bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1,
+                                     tie_word_embeddings=True)
+    hf_model = randomise(transformers.GPT2LMHeadModel(config).eval())
     hf_model.save_pretrained(path)
     return hf_model
 
 
 def test_logits_equal_transformers(tmp_path):
+    """In float64 (GPT-2 in transformers computes in the weights' dtype throughout): equal to 1e-9."""
     hf_model = save_tiny_gpt2(tmp_path, vocab_size=97)
     model = model_from_checkpoint(gpt2_checkpoint(str(tmp_path))).eval()
     idx = torch.randint(97, (3, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        expected = hf_model(idx).logits
-        got = model(idx)
+        expected = hf_model.double()(idx).logits
+        got = model.double()(idx)
     assert expected.std() > 1.0  # far from uniform: a wrong layout or activation would show
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
 
 
 def test_missing_transformers_names_the_fix(monkeypatch):
