@@ -1,7 +1,8 @@
 """
 Generation from a GPT (model.py), as plain functions that take the model first: batched sampling
-for prompts of different lengths with a key/value cache, beam search, and for GPUs a decode step
-of fixed shapes that torch.compile can capture as one CUDA graph.
+for prompts of different lengths with a key/value cache, beam search (by log-probability, or by
+the reward the model implies: reward_beam_search), and for GPUs a decode step of fixed shapes that
+torch.compile can capture as one CUDA graph.
 
     from generate import generate, beam_search
     completions = generate(model, prompts, max_new_tokens=100, temperature=0.0, eos_id=tok.eos_id)
@@ -214,18 +215,9 @@ def beam_search(model, prompts, max_new_tokens, beam_size, eos_id=None, length_p
     beam_size above vocab_size ** (max_new_tokens - 1) keeps every prefix: the exact argmax.
     The cache is beam_size times generate()'s and is copied each step, as the beams reorder."""
     device, V, K = model.lm_head.weight.device, model.config.vocab_size, beam_size
-    block_size = model.config.block_size
-    B = len(prompts)
-    assert all(0 < len(p) <= block_size for p in prompts), \
-        f"prompts need 1 to block_size={block_size} tokens"
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    T0 = int(lengths.max())
-    max_new_tokens = min(max_new_tokens, block_size - int(lengths.min()))  # no prompt has more room
-    # left-padded as in generate(): masked_scatter fills each row's last len(p) slots in order
-    is_real = torch.arange(T0, device=device)[None, :] >= (T0 - lengths)[:, None]  # (B, T0)
-    idx = torch.zeros(B, T0, dtype=torch.long, device=device).masked_scatter(
-        is_real, torch.tensor([t for p in prompts for t in p], device=device))
-    room = (block_size - lengths).clamp(max=max_new_tokens)  # completion tokens a prompt may have
+    block_size, B = model.config.block_size, len(prompts)
+    idx, is_real, lengths, max_new_tokens, room = beam_prompts(model, prompts, max_new_tokens)
+    T0 = idx.size(1)
     kv_cache = new_kv_cache(model, B, T0 + max_new_tokens)
     spare = None  # the cache the next step's reordered rows go into
     scores = torch.zeros(B, 1, device=device)  # (B, n) sum of log p of each live beam: one, empty
@@ -290,7 +282,107 @@ def beam_search(model, prompts, max_new_tokens, beam_size, eos_id=None, length_p
     return (best, best_score.tolist()) if return_scores else best
 
 
+@torch.no_grad()
+def reward_beam_search(model, prompts, max_new_tokens, beam_size, eos_id=None, gamma=1.0,
+                       expand=0, return_scores=False):
+    """Beam search whose beams are ranked by the reward the model implies (irl_loss.py), summed so
+    far: a process reward (docs/method.md section 11). A hypothesis of t + 1 tokens scores
+
+        A = sum_{k <= t} gamma^k r_k,   r_k = q_k - gamma (1 - done_k) v_{k+1}
+
+    with q_k the logit of its token k and v_{k+1} the logsumexp of the logits after it (V after
+    EOS is 0). Returns what beam_search returns, the completion with the highest A per prompt
+    (return_scores=True: and its A, the return of an ended one).
+
+    Each step every live beam proposes EOS and its `expand` likeliest other tokens (0: beam_size);
+    each proposal runs one step through the model to read v_{k+1}, and the beam_size best by A
+    live on, those logits serving the next step: `expand` times beam_search's work per token.
+    EOS and stopping are beam_search's: an EOS that ranks among the beam_size best proposals ends
+    a hypothesis, a prompt stops after beam_size of them or out of length, where its live beams end
+    with their A (the value of the state where one stops is read at its last token's own position,
+    inside the window; irl_loss.token_rewards leaves that last reward out of a cut completion).
+    At gamma = 1, A = log p(prefix) + v_0 - v_{t+1}; a model whose logsumexp is 0 everywhere makes
+    A = log p(prefix), and this search beam_search(length_penalty=0) (beam_size=1: greedy)."""
+    device, V, K = model.lm_head.weight.device, model.config.vocab_size, beam_size
+    E = min(expand or K, V - (eos_id is not None))  # proposals per beam besides EOS
+    block_size, B = model.config.block_size, len(prompts)
+    idx, is_real, lengths, max_new_tokens, room = beam_prompts(model, prompts, max_new_tokens)
+    T0 = idx.size(1)
+    kv_cache = new_kv_cache(model, B, T0 + max_new_tokens)
+    scores = torch.zeros(B, 1, device=device)  # (B, n) A of each live beam: one, empty
+    beams = torch.zeros(B, 1, 0, dtype=torch.long, device=device)  # (B, n, t) their tokens
+    best_score, best = torch.full((B,), float("-inf"), device=device), [[] for _ in prompts]
+    n_ended = torch.zeros(B, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    was_training = model.training
+    model.eval()  # no dropout
+    try:
+        positions = (is_real.cumsum(1) - 1).clamp(min=0)
+        h = model.hidden_states(idx, positions, padded_causal_mask(is_real, T0), kv_cache)
+        logits = model.lm_head(h[:, -1]).float()[:, None]  # (B, n, V): after each live beam
+        for t in range(max_new_tokens + 1):
+            cut = (room == t) & ~done  # out of length: the live beams end here
+            keep_best(best_score, best, scores, beams, cut)
+            done |= cut
+            if done.all():
+                break
+            n = scores.size(1)
+            others = logits if eos_id is None else logits.index_fill(2, torch.tensor([eos_id],
+                                                                      device=device), -torch.inf)
+            q, token = others.topk(E, dim=-1)  # (B, n, E) each beam's likeliest other tokens
+            proposals = torch.cat([beams[:, :, None].expand(-1, -1, E, -1), token[..., None]],
+                                  dim=3).view(B, n * E, t + 1)
+            # each proposal reads one step: the value v_{t+1} of the state it leads to
+            cache = cache_rows(kv_cache, torch.arange(B * n, device=device).repeat_interleave(E))
+            is_real = torch.cat([is_real, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
+            mask = padded_causal_mask(is_real.repeat_interleave(n * E, dim=0), 1)
+            step_positions = (lengths + t).clamp(max=block_size - 1).repeat_interleave(n * E)
+            h = model.hidden_states(token.view(-1, 1), step_positions[:, None], mask, cache)
+            next_logits = model.lm_head(h[:, -1]).float().view(B, n * E, V)
+            total = (scores[:, :, None] + gamma ** t * q).view(B, -1) \
+                - gamma ** (t + 1) * next_logits.logsumexp(dim=-1)
+            if eos_id is not None:  # an ended hypothesis: r_t = q_t(EOS), nothing after it
+                ended = scores + gamma ** t * logits[:, :, eos_id]
+                kth_best = torch.cat([total, ended], 1).topk(min(K, n * E + n)).values[:, -1:]
+                in_top = (ended >= kth_best) & (ended > float("-inf"))
+                n_ended += (in_top & ~done[:, None]).sum(dim=1)
+                with_eos = torch.cat([beams, torch.full((B, n, 1), eos_id, device=device)], dim=2)
+                keep_best(best_score, best, ended.masked_fill(~in_top, float("-inf")), with_eos,
+                          ~done)
+                done |= n_ended >= K
+            scores, kept = total.topk(min(K, n * E))
+            beams = proposals.gather(1, kept[:, :, None].expand(-1, -1, t + 1))
+            logits = next_logits.gather(1, kept[:, :, None].expand(-1, -1, V))
+            kv_cache = cache_rows(cache, (torch.arange(B, device=device)[:, None] * n * E
+                                          + kept).flatten())
+    finally:
+        model.train(was_training)
+    return (best, best_score.tolist()) if return_scores else best
+
+
 # ----------------------------------------------------------------------------- helpers
+
+def beam_prompts(model, prompts, max_new_tokens):
+    """What both beam searches start from: idx (B, T0) and is_real (B, T0), the prompts
+    left-padded as in generate() (masked_scatter fills each row's last len(p) slots in order),
+    their lengths (B,), max_new_tokens cut to the room the shortest prompt leaves, and room (B,):
+    the completion tokens each prompt may have."""
+    device, block_size = model.lm_head.weight.device, model.config.block_size
+    assert all(0 < len(p) <= block_size for p in prompts), \
+        f"prompts need 1 to block_size={block_size} tokens"
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    T0 = int(lengths.max())
+    is_real = torch.arange(T0, device=device)[None, :] >= (T0 - lengths)[:, None]
+    idx = torch.zeros(len(prompts), T0, dtype=torch.long, device=device).masked_scatter(
+        is_real, torch.tensor([t for p in prompts for t in p], device=device))
+    max_new_tokens = min(max_new_tokens, block_size - int(lengths.min()))  # no prompt has more
+    return idx, is_real, lengths, max_new_tokens, (block_size - lengths).clamp(max=max_new_tokens)
+
+
+def cache_rows(kv_cache, rows):
+    """A new key/value cache of the given rows of kv_cache (a row may come several times)."""
+    return {"kv": [kv.index_select(1, rows) for kv in kv_cache["kv"]], "length": kv_cache["length"]}
+
 
 def sample_from(probs, generator=None):
     """One token id per row of probs (B, V), by inversion: the first id whose cumulative probability
