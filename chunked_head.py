@@ -3,16 +3,17 @@ The tied output head and the IRL loss of irl_loss.py, computed a chunk of positi
 that the (B, T, V) logits never exist at once, with no more matmuls than the full path.
 
 The loss needs two numbers per position, q_t = logits_t[y_t] and v_t = logsumexp(logits_t)
-(docs/method.md section 3), but the full path builds all of logits = hidden @ W^T first: at GPT-2 size,
-8 x 1024 positions x 50 304 tokens is 1.6 GB in float32, and its gradient as much again. Here the
-positions (B*T of them, flattened row by row) are cut into chunks of `chunk_size`, and the
+(docs/method.md section 3), but the full path builds all of logits = hidden @ W^T first: at GPT-2
+size, 8 x 1024 positions x 50 304 tokens is 1.6 GB in float32, and its gradient as much again. Here
+the positions (B*T of them, flattened row by row) are cut into chunks of `chunk_size`, and the
 gradient is computed in the forward pass, as Cut Cross-Entropy and Liger's fused linear
 cross-entropy do for MLE. The gradient of the loss with respect to the logits has the closed form
 of irl_loss.py's docstring,
 
     dL/dlogits_t = c_t softmax(logits_t) + d_t onehot(y_t)
     c_t = dL/dv_t =  mask_t / N - 2 td_coef gamma td_mask_{t-1} (1 - done_{t-1}) r_{t-1} / M
-    d_t = dL/dq_t = -mask_t / N + 2 td_coef td_mask_t r_t / M,      r_t = q_t - gamma (1 - done_t) v_{t+1}
+    d_t = dL/dq_t = -mask_t / N + 2 td_coef td_mask_t r_t / M,
+    r_t = q_t - gamma (1 - done_t) v_{t+1}
 
 and the one thing that makes IRL harder than cross-entropy (whose c_t = 1/N is known in advance)
 is that c_t depends on r_{t-1}, i.e. on q_{t-1} and v_t. Both are known once the chunk holding
@@ -75,11 +76,14 @@ def accumulate_matmul(out, a, b):
 
 class ChunkedIRLLoss(torch.autograd.Function):
     """irl_loss(q_and_v(hidden @ weight^T, targets), ...) and its gradient, chunk by chunk. Returns
-    the loss; irl_loss's statistics go into the dict `stats` (an autograd Function returns tensors only)."""
+    the loss; irl_loss's statistics go into the dict `stats` (an autograd Function returns tensors
+    only)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, loss_mask, done, td_coef, gamma, chunk_size, grad_needed, stats, dft):
-        dtype = matmul_dtype(hidden)  # the matmuls in bf16 under autocast, as the full path's lm_head
+    def forward(ctx, hidden, weight, targets, loss_mask, done, td_coef, gamma, chunk_size,
+                grad_needed, stats, dft):
+        # the matmuls in bf16 under autocast, as the full path's lm_head
+        dtype = matmul_dtype(hidden)
         h, w, y = hidden.flatten(0, 1).to(dtype), weight.to(dtype), targets.flatten()
         float_type = torch.promote_types(dtype, torch.float32)
         mask, done = loss_mask.to(float_type), done.to(float_type)
@@ -88,7 +92,8 @@ class ChunkedIRLLoss(torch.autograd.Function):
         # c_t = mask_t / N - prev_coef_t r_{t-1}; prev_coef is 0 at a row's first position
         prev_coef = F.pad(2 * td_coef * gamma * td_mask * (1 - done) / n_td, (1, 0))[:, :-1]
         mask_f, done_f, prev_coef = mask.flatten(), done.flatten(), prev_coef.flatten()
-        q = torch.zeros(h.size(0), dtype=float_type, device=h.device)  # zeros: q[-1] is read (times 0)
+        # zeros: q[-1] is read (times 0)
+        q = torch.zeros(h.size(0), dtype=float_type, device=h.device)
         v = torch.zeros_like(q)
         grad_h = torch.zeros(h.shape, dtype=float_type, device=h.device) if grad_needed else None
         grad_w = torch.zeros(w.shape, dtype=float_type, device=h.device) if grad_needed else None
@@ -99,8 +104,8 @@ class ChunkedIRLLoss(torch.autograd.Function):
             if not grad_needed:
                 continue
             prev = (torch.arange(rows.start, rows.stop, device=h.device) - 1).clamp(min=0)
-            r_prev = q[prev] - gamma * (1 - done_f[prev]) * v[rows]       # r_{t-1} = q_{t-1} - g' v_t
-            nll_weight = (q[rows] - v[rows]).exp() if dft else 1.0         # DFT: sg(p_t); MLE, IRL: 1
+            r_prev = q[prev] - gamma * (1 - done_f[prev]) * v[rows]  # r_{t-1} = q_{t-1} - g' v_t
+            nll_weight = (q[rows] - v[rows]).exp() if dft else 1.0  # DFT: sg(p_t); MLE, IRL: 1
             c = mask_f[rows] * nll_weight / n_mask - prev_coef[rows] * r_prev  # dL/dv_t
             G = exps.mul_((c / sums)[:, None]).to(dtype)                  # c_t softmax_t, in place
             del exps
@@ -108,14 +113,17 @@ class ChunkedIRLLoss(torch.autograd.Function):
             accumulate_matmul(grad_w, G.T, h[rows])                       # matmul 3: dL/dW += G^T h
             del G
         q, v = q.view_as(targets), v.view_as(targets)
-        loss, loss_stats = irl_loss(q, v, mask, done, td_coef, gamma)  # the loss and its statistics, once
+        # the loss and its statistics, once
+        loss, loss_stats = irl_loss(q, v, mask, done, td_coef, gamma)
         stats.update(loss_stats)
         nll_weight = (q - v).exp() if dft else 1.0
         if dft:
             loss = dft_loss(q, v, mask)
         if grad_needed:
-            reward = implied_reward(q, v, done, gamma)                   # r_t = q_t - g' v_{t+1}  # the onehot part: d_t onehot(y_t) through the matmul is a gather and a scatter
-            d = (-mask * nll_weight / n_mask + 2 * td_coef * td_mask * reward / n_td).flatten()  # dL/dq_t
+            reward = implied_reward(q, v, done, gamma)                   # r_t = q_t - g' v_{t+1}
+            # the onehot part: d_t onehot(y_t) through the matmul is a gather and a scatter
+            d = (-mask * nll_weight / n_mask
+                 + 2 * td_coef * td_mask * reward / n_td).flatten()       # dL/dq_t
             grad_h += d[:, None] * w[y].to(float_type)                    # dL/dh_t += d_t W[y_t]
             grad_w.index_add_(0, y, d[:, None] * h.to(float_type))        # dL/dW[y_t] += d_t h_t
             ctx.save_for_backward(grad_h, grad_w)
@@ -126,22 +134,25 @@ class ChunkedIRLLoss(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
         hidden_dtype, weight_dtype = ctx.dtypes
-        return ((grad_h * grad_loss).to(hidden_dtype).view(ctx.hidden_shape), (grad_w * grad_loss).to(weight_dtype),
+        return ((grad_h * grad_loss).to(hidden_dtype).view(ctx.hidden_shape),
+                (grad_w * grad_loss).to(weight_dtype),
                 None, None, None, None, None, None, None, None, None)
 
 
-def chunked_irl_loss(hidden, weight, targets, loss_mask, done, td_coef, gamma=1.0, chunk_size=1024, dft=False):
+def chunked_irl_loss(hidden, weight, targets, loss_mask, done, td_coef, gamma=1.0, chunk_size=1024,
+                     dft=False):
     """(loss, stats) of irl_loss.irl_loss on the logits hidden @ weight^T, chunk_size positions at
     a time, with the same value, statistics and gradient as the full path. dft=True: the loss is
-    baseline_losses.dft_loss instead (each nll term weighted by sg(p_t), so its c_t and d_t too). hidden (B, T, C) final
-    hidden states, weight (V, C) the tied head; padding targets (-1) read index 0, the masks remove
-    them. Call it inside the autocast context the model ran in."""
+    baseline_losses.dft_loss instead (each nll term weighted by sg(p_t), so its c_t and d_t too).
+    hidden (B, T, C) final hidden states, weight (V, C) the tied head; padding targets (-1) read
+    index 0, the masks remove them. Call it inside the autocast context the model ran in."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1")
-    grad_needed = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)  # not in eval
+    # not in eval
+    grad_needed = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     stats = {}
-    loss = ChunkedIRLLoss.apply(hidden, weight, targets.clamp(min=0), loss_mask, done, td_coef, gamma,
-                                chunk_size, grad_needed, stats, dft)
+    loss = ChunkedIRLLoss.apply(hidden, weight, targets.clamp(min=0), loss_mask, done, td_coef,
+                                gamma, chunk_size, grad_needed, stats, dft)
     return loss, stats
 
 
@@ -155,6 +166,7 @@ def chunked_policy_stats(hidden, weight, targets, loss_mask, chunk_size):
     stats = {}
     for rows in chunks(h.size(0), chunk_size):
         share = (mask[rows].sum() / total_mask).item()
-        for key, value in policy_stats((h[rows] @ weight.T)[None], y[rows][None], mask[rows][None]).items():
+        for key, value in policy_stats((h[rows] @ weight.T)[None], y[rows][None],
+                                       mask[rows][None]).items():
             stats[key] = stats.get(key, 0.0) + value * share
     return stats

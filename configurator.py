@@ -7,11 +7,11 @@ Flags for the scripts, nanoGPT style: every module-level setting of a script is 
 
 A script lists its settings as plain assignments with a trailing comment, e.g.
     batch_size = 32  # examples per micro-batch
-and calls `globals().update(configure(settings_of(globals(), __file__), __file__))`. The comments are the --help text,
-so the help can never drift from the code. A value is parsed as a Python literal and must have
-the default's type (an int is fine for a float; a float must be finite); anything else stops
-with one line. A config file is Python: it may import modules and define helpers, and every
-plain value (bool, number, string, None) it assigns must be a setting.
+and calls `globals().update(configure(settings_of(globals(), __file__), __file__))`. The comments
+are the --help text, so the help can never drift from the code. A value is parsed as a Python
+literal and must have the default's type (an int is fine for a float; a float must be finite);
+anything else stops with one line. A config file is Python: it may import modules and define
+helpers, and every plain value (bool, number, string, None) it assigns must be a setting.
 
 Also here: parse_list() for comma-separated flags, check_settings() for a checkpoint's settings
 (the flags' own checks), and TRAIN_RANGES, the ranges of train.py's flags.
@@ -27,17 +27,21 @@ from runfiles import read_text, same_path
 
 PLAIN = (bool, int, float, str, type(None))  # the types a setting can have
 SEED_RANGE = (0, 2**32 - 1)  # a seed's range: what torch, numpy and random all accept
-TRAIN_RANGES = {  # train.py's flags: (lowest, highest) allowed, None = no bound; a checkpoint's config too
+# train.py's flags: (lowest, highest) allowed, None = no bound; a checkpoint's config too
+TRAIN_RANGES = {
     **{k: (0, 1) for k in ("gamma", "mix_in", "sample_fraction")},
     "gem_beta": (0.01, 1),
     **{k: (0, 0.99) for k in ("dropout", "beta1", "beta2")},
-    **{k: (0, None) for k in ("td_coef", "entropy_coef", "learning_rate", "min_lr", "weight_decay", "grad_clip",
-                              "mle_weight", "kl_coef", "disc_learning_rate", "warmup_iters", "lr_decay_iters",
+    **{k: (0, None) for k in ("td_coef", "entropy_coef", "learning_rate", "min_lr",
+                              "weight_decay", "grad_clip", "mle_weight", "kl_coef",
+                              "disc_learning_rate", "warmup_iters", "lr_decay_iters",
                               "eval_prompts", "loss_chunk")},
-    **{k: (1, None) for k in ("batch_size", "gradient_accumulation_steps", "n_layer", "n_head", "n_embd",
-                              "sample_every", "max_new_tokens", "disc_n_layer", "eval_interval", "eval_iters",
-                              "log_interval", "max_iters")},  # max_iters=0 would train nothing and save nothing
-    "block_size": (2, None),  # a prompt token and a completion token: the fewest a row can learn from
+    **{k: (1, None) for k in ("batch_size", "gradient_accumulation_steps", "n_layer", "n_head",
+                              "n_embd", "sample_every", "max_new_tokens", "disc_n_layer",
+                              "eval_interval", "eval_iters", "log_interval",
+                              "max_iters")},  # max_iters=0 would train nothing and save nothing
+    # a prompt token and a completion token: the fewest a row can learn from
+    "block_size": (2, None),
     "seed": SEED_RANGE,
 }
 
@@ -57,7 +61,8 @@ def help_lines(script_path):
     meanings, name = {}, None
     with open(script_path, encoding="utf-8") as f:
         for line in f:
-            setting, more = re.match(r"^(\w+)\s*=\s*.*?#\s*(.*)$", line), re.match(r"^#   (.*)$", line)
+            setting, more = (re.match(r"^(\w+)\s*=\s*.*?#\s*(.*)$", line),
+                             re.match(r"^#   (.*)$", line))
             if setting:
                 name = setting.group(1)
                 meanings[name] = setting.group(2)
@@ -111,15 +116,17 @@ def parse_value(key, text, default):
 
 
 def check_ranges(config, ranges, label="--{}"):
-    """ValueError naming the first setting outside its range; ranges: {name: (lowest, highest)}, both
-    allowed, None for no bound. A float must be finite unless a bound is infinite. Settings that
-    config lacks are not checked (a checkpoint's config may hold a few)."""
+    """ValueError naming the first setting outside its range; ranges: {name: (lowest, highest)},
+    both allowed, None for no bound. A float must be finite unless a bound is infinite. Settings
+    that config lacks are not checked (a checkpoint's config may hold a few)."""
     for key, value in config.items():
-        if isinstance(value, float) and not math.isfinite(value) and value not in ranges.get(key, ()):
+        if isinstance(value, float) and not math.isfinite(value) and \
+                value not in ranges.get(key, ()):
             raise ValueError(f"{label.format(key)}={value} must be a finite number")
     for key, (low, high) in ranges.items():
         value = config.get(key)
-        if key in config and ((low is not None and value < low) or (high is not None and value > high)):
+        if key in config and ((low is not None and value < low)
+                              or (high is not None and value > high)):
             bound = f"lie in [{low}, {high}]" if low is not None and high is not None else \
                 f"be >= {low}" if low is not None else f"be <= {high}"
             raise ValueError(f"{label.format(key)}={value} must {bound}")
@@ -129,21 +136,24 @@ def check_settings(values, settings, ranges, label="--{}"):
     """values (a checkpoint's config) checked as flags are: each of its setting's type (check_value)
     and in its range (check_ranges); names that are not settings are left out. ValueError naming
     the first bad one."""
-    checked = {k: check_value(k, v, settings[k], label=label) for k, v in values.items() if k in settings}
+    checked = {k: check_value(k, v, settings[k], label=label) for k, v in values.items()
+               if k in settings}
     check_ranges(checked, ranges, label)
     return checked
 
 
 
 def same_setting(a, b):
-    """Do two values of a setting mean the same: equal, or two names of one file or folder (data/ and ./data)?"""
+    """Do two values of a setting mean the same: equal, or two names of one file or folder
+    (data/ and ./data)?"""
     if not (isinstance(a, str) and isinstance(b, str) and a and b):
         return a == b
     return same_path(a, b)
 
 
 def parse_list(key, text, kind=float, low=None):
-    """The comma-separated values of --key=text, each a finite `kind` >= low; ValueError otherwise."""
+    """The comma-separated values of --key=text, each a finite `kind` >= low; ValueError
+    otherwise."""
     values = []
     for item in text.split(","):
         try:
@@ -151,8 +161,10 @@ def parse_list(key, text, kind=float, low=None):
         except ValueError:
             value = None
         if value is None or not math.isfinite(value) or (low is not None and value < low):
-            need = f"{'whole numbers' if kind is int else 'finite numbers'}" + (f" >= {low}" if low is not None else "")
-            raise ValueError(f"--{key}={text!r}: {item.strip()!r} is not one of the comma-separated {need}")
+            need = (f"{'whole numbers' if kind is int else 'finite numbers'}"
+                    + (f" >= {low}" if low is not None else ""))
+            raise ValueError(f"--{key}={text!r}: {item.strip()!r} is not one of the "
+                             f"comma-separated {need}")
         values.append(value)
     return values
 
@@ -165,10 +177,13 @@ def config_file_pairs(path):
     namespace = {}
     try:
         exec(compile(code, path, "exec"), namespace)
-    except (Exception, SystemExit) as err:  # sys.exit() in the file too: it is not the script's own exit
-        where = next((f":{tb.tb_lineno}" for tb in traceback_of(err) if tb.tb_frame.f_code.co_filename == path), "")
+    # sys.exit() in the file too: it is not the script's own exit
+    except (Exception, SystemExit) as err:
+        where = next((f":{tb.tb_lineno}" for tb in traceback_of(err)
+                      if tb.tb_frame.f_code.co_filename == path), "")
         where = f":{err.lineno}" if isinstance(err, SyntaxError) and err.lineno else where
-        raise ValueError(f"config file {path}{where} does not run ({type(err).__name__}: {err})") from None
+        raise ValueError(f"config file {path}{where} does not run "
+                         f"({type(err).__name__}: {err})") from None
     return [(k, v) for k, v in namespace.items() if not k.startswith("_") and isinstance(v, PLAIN)]
 
 
@@ -191,7 +206,8 @@ def configure(settings, script_path, argv=None, ranges=None, with_given=False, n
     argv = sys.argv[1:] if argv is None else argv
     script = os.path.basename(script_path)  # what its errors start with
     here = os.path.dirname(os.path.abspath(__file__))
-    command = os.path.relpath(os.path.abspath(script_path), here)  # how to run it: lab/experiment.py
+    # how to run it: lab/experiment.py
+    command = os.path.relpath(os.path.abspath(script_path), here)
     config, given = dict(settings), set()
     try:
         for arg in argv:
@@ -215,8 +231,8 @@ def configure(settings, script_path, argv=None, ranges=None, with_given=False, n
                     if key not in settings:
                         close = difflib.get_close_matches(key, settings, n=1)
                         hint = f"did you mean --{close[0]}? " if close else ""
-                        raise ValueError(f"unknown flag --{key}; {hint}(python {command} --help lists "
-                                         f"them)")
+                        raise ValueError(f"unknown flag --{key}; {hint}(python {command} "
+                                         f"--help lists them)")
                     config[key] = check_value(key, value, settings[key]) if source else \
                         parse_value(key, value, settings[key])
                     given.add(key)

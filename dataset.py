@@ -46,8 +46,8 @@ def jsonl_rows(path, what="JSONL file"):
             try:
                 row = json.loads(line)
             except (ValueError, RecursionError) as err:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({json_problem(err)}); each line of a {what} "
-                                 f"must be one whole JSON object") from None
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({json_problem(err)}); "
+                                 f"each line of a {what} must be one whole JSON object") from None
             yield line_no, row
 
 
@@ -61,8 +61,9 @@ def read_jsonl(path):
         try:
             (row["prompt"] + row["completion"]).encode("utf-8")
         except UnicodeEncodeError as err:  # a lone surrogate, from a "\ud800" escape
-            raise ValueError(f"{path}:{line_no}: {err.object[err.start]!r} is half a character (a lone "
-                             f"surrogate); write the text as whole UTF-8 characters") from None
+            raise ValueError(f"{path}:{line_no}: {err.object[err.start]!r} is half a character "
+                             f"(a lone surrogate); write the text as whole UTF-8 "
+                             f"characters") from None
         pairs.append((row["prompt"], row["completion"]))
     if not pairs:
         raise ValueError(f"{path} has no examples; add JSONL rows with prompt and completion")
@@ -70,16 +71,18 @@ def read_jsonl(path):
 
 
 def read_meta(path):
-    """A dataset's meta.json: {name, task, tokenizer}, each optional, each checked (file and line)."""
+    """A dataset's meta.json: {name, task, tokenizer}, each optional, each checked (file and
+    line)."""
     meta = read_json(path, "meta.json")
     if not isinstance(meta.get("name", ""), str):
         raise ValueError(f"{path}: name is {meta['name']!r}, not a string")
     task = meta.get("task", "text")
     if task != "text" and not (isinstance(task, str) and task.isidentifier()
                                and os.path.exists(os.path.join(DATA_DIR, task, "prepare.py"))
-                               and hasattr(importlib.import_module(f"data.{task}.prepare"), "verify")):
-        raise ValueError(f"{path}: task {task!r} has no verifier (verify() in data/<task>/prepare.py); "
-                         f"use text, arith or cmudict")
+                               and hasattr(importlib.import_module(f"data.{task}.prepare"),
+                                           "verify")):
+        raise ValueError(f"{path}: task {task!r} has no verifier "
+                         f"(verify() in data/<task>/prepare.py); use text, arith or cmudict")
     if "tokenizer" in meta:
         try:
             check_tokenizer_state(meta["tokenizer"])
@@ -89,16 +92,18 @@ def read_meta(path):
 
 
 def prepare_task(name, out_dir=None, **knobs):
-    """Prepare task `name` with data/<name>/prepare.py into out_dir (default data/<name>) on first use,
-    and again when the knobs its meta.json records differ from prepare.py's now (its constants, or
-    the knobs passed: arith's MAX_OPERAND=30, say). True when it prepared."""
+    """Prepare task `name` with data/<name>/prepare.py into out_dir (default data/<name>) on first
+    use, and again when the knobs its meta.json records differ from prepare.py's now (its
+    constants, or the knobs passed: arith's MAX_OPERAND=30, say). True when it prepared."""
     module = importlib.import_module(f"data.{name}.prepare")
     where = out_dir or f"data/{name}"
     meta = os.path.join(out_dir or os.path.join(DATA_DIR, name), "meta.json")
     if not os.path.exists(meta):
         print(f"preparing {where} (first use) ...")
-    elif hasattr(module, "settings") and read_meta(meta).get("settings") != module.settings(**knobs):
-        print(f"{where} was made with other settings than data/{name}/prepare.py's: preparing it again")
+    elif hasattr(module, "settings") and \
+            read_meta(meta).get("settings") != module.settings(**knobs):
+        print(f"{where} was made with other settings than data/{name}/prepare.py's: "
+              f"preparing it again")
     else:
         return False
     module.prepare(out_dir, **knobs)
@@ -111,10 +116,11 @@ def dataset_folder(dataset):
 
 
 def dataset_inputs(dataset, flag):
-    """check_outputs()'s inputs for a dataset: the files of it that exist (a JSONL file, or a folder's
-    splits and meta.json)."""
+    """check_outputs()'s inputs for a dataset: the files of it that exist (a JSONL file, or a
+    folder's splits and meta.json)."""
     paths = [dataset] if os.path.isfile(dataset) else [
-        os.path.join(dataset_folder(dataset), name) for name in [f"{s}.jsonl" for s in SPLITS] + ["meta.json"]]
+        os.path.join(dataset_folder(dataset), name)
+        for name in [f"{s}.jsonl" for s in SPLITS] + ["meta.json"]]
     return [(f"a file of {flag}", path) for path in paths if os.path.isfile(path)]
 
 
@@ -129,7 +135,8 @@ def load_dataset(dataset, tokenizer=""):
         random.Random(0).shuffle(order)
         n_val = n_test = max(1, len(pairs) // 20)
         if len(pairs) < 3:
-            raise ValueError(f"{dataset} has {len(pairs)} examples; it needs at least 3 (train/val/test)")
+            raise ValueError(f"{dataset} has {len(pairs)} examples; "
+                             f"it needs at least 3 (train/val/test)")
         val, test, train = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
         splits = {"train": [pairs[i] for i in train], "val": [pairs[i] for i in val],
                   "test": [pairs[i] for i in test]}
@@ -140,23 +147,26 @@ def load_dataset(dataset, tokenizer=""):
             if os.path.exists(os.path.join(folder, "prepare.py")):
                 prepare_task(dataset)
             elif not os.path.exists(os.path.join(folder, "meta.json")):
-                if dataset.endswith(".jsonl") or os.sep in dataset:  # meant as a path, not a built-in name
-                    raise ValueError(f"dataset {dataset} does not exist (no such file or folder); check the path")
+                # meant as a path, not a built-in name
+                if dataset.endswith(".jsonl") or os.sep in dataset:
+                    raise ValueError(f"dataset {dataset} does not exist (no such file or folder); "
+                                     f"check the path")
                 raise ValueError(f"unknown dataset {dataset!r}; use arith, shakespeare, "
                                  f"a folder with train/val/test.jsonl or a .jsonl file")
         if os.path.exists(os.path.join(folder, "meta.json")):
             meta = read_meta(os.path.join(folder, "meta.json"))
         for s in ("train", "val"):
             if not os.path.exists(os.path.join(folder, f"{s}.jsonl")):
-                raise ValueError(f"{folder} has no {s}.jsonl; a dataset folder needs train.jsonl and val.jsonl "
-                                 f"(test.jsonl is optional)")
+                raise ValueError(f"{folder} has no {s}.jsonl; a dataset folder needs train.jsonl "
+                                 f"and val.jsonl (test.jsonl is optional)")
         splits = {s: read_jsonl(os.path.join(folder, f"{s}.jsonl")) for s in SPLITS
                   if os.path.exists(os.path.join(folder, f"{s}.jsonl")) or s != "test"}
         paths = [os.path.join(folder, f"{s}.jsonl") for s in splits]
         name = meta.get("name", os.path.basename(os.path.normpath(folder)))
 
     if isinstance(tokenizer, str) and tokenizer not in ("", "char", "gpt2"):
-        raise ValueError(f"unknown tokenizer {tokenizer!r}; use char or gpt2 (or leave --tokenizer out)")
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; use char or gpt2 "
+                         f"(or leave --tokenizer out)")
     if not isinstance(tokenizer, str):
         tok = tokenizer
         check_alphabet(tok, splits, paths)
@@ -165,8 +175,8 @@ def load_dataset(dataset, tokenizer=""):
     elif tokenizer == "char" or "tokenizer" not in meta:
         text = "".join(p + c for pairs in splits.values() for p, c in pairs)
         if not text:
-            raise ValueError(f"dataset {dataset}: every prompt and completion is empty; a char tokenizer "
-                             f"needs text to learn its characters from")
+            raise ValueError(f"dataset {dataset}: every prompt and completion is empty; "
+                             f"a char tokenizer needs text to learn its characters from")
         tok = CharTokenizer(text)
     else:
         tok = tokenizer_from_state(meta["tokenizer"])
@@ -174,35 +184,41 @@ def load_dataset(dataset, tokenizer=""):
     task = meta.get("task", "text")
     module = importlib.import_module(f"data.{task}.prepare") if task != "text" else None
     verify = module.verify if module else None
-    scores = getattr(module, "scores", None)  # a task's metrics beyond right / wrong (cmudict: PER, BLEU)
+    # a task's metrics beyond right / wrong (cmudict: PER, BLEU)
+    scores = getattr(module, "scores", None)
     return dict(name=name, task=task, splits=splits, tokenizer=tok, verify=verify, scores=scores)
 
 
 def check_alphabet(tok, splits, paths):
-    """A char tokenizer made on other data (a checkpoint's) knows only its own characters: ValueError
-    naming the file (of paths, the data's), line and first character of the splits it lacks."""
+    """A char tokenizer made on other data (a checkpoint's) knows only its own characters:
+    ValueError naming the file (of paths, the data's), line and first character of the splits it
+    lacks."""
     if not isinstance(tok, CharTokenizer):
         return
     unknown = set().union(*(p + c for pairs in splits.values() for p, c in pairs)) - set(tok.chars)
     if not unknown:
         return
-    path, line_no, ch = next((path, line_no, ch) for path in paths for line_no, row in jsonl_rows(path)
+    path, line_no, ch = next((path, line_no, ch) for path in paths
+                             for line_no, row in jsonl_rows(path)
                              for ch in row["prompt"] + row["completion"] if ch in unknown)
-    raise ValueError(f"{path}:{line_no}: character {ch!r} is not in this char vocabulary (the checkpoint's "
-                     f"{len(tok.chars)} characters); use data written in the alphabet it was trained on")
+    raise ValueError(f"{path}:{line_no}: character {ch!r} is not in this char vocabulary "
+                     f"(the checkpoint's {len(tok.chars)} characters); "
+                     f"use data written in the alphabet it was trained on")
 
 
 def prepare_main(prepare, script_path):
     """`python data/<name>/prepare.py [--out_dir=folder]`: prepare(folder) (default: the script's
     own), with one line for a bad flag, a folder that cannot be written or a failed write."""
     stop_on_interrupt("prepare.py")
-    out_dir = configure(dict(out_dir=""), script_path)["out_dir"] or os.path.dirname(os.path.abspath(script_path))
+    out_dir = configure(dict(out_dir=""), script_path)["out_dir"] or \
+        os.path.dirname(os.path.abspath(script_path))
     try:
         check_out_dir(out_dir)
         prepare(out_dir)
     except (ValueError, OSError) as err:
         sys.exit(f"prepare.py: error: {err}")
-    counts = {split: read_text(os.path.join(out_dir, f"{split}.jsonl")).count("\n") for split in SPLITS}
+    counts = {split: read_text(os.path.join(out_dir, f"{split}.jsonl")).count("\n")
+              for split in SPLITS}
     print(f"wrote {out_dir}: " + ", ".join(f"{split} {n}" for split, n in counts.items()))
 
 
@@ -220,8 +236,10 @@ def fit_to_block(prompt_ids, completion_ids, block_size):
     """Cut an example to at most block_size + 1 tokens (block_size positions of idx/targets).
     Returns (prompt_ids, completion_ids, prompt_cut, completion_cut)."""
     room = block_size + 1
-    kept = max(1, room - len(completion_ids))  # the prompt's end; at least [BOS], to predict the first action from
-    prompt_cut = len(prompt_ids) > kept  # a prompt of [BOS] alone is never cut, however long its completion
+    # the prompt's end; at least [BOS], to predict the first action from
+    kept = max(1, room - len(completion_ids))
+    # a prompt of [BOS] alone is never cut, however long its completion
+    prompt_cut = len(prompt_ids) > kept
     if prompt_cut:
         prompt_ids = prompt_ids[-kept:]
     completion_cut = len(prompt_ids) + len(completion_ids) > room
@@ -234,7 +252,8 @@ def encode_split(tok, pairs, block_size):
     """Encode and fit every example; returns (examples, counts of cut prompts and completions)."""
     examples, n_prompt_cut, n_completion_cut = [], 0, 0
     for prompt, completion in pairs:
-        p, c, prompt_cut, completion_cut = fit_to_block(*encode_example(tok, prompt, completion), block_size)
+        p, c, prompt_cut, completion_cut = fit_to_block(*encode_example(tok, prompt, completion),
+                                                        block_size)
         examples.append((p, c))
         n_prompt_cut += prompt_cut
         n_completion_cut += completion_cut

