@@ -2,10 +2,12 @@
 feature regression against weights planted in synthetic data, default features by hand, and the
 script end to end on tiny checkpoints (char arith with two runs; GPT-2 BPE text with user features).
 Spearman with ties is covered by tests/test_metrics.py (metrics.spearman is what the script uses)."""
+import itertools
 import json
 import math
 import os
 import shutil
+import statistics
 
 import numpy as np
 import pytest
@@ -113,24 +115,85 @@ def test_user_feature_file(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
-def naive_rewards(model, tok, row, gamma):
-    """r_t of one completion, from one unpadded forward pass, in float64, token by token:
-    r_t = q_t - gamma v_{t+1}; at EOS r_t = q_t (V after it is 0); None for the last token of an
-    unfinished completion (no next state)."""
-    prompt = [tok.eos_id] + tok.encode(row["prompt"])
+def naive_scores(model, tok, row, gamma):
+    """(r_t, v_0, sum_t log pi_t) of one completion, from one unpadded forward pass, in float64, token
+    by token: r_t = q_t - gamma v_{t+1}; at EOS r_t = q_t (V after it is 0); None for the last token of
+    an unfinished completion (no next state); v_t = logsumexp of the logits, log pi_t = q_t - v_t."""
+    prompt = tok.encode_prompt(row["prompt"])  # the start of a row ([EOS] for char, GPT-2), the prompt
     completion = tok.encode(row["completion"]) + ([tok.eos_id] if row["terminated"] else [])
     tokens = prompt + completion
     with torch.no_grad():
         logits = model(torch.tensor([tokens[:-1]]))[0].double()
-    rewards = []
+    rewards, log_prob = [], 0.0
     for k in range(len(completion)):
         t = len(prompt) - 1 + k  # the position that predicts completion token k
         q = logits[t, tokens[t + 1]].item()
+        log_prob += q - torch.logsumexp(logits[t], dim=0).item()
         if k < len(completion) - 1:
             rewards.append(q - gamma * torch.logsumexp(logits[t + 1], dim=0).item())
         else:
             rewards.append(q if row["terminated"] else None)
-    return rewards
+    return rewards, torch.logsumexp(logits[len(prompt) - 1], dim=0).item(), log_prob
+
+
+def average_ranks(values):
+    """1-based ranks, a tie sharing the mean of its ranks: 1 + how many are smaller + (how many
+    others are equal) / 2."""
+    return [1 + sum(y < x for y in values) + (sum(y == x for y in values) - 1) / 2 for x in values]
+
+
+def spearman_by_hand(x, y):
+    """Spearman's rho: Pearson's r (the standard library's) of the average ranks; None for a constant
+    side."""
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return statistics.correlation(average_ranks(x), average_ranks(y))
+
+
+def sure_order(values):
+    """No two values closer than 3e-5 (ties included): float32's rounding cannot reorder them."""
+    return all(abs(a - b) > 3e-5 for a, b in itertools.combinations(values, 2))
+
+
+def check_summary_numbers(run, rows, naive, sample_metric):
+    """A run's reward_summary.json numbers from the naive loop's (return, v_0, log pi) of its rows
+    (reward_tokens order: experts, their corruptions, the samples) and the samples' metric (their
+    file's). A rank correlation is compared where the ranks are sure; returns the keys compared."""
+    of_kind = {kind: [(r, n) for r, n in zip(rows, naive) if r["kind"] == kind]
+               for kind in ("expert", "corrupt", "sample")}
+    returns = {kind: [n[0] for _, n in pairs] for kind, pairs in of_kind.items()}
+    assert (run["experts"], run["samples"]) == (len(returns["expert"]), len(returns["sample"]))
+    for kind in ("expert", "corrupt", "sample"):
+        mean = pytest.approx(statistics.mean(returns[kind]), abs=1e-4) if returns[kind] else None
+        assert run[f"{kind}_return_mean"] == mean, kind  # None without samples (--samples=none)
+    # an expert completion against its corruption (the same prompt; each prompt once among experts)
+    expert_return = {r["prompt"]: n[0] for r, n in of_kind["expert"]}
+    assert len(expert_return) == len(returns["expert"])
+    gaps = [expert_return[r["prompt"]] - n[0] for r, n in of_kind["corrupt"]]
+    assert min(map(abs, gaps)) > 1e-3  # no near tie that float32 could turn
+    assert run["corrupt_pairs"] == len(gaps)
+    assert run["expert_above_corrupt"] == sum(g > 0 for g in gaps) / len(gaps)
+    v0, surprisal = [n[1] for _, n in of_kind["expert"]], [-n[2] for _, n in of_kind["expert"]]
+    assert run["v0_mean"] == pytest.approx(statistics.mean(v0), abs=1e-4)
+    assert run["v0_std"] == pytest.approx(statistics.pstdev(v0), abs=1e-4)
+    # the samples' metric, then each rank correlation: None where the metric is constant
+    assert [r["metric"] for r, _ in of_kind["sample"]] == sample_metric
+    mean = pytest.approx(statistics.mean(sample_metric), abs=1e-12) if sample_metric else None
+    assert run["sample_metric_mean"] == mean
+    compared = []
+    log_prob = [n[2] for _, n in of_kind["sample"]]
+    for key, x, y in (("spearman_v0_expert_surprisal", v0, surprisal),
+                      ("spearman_return_metric", returns["sample"], sample_metric),
+                      ("spearman_log_prob_metric", log_prob, sample_metric)):
+        expected = spearman_by_hand(x, y)
+        if expected is None:
+            assert run[key] is None, key
+        elif sure_order(x) and (y is sample_metric or sure_order(y)):
+            assert run[key] == pytest.approx(expected, abs=1e-9), key
+        else:
+            continue
+        compared.append(key)
+    return compared
 
 
 def check_outputs(results, names, task_keys):
@@ -148,17 +211,23 @@ def check_outputs(results, names, task_keys):
     return summary
 
 
-def check_rewards_against_naive_loop(results, run_dir, name):
+def check_rewards_against_naive_loop(results, run_dir, name, sample_metric):
+    """Each row of reward_tokens_<name>.jsonl, and the run's summary, against the naive loop."""
     checkpoint = load_checkpoint(str(run_dir / "ckpt.pt"))
     model, tok = model_from_checkpoint(checkpoint).double().eval(), tokenizer_of(checkpoint)
     rows = [json.loads(line) for line in open(results / f"reward_tokens_{name}.jsonl")]
-    assert {r["kind"] for r in rows} == {"expert", "corrupt", "sample"}
+    kinds = {"expert", "corrupt", "sample"} if sample_metric else {"expert", "corrupt"}
+    assert {r["kind"] for r in rows} == kinds
+    naive = []
     for row in rows:
-        expected = naive_rewards(model, tok, row, checkpoint["config"]["gamma"])
+        expected, v0, log_prob = naive_scores(model, tok, row, checkpoint["config"]["gamma"])
         got = row["rewards"]
         assert len(got) == len(expected) and [g is None for g in got] == [e is None for e in expected]
         assert np.allclose([g for g in got if g is not None], [e for e in expected if e is not None], atol=1e-4)
-        assert row["ret"] == pytest.approx(sum(e for e in expected if e is not None), abs=1e-3)
+        naive.append((sum(e for e in expected if e is not None), v0, log_prob))
+        assert row["ret"] == pytest.approx(naive[-1][0], abs=1e-3)
+    summary = json.loads((results / "reward_summary.json").read_text())["runs"][name]
+    return check_summary_numbers(summary, rows, naive, sample_metric)
 
 
 def test_end_to_end_arith_two_runs(tmp_path):
@@ -172,7 +241,10 @@ def test_end_to_end_arith_two_runs(tmp_path):
     assert "max abs error" in out.stdout
     summary = check_outputs(results, ["irl", "twin"], {name for name, _, _ in load_features("", "arith")})
     assert summary["runs"]["irl"]["metric"] == "accuracy" and summary["prompts"] == 12
-    check_rewards_against_naive_loop(results, irl, "irl")
+    samples = [json.loads(line) for line in open(irl / "samples_val_t1.jsonl")]
+    accuracy = [float(r["correct"]) for r in samples]
+    compared = check_rewards_against_naive_loop(results, irl, "irl", accuracy)
+    assert "spearman_v0_expert_surprisal" in compared
 
     # bad input: one line naming the fix, nothing written
     bad = run_script([f"--out_dir={irl}", f"--results={tmp_path / 'bad'}", "--samples=nothing.jsonl"],
@@ -200,4 +272,4 @@ def test_end_to_end_text_gpt2_with_user_features(tmp_path):
     summary = check_outputs(run, ["bpe"], {"starts_with_space", "token_length"})["runs"]["bpe"]
     assert summary["metric"] == "rougeL" and summary["tokenizer"] == "gpt2"
     assert summary["pick_prompts"] == 2  # prompt 3's samples tie on ROUGE-L: nothing to pick
-    check_rewards_against_naive_loop(run, run, "bpe")
+    check_rewards_against_naive_loop(run, run, "bpe", [m for _, _, _, m in samples])

@@ -1,8 +1,6 @@
 """baseline_losses.py (DFT, GEM) against naive float64 references written from their papers'
-definitions, their gradients against closed forms, DFT's chunked path against the full one, and
-train.py's --keep_best (early stopping) against the run's own log and an uninterrupted run."""
-import json
-
+definitions, their gradients against closed forms, DFT's chunked path against the full one, and the
+one-line errors of their flags (--keep_best itself: tests/test_keep_best.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,42 +108,6 @@ def test_dft_chunk_by_chunk_equals_the_full_logits(chunk_size):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def read_log(path):
-    return [json.loads(line) for line in open(path)]
-
-
-def test_keep_best_keeps_the_best_evaluation_and_resumes_exactly(tmp_path):
-    """best.pt holds the weights of the evaluation with the lowest val nll in log.jsonl (the same
-    weights ckpt.pt had then), and a run stopped and resumed writes the same best.pt as one that was not."""
-    common = TINY + ["--loss=gem", "--learning_rate=0.3", "--warmup_iters=0", "--lr_decay_iters=12",
-                     "--eval_interval=2", "--keep_best=val/nll", "--eval_prompts=0", "--dropout=0.1"]
-    straight = tmp_path / "straight"
-    run_script(common + [f"--out_dir={straight}", "--max_iters=12"])
-    log = read_log(straight / "log.jsonl")
-    best_iter = min(log, key=lambda r: r["val/nll"])["iter"]  # ties: the first, as train.py keeps the earlier
-    assert 6 < best_iter < 12  # at this learning rate val nll jumps, falls and turns up again: a best mid-run
-    assert [r["iter"] for r in log if r.get("best")][-1] == best_iter
-    best = torch.load(straight / "best.pt", weights_only=True)
-    assert best["iter_num"] == best_iter and best["best"]["value"] == pytest.approx(
-        min(r["val/nll"] for r in log), rel=1e-12)
-    # the same run stopped at best_iter holds the same weights in its ckpt.pt
-    stopped = tmp_path / "stopped"
-    run_script(common + [f"--out_dir={stopped}", f"--max_iters={best_iter}"])
-    at_best = torch.load(stopped / "ckpt.pt", weights_only=True)
-    assert all(torch.equal(best["model"][k], at_best["model"][k]) for k in best["model"])
-    # stopped at iter 6 and resumed to 12: the same best.pt
-    resumed = tmp_path / "resumed"
-    run_script(common + [f"--out_dir={resumed}", "--max_iters=6"])
-    run_script(common + [f"--out_dir={resumed}", "--max_iters=12", "--init_from=resume"])
-    again = torch.load(resumed / "best.pt", weights_only=True)
-    assert again["iter_num"] == best_iter and again["best"] == best["best"]
-    assert all(torch.equal(best["model"][k], again["model"][k]) for k in best["model"])
-    # sample.py reads best.pt
-    out = run_script([f"--out_dir={straight}", f"--init_from={straight / 'best.pt'}", "--max_prompts=2",
-                      "--num_samples=1", "--temperature=0", "--device=cpu"], script="sample.py")
-    assert "best.pt" in json.loads(open(straight / "samples_val_t0.json").read())["checkpoint"], out.stdout
-
-
 def test_new_loss_flags_fail_in_one_line(tmp_path):
     for flags, expected in ((["--loss=gem", "--loss_chunk=16"], "needs the full logits"),
                             (["--keep_best=val/acc"], "use val/accuracy, val/rougeL, val/nll, val/loss"),
@@ -155,17 +117,3 @@ def test_new_loss_flags_fail_in_one_line(tmp_path):
         result = run_script(TINY + [f"--out_dir={tmp_path / 'x'}"] + flags, check=False)
         assert result.returncode != 0 and "Traceback" not in result.stderr
         assert expected in result.stderr.strip().splitlines()[-1], result.stderr
-
-
-def test_keep_best_by_rouge_on_text(tmp_path):
-    """A text task has no verifier: --keep_best=val/rougeL decodes the val prompts greedily at each evaluation and
-    keeps the state whose completions have the best ROUGE-L against the references."""
-    data = tmp_path / "lines.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"line {i}", "completion": "and so it goes"}) + "\n"
-                            for i in range(40)))
-    run_script(TINY + [f"--dataset={data}", f"--out_dir={tmp_path / 'run'}", "--max_iters=4", "--eval_interval=2",
-                       "--block_size=32", "--keep_best=val/rougeL"])
-    log = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
-    assert [r["iter"] for r in log] == [0, 2, 4] and all(0 <= r["val/rougeL"] <= 1 for r in log)
-    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["best"]
-    assert best["value"] == max(r["val/rougeL"] for r in log)

@@ -16,6 +16,7 @@ from checkpoint import model_from_checkpoint
 from hf_import import hf_checkpoint, is_hf_model
 from generate import beam_search, generate
 from tests.helpers import ROOT, TINY, TINY_MODEL, run_script
+from tests.test_analyze_reward import check_rewards_against_naive_loop
 from tests.test_train import train_losses
 from tokenizer import HFTokenizer
 
@@ -331,9 +332,10 @@ def test_train_resume_analyze_on_a_llama_folder_with_wandb(tokenizer_json, data,
         [json.loads(line)["val/loss"] for line in open(tmp_path / "a" / "log.jsonl")]  # log.jsonl's records
     assert {step for step, r in calls[1:-1] if "train/loss" in r} == {0, 1, 2, 3}  # and the progress lines
 
-    analyzed = run_script([f"--out_dir={tmp_path / 'a'}", "--samples=none", "--device=cpu"], "analyze_reward.py")
-    assert "max abs error" in analyzed.stdout
-    assert json.loads((tmp_path / "a" / "reward_summary.json").read_text())
+    # analyze_reward.py with the model's own tokenizer: each completion's rewards, returns and v_0, and
+    # the summary's numbers, against a loop over the model's forward() in float64 (no samples here)
+    run_script([f"--out_dir={tmp_path / 'a'}", "--samples=none", "--device=cpu"], "analyze_reward.py")
+    check_rewards_against_naive_loop(tmp_path / "a", tmp_path / "a", "a", sample_metric=[])
 
 
 def test_train_chunked_mle_with_chat_template_then_sample(tokenizer_json, data, tmp_path):

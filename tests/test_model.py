@@ -289,16 +289,18 @@ def test_static_cache_is_reused_while_the_shapes_stay():
 @pytest.mark.parametrize("decoding", DECODINGS)
 def test_num_samples_is_the_prompts_repeated(decoding):
     """num_samples=K runs each prompt once and copies its keys and values to K rows: the samples
-    must be those of passing every prompt K times (the same draws from the same seeded generator),
-    on every decoding path, and a row that stops early (eos) must not change its neighbours."""
+    must be what the reference (sample_by_forward) draws for every prompt passed K times, on every
+    decoding path, and a row that stops early (eos) must not change its neighbours (each row of the
+    reference cut after its first eos: a row's draws never depend on another's)."""
     model = tiny_model()
-    for eos_id in (None, 7):
-        repeated = generate(model, [p for p in PROMPTS for _ in range(3)], 12, temperature=1.0, eos_id=eos_id,
-                            generator=torch.Generator().manual_seed(0), **decoding)
-        shared = generate(model, PROMPTS, 12, temperature=1.0, eos_id=eos_id, num_samples=3,
+    expected = sample_by_forward(model, [p for p in PROMPTS for _ in range(3)], 12, 1.0, seed=0)
+    assert len({tuple(s) for s in expected[:3]}) > 1  # the K samples of a prompt differ: real draws
+    eos_id = 7
+    assert any(eos_id in row[:-1] for row in expected)  # a row that stops early
+    for eos in (None, eos_id):
+        shared = generate(model, PROMPTS, 12, temperature=1.0, eos_id=eos, num_samples=3,
                           generator=torch.Generator().manual_seed(0), **decoding)
-        assert shared == repeated
-        assert len({tuple(s) for s in shared[:3]}) > 1  # the K samples of a prompt differ: real draws
+        assert shared == [row[:row.index(eos) + 1] if eos in row else row for row in expected]
 
 
 def test_greedy_does_not_depend_on_the_batch():
@@ -347,12 +349,14 @@ def test_respects_block_size(decoding):
 
 @pytest.mark.parametrize("decoding", DECODINGS)
 def test_max_new_tokens_beyond_the_window(decoding):
-    """max_new_tokens far beyond block_size: what the room left gives (32 - 5 tokens here), and no (B, 2e9)
-    buffer or cache is allocated for it."""
+    """max_new_tokens far beyond block_size: what the room left gives (32 - 30 and 32 - 5 tokens here, as
+    the argmax loop over forward() finds), and no (B, 2e9) buffer or cache is allocated for it."""
     model = tiny_model()  # block_size 32
     prompts = [list(range(1, 31)), [3, 1, 4, 1, 5]]
-    expected = generate(model, prompts, 27, temperature=0.0, **decoding)
+    expected = [greedy_by_forward(model, p, 2_000_000_000) for p in prompts]
+    assert [len(e) for e in expected] == [2, 27]
     assert generate(model, prompts, 2_000_000_000, temperature=0.0, **decoding) == expected
+    assert beam_search(model, prompts, 2_000_000_000, 1) == expected  # one beam is greedy
     assert beam_search(model, prompts, 2_000_000_000, 2) == beam_search(model, prompts, 27, 2)
 
 
