@@ -40,6 +40,9 @@ interrupted experiment continues where it stopped (a run stopped mid-training re
 ckpt.pt, and a finished run whose weights another run needs but a fresh clone lacks trains again);
 Ctrl-C, SIGTERM, a failed run or (on Linux) a kill of the experiment stops the runs in progress.
 `--seeds=3` reports over the first 3 seeds.
+One experiment at a time on a --results folder (its lock: tasks read each other's runs). A finished
+run that this command would train with other flags (--train_args, --quick) is refused, naming the
+difference: its marker, the file `trained`, lists the flags it was trained with.
 Runs go `jobs` at a time, each on one thread (OMP_NUM_THREADS=1): two one-thread runs side by side
 use a 2-core CPU better than one two-thread run after another. Numbers depend on the thread count
 and CPU through float rounding.
@@ -105,6 +108,11 @@ if config["quick"]:
     config.update({k: v for k, v in QUICK.items() if k not in given})
 globals().update(config)
 
+READ_BY = {  # the flags that only some tasks read: refused for the others
+    "systems": list(TASKS),
+    **dict.fromkeys(["temperatures", "num_samples", "beam_size", "max_prompts"],
+                    ["arith", "tuned"] + OWN_TASKS),  # those that sample at every decoding
+}
 OWNED = {  # train.py flags that tell one run from another: set here, refused in --train_args
     "--out_dir": "one folder per run under --results; pass --results=FOLDER",
     "--seed": "seed s of every system runs with --seed=s; pass --seeds=N",
@@ -136,6 +144,10 @@ try:
         names = list(TASKS)[:2] + ["tuned"] + list(TASKS)[2:] + OWN_TASKS
         raise ValueError(f"--task={task!r}; use all, {', '.join(names)}")
     task_systems = {name: systems_of(name) for name in task_names if name in TASKS}
+    for flag, readers in READ_BY.items():
+        if flag in given and not set(task_names) & set(readers):
+            raise ValueError(f"--{flag} is read by tasks {', '.join(readers)} only, not by "
+                             f"--task={task}; drop it")
     temperature_values = parse_list("temperatures", temperatures, float, low=0)
     check_out_dir(results, "results")
     try:
@@ -375,9 +387,7 @@ def tuned_setting(name, root, part_of):
         print(f"tuned {name}: its final runs come from its tuning runs; once those are done, "
               f"--plan lists them", file=sys.stderr)
         return []
-    scores = {c: np.mean([read_score(d, metric, stop, by_score) for d in tuning_dirs(c)])
-              for configs in grid.values() for c in configs}
-    picks = {family: best(configs, stop, lambda c: scores[c]) for family, configs in grid.items()}
+    scores, picks = choose(grid, tuning_dirs, metric, stop)
     rows = [] if plan else report.grid_table(name, setting, grid, tuning_dirs, scores, picks)
     compared = {}  # each family's choice
     for family, configs in grid.items():
@@ -404,11 +414,22 @@ def tuned_setting(name, root, part_of):
     return rows
 
 
-def read_score(out_dir, metric, stop, by_score):
-    """What a tuning run is chosen by: the greedy val score of its best.pt, or its best stop."""
-    if by_score:
-        return report.read(decoding_file(out_dir, "greedy", "val"))[metric]
-    return best_row(report.read(os.path.join(out_dir, "log.jsonl")), stop)[stop]
+def choose(grid, tuning_dirs, metric, stop):
+    """Each family's choice: ({configuration: its score, the mean over its tuning runs},
+    {family: the configuration of the best score}), in stop's direction (stats.best: the highest
+    accuracy, the lowest val nll); tuning_dirs(configuration): its runs' folders."""
+    scores = {c: float(np.mean([read_score(d, metric, stop) for d in tuning_dirs(c)]))
+              for configs in grid.values() for c in configs}
+    picks = {family: best(configs, stop, lambda c: scores[c]) for family, configs in grid.items()}
+    return scores, picks
+
+
+def read_score(out_dir, metric, stop):
+    """What a tuning run is chosen by: the greedy val score of its best.pt (when stop is
+    val/<metric>), or the best value of stop in its log."""
+    if stop == f"val/{metric}":
+        return report.read_summary(decoding_file(out_dir, "greedy", "val"), [metric])[metric]
+    return best_row(report.read_log(os.path.join(out_dir, "log.jsonl"), [stop]), stop)[stop]
 
 
 def tuned():
@@ -426,15 +447,14 @@ def run_task(name, root):
     return drivers.get(name, partial(task_comparison, name))()
 
 
-def write_table(name, root, rows, t0):
+def write_table(name, root, rows, t0, kept):
     """root/table.md: the rows, then the timing line: this invocation's (or, when it only redrew,
-    the one already there). Prints it and what it wrote."""
+    kept, the one already there). Prints it and what it wrote."""
     mine = [p for p in runner.parts if p[0] == name]
     command = shlex.join(["python", "lab/experiment.py"] + sys.argv[1:])
     table_file = os.path.join(root, "table.md")
-    if not any(ran for _, _, ran, _, _ in mine) and os.path.exists(table_file):  # only redrawn
-        with open(table_file) as f:
-            timing = f.read().strip().splitlines()[-1]
+    if not any(ran for _, _, ran, _, _ in mine) and kept:  # only redrawn
+        timing = kept
     else:
         parts = "; ".join(f"{part} {minutes:.1f} ({ran} of {total} run{'s' * (total != 1)})"
                           for _, part, ran, total, minutes in mine)
@@ -471,15 +491,17 @@ def print_plan():
 def main():
     if quick and not plan:
         print(QUICK_NOTE)
+    lock_out_dir(results)  # one experiment at a time on a results folder (tasks share runs)
     for name in task_names:
         root = os.path.join(results, name)
-        lock_out_dir(root)  # one experiment at a time on a results folder
         t0 = time.time()
         if plan:
             with redirect_stdout(sys.stderr):  # stdout holds the commands only
                 run_task(name, root)
         else:
-            write_table(name, root, run_task(name, root), t0)
+            table_file = os.path.join(root, "table.md")  # its timing line checked before any run
+            kept = report.timing_line(table_file) if os.path.exists(table_file) else None
+            write_table(name, root, run_task(name, root), t0, kept)
     if plan:
         print_plan()
 

@@ -1,7 +1,10 @@
 """
 The experiments' tables and figures, drawn from what the runs wrote (their log.jsonl, sample and
-reward summaries): Markdown rows, each task's figure.png and the README's overview.png.
+reward summaries): Markdown rows, each task's figure.png and the README's overview.png. A file that
+cannot be read, is empty, or lacks a number the tables need stops it with one line naming the file
+(and line) and how to make it again.
 """
+import functools
 import json
 import os
 
@@ -12,7 +15,7 @@ from lab.stats import (NLL_TOLERANCE, RESOLVE, best_row, levelled, matched_diffe
                        paired)
 from lab.tasks import CONTROL, FROM_MLE, SYSTEMS
 from metrics import mean_se
-from runfiles import save_figure, write_atomically
+from runfiles import json_problem, read_text, save_figure, write_atomically
 
 HEADINGS = dict(  # sample.py's key: the table's column
     self_bleu="Self-BLEU", distinct_2="distinct-2", phoneme_error_rate="phoneme error rate",
@@ -23,10 +26,125 @@ OVERVIEW = {  # README's figure: the paper's three kinds of task, each its best-
     "shakespeare": "shakespeare: continuing real text (next line)"}
 
 
-def read(path):
-    """A JSON file, or the rows of a JSONL file (a run's log.jsonl)."""
-    with open(path) as f:
-        return [json.loads(line) for line in f] if path.endswith(".jsonl") else json.load(f)
+REMADE = {  # a file's name: how to make it again
+    "log.jsonl": "remove the run's folder and run the same command to train it again",
+    "reward_summary.json": "remove it and run the same command to analyse the run again",
+    "curves.json": "remove it and run its task again to draw it again"}
+SAMPLED_AGAIN = "remove it and run the same command to sample the run again"  # sample.py's summary
+REWARD_KEYS = ["spearman_return_metric", "spearman_log_prob_metric", "pick_rate", "pick_chance",
+               "v0_mean"]  # what the reward table reads of a run's reward analysis (null: none)
+
+
+def remedied(read_file):
+    """read_file(path, ...), its ValueError ending with how to make the file again."""
+    @functools.wraps(read_file)
+    def reading(path, *args):
+        try:
+            return read_file(path, *args)
+        except ValueError as err:
+            remedy = REMADE.get(os.path.basename(path), SAMPLED_AGAIN)
+            raise ValueError(f"{err}; {remedy}") from None
+    return reading
+
+
+def file_text(path):
+    text = read_text(path)  # a missing file, or not UTF-8: named
+    if not text.strip():
+        raise ValueError(f"{path} is empty")
+    return text
+
+
+def loads(text, path, line=None):
+    """The JSON value of text, from path (at line, for a JSONL file)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        line = line or getattr(err, "lineno", None)
+        raise ValueError(f"{path}{f':{line}' if line else ''}: not valid JSON "
+                         f"({json_problem(err)})") from None
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def numbers(where, record, required=(), optional=()):
+    """ValueError naming where and the key unless every key of required is a number in record and
+    every key of optional a number or null (or absent)."""
+    for key in required:
+        if key not in record:
+            raise ValueError(f"{where}: no {key}")
+    for key in [*required, *optional]:
+        if not is_number(record.get(key)) and (key in required or record.get(key) is not None):
+            raise ValueError(f"{where}: {key} is {record[key]!r}, not a number")
+
+
+def json_object(path):
+    value = loads(file_text(path), path)
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return value
+
+
+read = remedied(json_object)  # a JSON file of the experiment's own (curves.json)
+
+
+@remedied
+def read_summary(path, required=(), optional=()):
+    """sample.py's summary of a decoding: a JSON object, the keys of required numbers, those of
+    optional numbers or null."""
+    summary = json_object(path)
+    numbers(path, summary, required, optional)
+    return summary
+
+
+@remedied
+def read_reward(path, name, keys=REWARD_KEYS):
+    """Run name's part of analyze_reward.py's summary; keys: numbers or null."""
+    runs = json_object(path).get("runs")
+    run = runs.get(name) if isinstance(runs, dict) else None
+    if not isinstance(run, dict):
+        raise ValueError(f"{path}: its runs hold no {name}")
+    numbers(f"{path}: runs.{name}", run, optional=keys)
+    return run
+
+
+@remedied
+def read_log(path, keys=()):
+    """The rows of a run's log.jsonl: JSON objects with a whole-number iter, their val/ values
+    numbers, each of keys in every row."""
+    rows = []
+    for number, line in enumerate(file_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        row, where = loads(line, path, number), f"{path}:{number}"
+        if not isinstance(row, dict) or not isinstance(row.get("iter"), int) or row["iter"] < 0:
+            raise ValueError(f"{where}: not a log row (a JSON object with a whole-number iter)")
+        numbers(where, row, keys, [key for key in row if key.startswith("val/")])
+        rows.append(row)
+    return rows
+
+
+def read_logs(dirs, keys=()):
+    """The log rows of the runs in dirs (a system's seeds), all evaluated at the same iterations."""
+    paths = [os.path.join(d, "log.jsonl") for d in dirs]
+    logs = [read_log(path, keys) for path in paths]
+    iters = lambda log: [r["iter"] for r in log]
+    for path, log in zip(paths, logs):
+        if iters(log) != iters(logs[0]):
+            raise ValueError(f"{path}: evaluations at iters {iters(log)[:3]}... ({len(log)}), not "
+                             f"at those of {paths[0]} ({len(logs[0])}); {REMADE['log.jsonl']}")
+    return logs
+
+
+def timing_line(path):
+    """The last line of a task's table.md: the timing of the command that ran its runs."""
+    lines = read_text(path, "table").strip().splitlines()
+    if not lines or "minutes of wall time" not in lines[-1]:
+        raise ValueError(f"{path} does not end with its timing line ('`python lab/experiment.py "
+                         f"...`: N minutes of wall time ...'); restore it from git, or remove it "
+                         f"to time this command")
+    return lines[-1]
 
 
 def pyplot():
@@ -75,7 +193,10 @@ def per_seed(spec, seeds):
     """get(system, decoding, key) -> [the value of key in sample.py's summary, per seed] of spec's
     runs; the K samples of a deterministic decoding (greedy, beam) would be equal: Self-BLEU 1."""
     split, deterministic = spec["sampling"]["split"], spec["decodings"][:2]
-    summary = {(s, d, seed): read(decoding_file(run_dir(spec["root"], s, seed), d, split))
+    scores = spec["also_scored"] + ["self_bleu", "distinct_2"]
+    needed = lambda d: [spec["metric"]] + ([] if d in deterministic else ["self_bleu"])
+    summary = {(s, d, seed): read_summary(decoding_file(run_dir(spec["root"], s, seed), d, split),
+                                          needed(d), scores)
                for s in spec["systems"] for d in spec["decodings"] for seed in range(seeds)}
     return lambda s, d, key: [1.0 if key == "self_bleu" and d in deterministic
                               else summary[(s, d, seed)].get(key) for seed in range(seeds)]
@@ -163,7 +284,7 @@ def learning_curves(runs, key="val/accuracy", digits=2):
     per schedule (its evaluation iterations)."""
     by_schedule = {}
     for label, dirs in runs.items():
-        logs = [read(os.path.join(d, 'log.jsonl')) for d in dirs]
+        logs = read_logs(dirs)
         by_schedule.setdefault(tuple(r["iter"] for r in logs[0]), []).append((label, logs))
     rows = []
     for iters, group in by_schedule.items():
@@ -181,7 +302,7 @@ def reward_table(root, analyzed, systems, seeds):
     rows = ["| system | λ | Spearman(return, metric) | Spearman(log p, metric) | return − log p | "
             "pick rate | chance | v_0 mean | seeds |", "|---" * 9 + "|"]
     for system in analyzed:
-        runs = [read(reward_file(run_dir(root, system, seed)))["runs"][f"{system}_s{seed}"]
+        runs = [read_reward(reward_file(run_dir(root, system, seed)), f"{system}_s{seed}")
                 for seed in range(seeds)]
         get = lambda key: [r[key] for r in runs]
         flags = dict(f[2:].split("=", 1) for f in systems[system][1] if "=" in f)
@@ -226,9 +347,13 @@ def overview(results):
     fig, axes = plt.subplots(1, len(files), figsize=(16, 5))
     for ax, path, title in zip(axes, files, OVERVIEW.values()):
         drawn = read(path)
-        draw_curves(ax, drawn, short=True)
-        ax.set_title(f"{title}\n{drawn['split']} split, {drawn['seeds']} seeds, band ± s.e.; "
-                     f"x = beam search", fontsize=10)
+        try:
+            draw_curves(ax, drawn, short=True)
+            ax.set_title(f"{title}\n{drawn['split']} split, {drawn['seeds']} seeds, band ± s.e.; "
+                         f"x = beam search", fontsize=10)
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise ValueError(f"{path}: not the curves experiment.py writes ({type(err).__name__}: "
+                             f"{err}); {REMADE['curves.json']}") from None
     fig.suptitle("Task score against diversity: each family's best configuration, tuned on val "
                  "(greedy at the right, then hotter samples)", fontsize=11)
     fig.tight_layout()
@@ -248,7 +373,7 @@ def val_curves(name, groups, title, seeds, path):
             "val acc.: start | final | best | final acc. − MLE | seeds |", "|---" * 11 + "|"]
     systems_seen = list(dict.fromkeys(s for s, _ in groups))
     data_seen = list(dict.fromkeys(d for _, d in groups))
-    logs = {key: [read(os.path.join(d, 'log.jsonl')) for d in dirs] for key, dirs in groups.items()}
+    logs = {key: read_logs(dirs, ["val/nll", "val/accuracy"]) for key, dirs in groups.items()}
     for (system, data), seed_logs in logs.items():
         iters = np.array([r["iter"] for r in seed_logs[0]])
         color = plt.cm.tab10(systems_seen.index(system) % 10)
@@ -304,7 +429,7 @@ def grid_table(name, setting, grid, tuning_dirs, scores, picks):
             f"{'s.e.' if by_score else 'tolerance'} | levelled off | chosen |", "|---" * 8 + "|"]
     for family, configs in grid.items():
         for c in configs:
-            logs = [read(os.path.join(d, "log.jsonl")) for d in tuning_dirs(c)]
+            logs = [read_log(os.path.join(d, "log.jsonl"), [stop]) for d in tuning_dirs(c)]
             best_iters = [best_row(log, stop)["iter"] for log in logs]
             rises = [levelled(log, stop) for log in logs]
             levelled_off = "yes" if all(r < e for r, e in rises) else "no"
@@ -328,8 +453,8 @@ def levelled_rows(name, spec, seeds):
             f"| system | {gain} over the last quarter | {tolerance} | runs levelled off |",
             "|---" * 4 + "|"]
     for s, (label, _) in spec["systems"].items():
-        rises = [levelled(read(os.path.join(run_dir(spec["root"], s, seed), "log.jsonl")), key)
-                 for seed in range(seeds)]
+        rises = [levelled(read_log(os.path.join(run_dir(spec["root"], s, seed), "log.jsonl"),
+                                   [key]), key) for seed in range(seeds)]
         rows.append(f"| {label} | {ms([r for r, _ in rises])} | {ms([e for _, e in rises])} | "
                     f"{sum(r < e for r, e in rises)} of {seeds} |")
     return rows

@@ -5,10 +5,15 @@ skipped and one stopped mid-training resumes from its ckpt.pt, so an interrupted
 where it stopped; Ctrl-C, SIGTERM, a failed run or (on Linux) a kill of the experiment stops the
 runs in progress.
 
+A finished run's marker (its file `trained`) lists the train.py flags it ran with; a later command
+that would run it with other flags is refused, naming the difference, and so is one that would start
+again a run that another process is training (its folder locked).
+
 With plan=True nothing runs (--plan): each command becomes a shell line instead, in a wave one after
 the highest wave of the lines whose outputs it reads, so a line needs only lines of earlier waves.
 """
 import ctypes
+import fcntl
 import itertools
 import os
 import shlex
@@ -17,14 +22,17 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+
+from runfiles import LOCK_FILE, read_text, write_atomically
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where train.py & co. are
 try:  # Linux: a run gets SIGTERM when the experiment dies, even by SIGKILL (PR_SET_PDEATHSIG)
     PRCTL, PR_SET_PDEATHSIG = ctypes.CDLL(None, use_errno=True).prctl, 1
 except AttributeError:  # elsewhere (macOS) stop() covers every stop but SIGKILL
     PRCTL = None
+RUN_OWN = ("--out_dir", "--seed", "--init_from")  # where a run is and what it starts from
 
 
 def run_dir(root, system, seed):
@@ -50,6 +58,76 @@ def last_wins(command):
     return list(named.values())
 
 
+def flag_lines(command, out_dir):
+    """What a finished run's marker holds: its train.py flags one a line, less those of RUN_OWN; a
+    value that names an existing file or folder relative to the run's folder (the same from another
+    working folder, or in a moved clone)."""
+    lines = []
+    for arg in command[1:]:
+        name, sep, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if name not in RUN_OWN:
+            value = os.path.relpath(value, out_dir) if value and os.path.exists(value) else value
+            lines.append(name + sep + value)
+    return lines
+
+
+def flag_changes(before, now):
+    """'--a=1, not --a=2 as now' for each flag (or config file) that differs between two markers'
+    lines."""
+    def keyed(lines):
+        files = iter(range(len(lines)))
+        return {line.partition("=")[0] if line.startswith("--") else f"file {next(files)}": line
+                for line in lines}
+    old, new = keyed(before), keyed(now)
+    return [f"{old.get(key, 'no ' + key)}, not {new.get(key, 'no ' + key)} as now"
+            for key in dict.fromkeys([*new, *old]) if old.get(key) != new.get(key)]
+
+
+def in_use(folder):
+    """Whether another process holds folder's lock: a train.py running into it."""
+    try:
+        fd = os.open(os.path.join(folder, LOCK_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # no lock file there (or not one of these scripts'): no run holds it
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def first_failure(futures):
+    """Wait until one of futures fails or all are done: the first failure's exception, or None. The
+    wait wakes twice a second, so that a signal's handler (Ctrl-C) runs: one that comes as this
+    thread starts to block on a lock would otherwise wait for a run to end, maybe hours."""
+    ended = threading.Event()
+    failed = lambda f: f.done() and not f.cancelled() and f.exception() is not None
+
+    def on_done(future):  # in the thread that ran it
+        if failed(future) or all(f.done() for f in futures):
+            ended.set()
+
+    for future in futures:
+        future.add_done_callback(on_done)
+    while not ended.wait(0.5):
+        pass
+    return next((f.exception() for f in futures if failed(f)), None)
+
+
+def same_flags(marker, lines):
+    """ValueError naming the difference when the finished run of marker ran with flags other than
+    lines (an empty marker, made before markers listed them, is taken as it is)."""
+    before = [line for line in read_text(marker, "marker").splitlines() if line]
+    changes = flag_changes(before, lines) if before else []
+    if changes:
+        more = f" (and {len(changes) - 2} more)" if len(changes) > 2 else ""
+        raise ValueError(f"{os.path.dirname(marker)} was trained with {'; '.join(changes[:2])}"
+                         f"{more}: pass the flags it was trained with (its file trained lists "
+                         f"them), another --results, or remove the folder to train it again")
+
+
 class Runner:
     """The runs of one experiment: `jobs` at a time, train_flags (--train_args) last on every
     train.py command, num_samples samples a prompt at a temperature, max_prompts prompts by default;
@@ -68,18 +146,19 @@ class Runner:
     def done(self, path):
         return os.path.exists(path) or (self.plan is not None and path in self.plan)
 
-    def run(self, command, done_file, mark=False, reads=(), writes=()):
-        """Run a script unless done_file exists; mark: make done_file (empty) once it succeeded.
-        Returns the seconds spent (0 when skipped or noted). For --plan's waves: reads, the files it
-        needs beyond those its flags name; writes, those it makes beside done_file."""
+    def run(self, command, done_file, mark=None, reads=(), writes=()):
+        """Run a script unless done_file exists; mark: lines to write into done_file once it
+        succeeded. Returns the seconds spent (0 when skipped or noted). For --plan's waves: reads,
+        the files it needs beyond those its flags name; writes, those it makes beside done_file."""
         if self.done(done_file):
             return 0.0
         if self.plan is not None:
-            self.note(command, [done_file, *writes], reads, done_file if mark else None)
+            self.note(command, [done_file, *writes], reads,
+                      None if mark is None else (done_file, mark))
             return 0.0
         seconds = self.launch(command)
-        if mark:
-            open(done_file, "w").close()
+        if mark is not None:
+            write_atomically(done_file, "".join(line + "\n" for line in mark))
         return seconds
 
     def launch(self, command):
@@ -108,12 +187,14 @@ class Runner:
 
     def note(self, command, outputs, reads, mark):
         """--plan: the command as a shell line, a wave after those of the lines that write what it
-        reads."""
+        reads; mark: (file, lines) that the line writes once the command succeeded."""
         reads = [arg.split("=", 1)[1] for arg in command if "=" in arg] + list(reads)
         wave = 1 + max((self.plan[path] for path in reads if path in self.plan), default=0)
         script = os.path.relpath(os.path.join(HERE, command[0]))
         line = "OMP_NUM_THREADS=1 " + shlex.join(["python", script, *command[1:]])
-        self.lines.append((wave, line + (f" && touch {shlex.quote(mark)}" if mark else "")))
+        if mark:
+            line += f" && printf '%s\\n' {shlex.join(mark[1])} > {shlex.quote(mark[0])}"
+        self.lines.append((wave, line))
         self.plan.update(dict.fromkeys(outputs, wave))
 
     def train(self, out_dir, flags, seed, outputs=()):
@@ -121,21 +202,29 @@ class Runner:
         of outputs (what was made from its weights) is; a run with a checkpoint resumes, one that
         died before its first checkpoint starts afresh, and so does a finished one whose weights are
         needed but gone (git keeps a run's logs and summaries, not its weights). flags: the task's
-        first (a config file sets an out_dir of its own), then the system's: later flags win."""
-        command = ["train.py", *flags, f"--out_dir={out_dir}", f"--seed={seed}", *self.train_flags]
+        first (a config file sets an out_dir of its own), then the system's: later flags win.
+        ValueError when the run finished with other flags, or another process trains into it."""
+        command = last_wins(["train.py", *flags, f"--out_dir={out_dir}", f"--seed={seed}",
+                             *self.train_flags])
         trained, ckpt, best, log = (os.path.join(out_dir, f)
                                     for f in ("trained", "ckpt.pt", "best.pt", "log.jsonl"))
+        lines = flag_lines(command, out_dir)  # what its marker lists once it finished
         with self.train_locks.setdefault(out_dir, threading.Lock()):  # setdefault is atomic
+            if os.path.exists(trained):
+                same_flags(trained, lines)
             weights_or_outputs = self.done(ckpt) or (outputs and all(map(self.done, outputs)))
             if self.done(trained) and weights_or_outputs:
                 return 0.0
             if os.path.exists(ckpt):
                 command.append("--init_from=resume")  # the last --init_from wins
             elif self.plan is None:
+                if in_use(out_dir):
+                    raise ValueError(f"{out_dir} is in use by another process (a train.py run); "
+                                     f"wait for it to finish, or use another --results")
                 for stale in (trained, log):  # a start that saved nothing, or a finished run
                     if os.path.exists(stale):  # without its weights
                         os.remove(stale)
-            return self.run(last_wins(command), trained, mark=True, writes=[ckpt, best])
+            return self.run(last_wins(command), trained, mark=lines, writes=[ckpt, best])
 
     def sample(self, out_dir, decoding, seed, split="val", weights="ckpt.pt", prompts=None,
                max_new_tokens=None):
@@ -183,7 +272,9 @@ class Runner:
         t0, pool = time.time(), ThreadPoolExecutor(self.jobs)
         try:
             futures = [pool.submit(counted, key) for key in calls]
-            wait(futures, return_when=FIRST_EXCEPTION)
+            failure = first_failure(futures)
+            if failure:
+                raise failure
             ran = sum(future.result() > 0 for future in futures)
         except BaseException:  # a failed run or Ctrl-C: stop the others now, not after the queue
             self.stop()

@@ -209,7 +209,7 @@ def set_meta(folder, text):
 SETUPS = {  # name: function(w, monkeypatch, later) that makes the fault; later: cleanups after the case
     "read_only": lambda w, mp, later: read_only_folder(w / "ro", later),
     "lock_run": lambda w, mp, later: hold_lock(w / "run", later),
-    "lock_results": lambda w, mp, later: hold_lock(w / "results" / "arith", later),
+    "lock_results": lambda w, mp, later: hold_lock(w / "results", later),  # as a running experiment.py
     "full_disk": lambda w, mp, later: full_disk(mp),
     "no_val": lambda w, mp, later: drop_file(w / "no_val", "val.jsonl"),
     "no_train": lambda w, mp, later: drop_file(w / "no_train", "train.jsonl"),
@@ -348,6 +348,10 @@ CASES = NO_GPU + [  # (id, script, flags, words of the message (one string, or a
     ("experiment-results-empty", EXPERIMENT, ["--results="], "names no folder", ""),
     ("experiment-results-read-only", EXPERIMENT, ["--results={w}/ro"], "read-only", "read_only"),
     ("experiment-locked", EXPERIMENT, [], "in use by another process", "lock_results"),
+    ("experiment-systems-tuned", EXPERIMENT, ["--task=tuned"],
+     ("--systems is read by tasks arith, finetune, small_data only", "--task=tuned"), ""),
+    ("experiment-temperatures-finetune", EXPERIMENT, ["--task=finetune"],
+     "--temperatures is read by tasks arith, tuned, cmudict, shakespeare only", ""),
     ("experiment-train-args", EXPERIMENT, ["--train_args=--bogus=1"], "unknown flag --bogus", ""),
     ("experiment-config-raises", EXPERIMENT, ["{w}/raises.py"], "raises.py:2 does not run", ""),
     ("experiment-interrupted", EXPERIMENT, ["--systems=mle,irl0.1", "--seeds=2", "--train_args=" + " ".join(
@@ -477,19 +481,19 @@ def children_of(pid):
     return kids
 
 
-def run_interrupted(script, args):
-    """Start the script, send it SIGINT once its first run (a child process) started; returns (exit
-    status, stdout, stderr, its children, seconds from SIGINT to its exit)."""
+def run_interrupted(script, args, safety=600):
+    """Start the script, send it SIGINT once its first run (a child process) started, wait for it to end:
+    (exit status, stdout, stderr, its children, those still there once it ended). Each wait is for its
+    event, however long a busy machine takes: `safety` seconds in all only end a hang."""
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, script)] + args, cwd=ROOT, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    deadline = time.time() + 30
-    while not children_of(process.pid) and time.time() < deadline and process.poll() is None:
+    deadline = time.time() + safety
+    while not children_of(process.pid) and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     kids = children_of(process.pid)
-    t0 = time.time()
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=30)
-    return process.returncode, out, err, kids, time.time() - t0
+    out, err = process.communicate(timeout=max(deadline - time.time(), 1))
+    return process.returncode, out, err, kids, [k for k in kids if os.path.exists(f"/proc/{k}")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -504,11 +508,10 @@ def test_bad_input_stops_with_one_line(case, base, tmp_path, monkeypatch, capsys
         args = [a.replace("{w}", str(w)) for a in DEFAULTS[script] + flags]
         before = snapshot(w)
         if setup == "interrupt":
-            code, out, err, kids, seconds = run_interrupted(script, args)
+            code, out, err, kids, left = run_interrupted(script, args)
             message = err.strip()
             assert kids, "the experiment never started a run"
-            assert seconds < 15, f"took {seconds:.0f} s to stop"
-            assert not [k for k in kids if os.path.exists(f"/proc/{k}")], "a run it started is still there"
+            assert not left, "a run it started is still there"  # it ends its runs, then exits
         else:
             code, out, err = run_inline(script, args, monkeypatch, capsys, w)  # a file it writes to cwd shows
             message = "\n".join(m for m in (err.strip(), code if isinstance(code, str) else "") if m)
