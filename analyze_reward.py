@@ -53,7 +53,7 @@ import torch
 from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_of
 from checks import check_device
 from configurator import SEED_RANGE, configure, settings_of
-from dataset import (dataset_inputs, encode_example, fit_to_block, jsonl_rows, load_dataset,
+from dataset import (dataset_inputs, encode_example, encode_scored, jsonl_rows, load_dataset,
                      make_batch)
 from features import feature_matrix, is_eos, least_squares, load_features, token_texts
 from irl_loss import q_and_v, token_rewards
@@ -203,20 +203,13 @@ corrupted = corrupt_each(pairs, data["task"])
 
 # ----------------------------------------------------------------------------- score and measure
 
-def encode(tok, prompt, completion, terminated, block_size):
-    """(prompt ids, completion ids) fitted to the window; no EOS for one that did not end."""
-    prompt_ids, completion_ids = encode_example(tok, prompt, completion)
-    completion_ids = completion_ids if terminated else completion_ids[:-1]
-    return fit_to_block(prompt_ids, completion_ids, block_size)[:2]
-
-
 @torch.no_grad()
 def score(model, tok, rows, gamma):
     """Add to each row (prompt, completion, terminated) its token texts, r_t, log pi_t, return and
     v_0, from irl_loss.token_rewards on padded batches. r_t is None for the last token of a
     completion cut by the window (no next state: no reward)."""
     block_size = model.config.block_size
-    examples = [encode(tok, r["prompt"], r["completion"], r["terminated"], block_size)
+    examples = [encode_scored(tok, r["prompt"], r["completion"], r["terminated"], block_size)
                 for r in rows]
     for i in range(0, len(rows), batch_size):
         chunk = examples[i:i + batch_size]

@@ -49,7 +49,7 @@ from checkpoint import (check_fits_decoding, check_weights, load_checkpoint, met
                         model_from_checkpoint, shapes, strip_compile_prefix, tokenizer_of)
 from checks import check_device
 from configurator import SEED_RANGE, configure, parse_list, settings_of
-from dataset import dataset_inputs, encode_example, fit_to_block, load_dataset, make_batch
+from dataset import dataset_inputs, encode_example, encode_scored, load_dataset, make_batch
 from gail import discriminator_scores
 from generate import beam_search, generate, reward_beam_search
 from irl_loss import q_and_v, td_mask_of, token_rewards
@@ -159,17 +159,10 @@ def pairwise_auc(scores, oracle):
 
 # ----------------------------------------------------------------------------- scoring a pool
 
-def fitted(tok, prompt, completion, terminated, block_size):
-    """(prompt ids, completion ids) fitted to the window; no EOS for one that did not end."""
-    prompt_ids, completion_ids = encode_example(tok, prompt, completion)
-    completion_ids = completion_ids if terminated else completion_ids[:-1]
-    return fit_to_block(prompt_ids, completion_ids, block_size)[:2]
-
-
 def padded_batches(model, tok, candidates, rows, device):
     """(batch, first) per chunk of `rows` candidates (dicts with prompt, completion, terminated),
     on device; first: each row's position whose target is the first completion token."""
-    examples = [fitted(tok, c["prompt"], c["completion"], c["terminated"],
+    examples = [encode_scored(tok, c["prompt"], c["completion"], c["terminated"],
                        model.config.block_size) for c in candidates]
     for i in range(0, len(examples), rows):
         chunk = examples[i:i + rows]

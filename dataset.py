@@ -248,6 +248,14 @@ def fit_to_block(prompt_ids, completion_ids, block_size):
     return prompt_ids, completion_ids, prompt_cut, completion_cut
 
 
+def encode_scored(tok, prompt, completion, terminated, block_size):
+    """(prompt ids, completion ids) of a completion to score, fitted to the window; no EOS for one
+    that did not end (analyze_reward.py, critic.py)."""
+    prompt_ids, completion_ids = encode_example(tok, prompt, completion)
+    completion_ids = completion_ids if terminated else completion_ids[:-1]
+    return fit_to_block(prompt_ids, completion_ids, block_size)[:2]
+
+
 def encode_split(tok, pairs, block_size):
     """Encode and fit every example; returns (examples, counts of cut prompts and completions)."""
     examples, n_prompt_cut, n_completion_cut = [], 0, 0

@@ -61,12 +61,17 @@ globals().update(configure(settings, __file__, ranges=dict(
     top_k=(0, None), max_prompts=(0, None), beam_size=(0, None), seed=SEED_RANGE)))
 
 
+def prompt_file_lines(path):
+    """(line number, prompt) of each non-blank line; Windows line ends and a BOM are fine."""
+    lines = read_text(path, "prompt file").removeprefix("\ufeff").split("\n")
+    return [(n, line.removesuffix("\r")) for n, line in enumerate(lines, 1) if line.strip()]
+
+
 def read_prompts(tok, data_name):
     """(data, [(prompt, reference)]): the split's first max_prompts pairs, or the user's own prompts
     (--start: no data, no references, no metrics but diversity)."""
-    if start.startswith("FILE:"):  # one prompt a line; Windows line ends and a BOM are fine
-        lines = read_text(start[5:], "prompt file").removeprefix("\ufeff").split("\n")
-        pairs = [(line.removesuffix("\r"), None) for line in lines if line.strip()]
+    if start.startswith("FILE:"):
+        pairs = [(line, None) for _, line in prompt_file_lines(start[5:])]
         if not pairs:
             raise ValueError(f"{start[5:]} has no prompts; write one prompt per line")
         return None, pairs
@@ -85,8 +90,7 @@ def encode_prompt(tok, prompt, i):
     except ValueError as err:
         if not start.startswith("FILE:"):
             raise
-        lines = read_text(start[5:]).removeprefix("\ufeff").split("\n")
-        line_no = [n for n, line in enumerate(lines, 1) if line.strip()][i]
+        line_no = prompt_file_lines(start[5:])[i][0]
         raise ValueError(f"{start[5:]}:{line_no}: {err}") from None
 
 
