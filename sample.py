@@ -15,7 +15,8 @@ and the same name .json with the averages: accuracy (tasks with a verifier) or R
 Self-BLEU and distinct-1/2 over the K samples of each prompt, mean length in tokens, tokens/s, and
 reference_entropy: the policy's mean per-token entropy (nats) on the split's reference completions.
 The summary records how it decoded (decoding: sampling, greedy or beam) and only the knobs that
-decoding used (temperature is null for beam search, top_k null unless sampling).
+decoding used (temperature is null for beam search, top_k null unless sampling). Last, per_prompt:
+each prompt's mean of each score over its K samples (and its Self-BLEU): a bootstrap over prompts.
 """
 import json
 import os
@@ -192,13 +193,16 @@ summary = dict(checkpoint=ckpt_path, split=None if start else split,
                top_k=top_k if method == "sampling" else None, beam_size=beam_size or None,
                tokens_per_second=n_tokens / seconds,
                length=sum(r["length"] for r in rows) / len(rows))
-for key in ("correct", "rouge1", "rouge2", "rougeL", "phoneme_error_rate", "bleu"):
-    if key in rows[0]:
-        summary["accuracy" if key == "correct" else key] = sum(r[key] for r in rows) / len(rows)
+scores = {"accuracy" if key == "correct" else key: key  # summary's key: the rows' key
+          for key in ("correct", "rouge1", "rouge2", "rougeL", "phoneme_error_rate", "bleu")
+          if key in rows[0]}
+for key, row_key in scores.items():
+    summary[key] = sum(r[row_key] for r in rows) / len(rows)
 if num_samples > 1:  # diversity among the K samples of each prompt, averaged over prompts
     groups = [[r["sample"] for r in rows[i:i + num_samples]]
               for i in range(0, len(rows), num_samples)]
-    summary["self_bleu"] = sum(map(metrics.self_bleu, groups)) / len(groups)
+    self_bleus = list(map(metrics.self_bleu, groups))
+    summary["self_bleu"] = sum(self_bleus) / len(groups)
     summary["distinct_1"] = sum(metrics.distinct_n(g, 1) for g in groups) / len(groups)
     summary["distinct_2"] = sum(metrics.distinct_n(g, 2) for g in groups) / len(groups)
 if data is not None:  # the policy's entropy on the split's reference completions, not on what it
@@ -211,6 +215,13 @@ if data is not None:  # the policy's entropy on the split's reference completion
             stats = policy_stats(model(batch["idx"]), batch["targets"], batch["loss_mask"])
             entropies.append(stats["entropy"])
     summary["reference_entropy"] = sum(entropies) / len(entropies)
+if scores:  # each prompt's mean of each score over its K samples, in prompt order: for a bootstrap
+    # over prompts (the samples .jsonl is not kept); last, after the means a reader looks for
+    summary["per_prompt"] = {
+        key: [round(sum(r[row_key] for r in rows[i:i + num_samples]) / num_samples, 4)
+              for i in range(0, len(rows), num_samples)] for key, row_key in scores.items()}
+    if num_samples > 1:
+        summary["per_prompt"]["self_bleu"] = [round(b, 4) for b in self_bleus]
 
 # ---------------------------------------------------------------------------- write
 try:
@@ -223,5 +234,6 @@ except (ValueError, OSError) as err:
 for r in rows[: min(len(rows), 2 * num_samples)]:
     verdict = f" ({'correct' if r['correct'] else 'wrong'})" if "correct" in r else ""
     print(f"--- {r['prompt']!r} -> {r['sample']!r}{verdict}")
-print(json.dumps(summary))
+# the summary less per_prompt (a number per prompt: too long to print; the .json has it)
+print(json.dumps({k: v for k, v in summary.items() if k != "per_prompt"}))
 print(f"wrote {name} and {summary_name}")

@@ -69,10 +69,11 @@ from configurator import configure, parse_list, settings_of  # noqa: E402
 from lab import report
 from lab.demonstrations import arith_fraction, builtin, finetune_data
 from lab.runner import Runner, decoding_file, reward_file, run_dir
-from lab.stats import best, best_row
-from lab.tasks import (ARITH_FLAGS, DEMO_SIZES, FINETUNE_FLAGS, FROM_MLE, OWN_TASKS,
-                       QUICK_FINE_TUNE, QUICK_SCRATCH, REWARD, SHIFT_LABEL, SYSTEMS, TASKS, TUNED,
-                       TUNED_TASKS)
+from lab.stats import best
+from lab import search
+from lab.tasks import (ARITH_FLAGS, DEMO_SIZES, FAMILIES, FINETUNE_FLAGS, FROM_MLE, OWN_TASKS,
+                       QUICK_FINE_TUNE, QUICK_SCRATCH, REWARD, SEARCH_SEED, SHARED, SHIFT_LABEL,
+                       SYSTEMS, TASKS, TUNED, TUNED_TASKS)
 from runfiles import check_out_dir, lock_out_dir, stop_on_interrupt, write_atomically
 
 # -----------------------------------------------------------------------------
@@ -110,7 +111,8 @@ globals().update(config)
 
 READ_BY = {  # the flags that only some tasks read: refused for the others
     "systems": list(TASKS),
-    **dict.fromkeys(["temperatures", "num_samples", "beam_size", "max_prompts"],
+    "temperatures": ["arith"],  # the tuned tasks decode at their own (TUNED's temperatures)
+    **dict.fromkeys(["num_samples", "beam_size", "max_prompts"],
                     ["arith", "tuned"] + OWN_TASKS),  # those that sample at every decoding
 }
 OWNED = {  # train.py flags that tell one run from another: set here, refused in --train_args
@@ -290,19 +292,25 @@ def finetune():
 
 
 # ----------------------------------------------------------------------------- best against best
-def configurations(setting):
-    """{family: {configuration name: train.py flags}}: each family's knob settings at every
-    dropout, in grid order (--quick: MLE and IRL, the first two of each)."""
-    grid = {}
-    for family, (_, loss_name, knob) in setting["families"].items():
+def trials(setting):
+    """{family: {trial name: {setting: value}}}: each family's random-search trials (lab/search.py),
+    as many for every family (--quick: MLE and IRL, their first trial)."""
+    shared = SHARED[setting["space"]]
+    drawn = {}
+    for family in setting["families"]:
         if quick and family not in ("mle", "irl"):
             continue
-        flags = [[f"--loss={loss_name}", *k, f"--dropout={d}"]
-                 for k in knob for d in setting["dropouts"]]
-        named = {family + "_" + "_".join(f[2:].replace("=", "") for f in fl[1:]): fl
-                 for fl in flags}
-        grid[family] = dict(list(named.items())[:2] if quick else named)
-    return grid
+        values = search.draw(shared, FAMILIES[family][2], setting["trials"], SEARCH_SEED)
+        drawn[family] = {f"{family}_t{k}": v for k, v in enumerate(values[:1] if quick else values)}
+    return drawn
+
+
+def trial_flags(family, values):
+    """train.py's flags of a family's trial: its loss, the drawn values, min_lr a tenth of the
+    learning rate."""
+    flags = [f"--loss={FAMILIES[family][1]}"]
+    flags += [f"--{name}={search.flag_value(value)}" for name, value in values.items()]
+    return flags + [f"--min_lr={search.flag_value(values['learning_rate'] / 10)}"]
 
 
 def demonstration_flags(setting, root, size):
@@ -338,17 +346,18 @@ def base_model(setting, root):
 
 
 def tuned_setting(name, root, part_of):
-    """Tune every family of TUNED[name] on val, then run each family's choice on the final seeds,
-    scored on the test split against the tuned MLE (compare), into root; part_of: the task it times.
-    Table rows."""
+    """Tune every family of TUNED[name] on val by random search, then run each family's choice on
+    the final seeds, scored on the test split against the tuned MLE (compare), into root; part_of:
+    the task it times. Table rows."""
     written = TUNED[name]
     setting = dict(written,  # as this invocation runs it
                    flags=schedule(written["flags"], written["quick"]),
                    final_flags=[] if quick else written["final_flags"],
                    tuning_seeds=written["tuning_seeds"][:1] if quick else written["tuning_seeds"],
                    prompts=min(max_prompts, written["prompts"] or max_prompts))
-    metric, stop, prompts = setting["metric"], setting["early_stop"], setting["prompts"]
-    grid, keep = configurations(setting), f"--keep_best={stop}"
+    metric, prompts, choose_by = setting["metric"], setting["prompts"], setting["choose_by"]
+    drawn, keep = trials(setting), f"--keep_best={setting['early_stop']}"
+    temperatures = setting["temperatures"][::4] if quick else setting["temperatures"]
     max_new_tokens = setting["max_new_tokens"]
     part = f"{name}: " if part_of != name else ""  # task tuned times its settings' parts apart
     data = demonstration_flags(setting, root, setting["size"])
@@ -360,76 +369,68 @@ def tuned_setting(name, root, part_of):
         runner.timed(part_of, f"{part}pre-train the base model",
                      {"base": lambda: start(None, 0)[0]})
 
-    by_score = stop == f"val/{metric}"  # else the choice goes by the lowest val nll: no decoding
-    tuning_dirs = lambda c: [run_dir(os.path.join(root, "tuning"), c, seed)
-                             for seed in setting["tuning_seeds"]]
-    made = lambda out_dir: ([decoding_file(out_dir, "greedy", "val")] if by_score
-                            else [os.path.join(out_dir, "trained")])  # what the choice reads
+    tuning_dirs = lambda trial: [run_dir(os.path.join(root, "tuning"), trial, seed)
+                                 for seed in setting["tuning_seeds"]]
 
-    def tuning_run(config, flags, seed):
-        """One configuration on one tuning seed: trained, early-stopped, its best.pt decoded
-        greedily on val if the choice goes by that score."""
-        out_dir = run_dir(os.path.join(root, "tuning"), config, seed)
-        finished = all(map(os.path.exists, made(out_dir)))
-        spent, start_flags = (0.0, []) if finished else start(config, seed)
+    def tuning_run(family, trial, seed):
+        """One trial on one tuning seed: trained, early-stopped, its best.pt decoded on val as
+        choose_by says."""
+        out_dir = run_dir(os.path.join(root, "tuning"), trial, seed)
+        chosen_by = decoding_file(out_dir, choose_by, "val")
+        spent, start_flags = (0.0, []) if os.path.exists(chosen_by) else start(trial, seed)
+        flags = trial_flags(family, drawn[family][trial])
         spent += runner.train(out_dir, data + setting["flags"] + start_flags + flags + [keep], seed,
-                              made(out_dir))
-        if by_score:
-            spent += runner.sample(out_dir, "greedy", seed, "val", "best.pt", prompts,
-                                   max_new_tokens)
-        return spent
+                              [chosen_by])
+        return spent + runner.sample(out_dir, choose_by, seed, "val", "best.pt", prompts,
+                                     max_new_tokens)
 
     runner.timed(part_of, f"{part}tune each family on val", {
-        (c, seed): partial(tuning_run, c, flags, seed) for seed in setting["tuning_seeds"]
-        for configs in grid.values() for c, flags in configs.items()})
-    if plan and not all(os.path.exists(f) for configs in grid.values() for c in configs
-                        for d in tuning_dirs(c) for f in made(d)):
+        (trial, seed): partial(tuning_run, family, trial, seed)
+        for seed in setting["tuning_seeds"] for family, named in drawn.items() for trial in named})
+    if plan and not all(os.path.exists(decoding_file(d, choose_by, "val")) for named in
+                        drawn.values() for trial in named for d in tuning_dirs(trial)):
         print(f"tuned {name}: its final runs come from its tuning runs; once those are done, "
               f"--plan lists them", file=sys.stderr)
         return []
-    scores, picks = choose(grid, tuning_dirs, metric, stop)
-    rows = [] if plan else report.grid_table(name, setting, grid, tuning_dirs, scores, picks)
+    scores, picks = choose(drawn, tuning_dirs, choose_by, metric)
+    flags_of = lambda family, trial: trial_flags(family, drawn[family][trial]) + [keep]
+    rows = [] if plan else report.trials_table(name, root, setting, drawn, flags_of, tuning_dirs,
+                                               scores, picks)
     compared = {}  # each family's choice
-    for family, configs in grid.items():
-        # the label in words: "MLE (learning rate 1e-3, dropout 0.1)" (the loss flag left out)
-        pick = configs[picks[family]]
-        words = ", ".join(f[2:].replace("_", " ").replace("=", " ") for f in pick[1:])
-        compared[family] = (f"{setting['families'][family][0]} ({words})",
-                            data + setting["flags"] + pick + [keep] + setting["final_flags"])
-    hotter = [f"t{t:g}" for t in setting["temperatures"]]
+    for family, named in drawn.items():
+        # the label in words: "MLE (learning rate 0.00123, dropout 0.1, ...)"
+        values = named[picks[family]]
+        words = ", ".join(f"{k.replace('_', ' ')} {search.flag_value(v)}" for k, v in values.items())
+        compared[family] = (f"{FAMILIES[family][0]} ({words})", data + setting["flags"]
+                            + trial_flags(family, values) + [keep] + setting["final_flags"])
     finals = dict(root=root, systems=compared, start=start,
-                  decodings=DECODINGS + [d for d in hotter if d not in DECODINGS],
+                  decodings=DECODINGS[:2] + [f"t{t:g}" for t in temperatures],
                   sampling=dict(split="test", weights="best.pt", prompts=prompts,
                                 max_new_tokens=max_new_tokens),
                   analyzed=list(compared) if setting["reward"] else [], metric=metric,
-                  also_scored=setting["also_scored"], early_stop=stop, part_of=part_of)
+                  also_scored=setting["also_scored"], early_stop=setting["early_stop"],
+                  part_of=part_of)
     rows += [""] + compare(f"tuned {name}", finals, levelled=True)
     if setting["smaller"]:  # the same choices again (no new tuning) on fewer demonstrations
         families, size = setting["smaller"]
         flags, what = demonstration_flags(setting, root, size), f"{size} demonstrations"
         rows += [""] + compare(f"tuned {name}, {what}", dict(
             finals, root=os.path.join(root, f"train{size}"), analyzed=[],
-            systems={f: (f"{compared[f][0]}, {what}", compared[f][1] + flags) for f in families}),
-            levelled=True)
+            systems={f: (f"{compared[f][0]}, {what}", compared[f][1] + flags) for f in families
+                     if f in compared}), levelled=True)
     return rows
 
 
-def choose(grid, tuning_dirs, metric, stop):
-    """Each family's choice: ({configuration: its score, the mean over its tuning runs},
-    {family: the configuration of the best score}), in stop's direction (stats.best: the highest
-    accuracy, the lowest val nll); tuning_dirs(configuration): its runs' folders."""
-    scores = {c: float(np.mean([read_score(d, metric, stop) for d in tuning_dirs(c)]))
-              for configs in grid.values() for c in configs}
-    picks = {family: best(configs, stop, lambda c: scores[c]) for family, configs in grid.items()}
+def choose(drawn, tuning_dirs, decoding, metric):
+    """Each family's choice: ({trial: its score, the mean over its tuning runs of the val metric of
+    their best.pt at decoding}, {family: the trial of the best score, the first of ties});
+    tuning_dirs(trial): its runs' folders."""
+    read = lambda d: report.read_summary(decoding_file(d, decoding, "val"), [metric])[metric]
+    scores = {trial: float(np.mean([read(d) for d in tuning_dirs(trial)]))
+              for named in drawn.values() for trial in named}
+    picks = {family: best(named, f"val/{metric}", lambda t: scores[t])
+             for family, named in drawn.items()}
     return scores, picks
-
-
-def read_score(out_dir, metric, stop):
-    """What a tuning run is chosen by: the greedy val score of its best.pt (when stop is
-    val/<metric>), or the best value of stop in its log."""
-    if stop == f"val/{metric}":
-        return report.read_summary(decoding_file(out_dir, "greedy", "val"), [metric])[metric]
-    return best_row(report.read_log(os.path.join(out_dir, "log.jsonl"), [stop]), stop)[stop]
 
 
 def tuned():

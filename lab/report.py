@@ -11,9 +11,10 @@ import os
 import numpy as np
 
 from lab.runner import decoding_file, reward_file, run_dir
-from lab.stats import (NLL_TOLERANCE, RESOLVE, best_row, levelled, matched_difference, overlap,
-                       paired)
-from lab.tasks import CONTROL, FROM_MLE, SYSTEMS
+from lab import search
+from lab.stats import (NLL_TOLERANCE, RESOLVE, best_row, bootstrap, expected_max, levelled,
+                       matched_difference, overlap, paired, window_start)
+from lab.tasks import CONTROL, FAMILIES, FROM_MLE, SHARED, SYSTEMS
 from metrics import mean_se
 from runfiles import json_problem, read_text, save_figure, write_atomically
 
@@ -191,15 +192,28 @@ def score_vs_diversity(name, spec, seeds):
 
 def per_seed(spec, seeds):
     """get(system, decoding, key) -> [the value of key in sample.py's summary, per seed] of spec's
-    runs; the K samples of a deterministic decoding (greedy, beam) would be equal: Self-BLEU 1."""
+    runs, and get(system, decoding, key, per_prompt=True) -> an array (seeds, prompts) of each
+    prompt's value, or None where a summary holds none; the K samples of a deterministic decoding
+    (greedy, beam) would be equal: Self-BLEU 1."""
     split, deterministic = spec["sampling"]["split"], spec["decodings"][:2]
     scores = spec["also_scored"] + ["self_bleu", "distinct_2"]
     needed = lambda d: [spec["metric"]] + ([] if d in deterministic else ["self_bleu"])
     summary = {(s, d, seed): read_summary(decoding_file(run_dir(spec["root"], s, seed), d, split),
                                           needed(d), scores)
                for s in spec["systems"] for d in spec["decodings"] for seed in range(seeds)}
-    return lambda s, d, key: [1.0 if key == "self_bleu" and d in deterministic
-                              else summary[(s, d, seed)].get(key) for seed in range(seeds)]
+
+    def get(s, d, key, per_prompt=False):
+        if not per_prompt:
+            return [1.0 if key == "self_bleu" and d in deterministic
+                    else summary[(s, d, seed)].get(key) for seed in range(seeds)]
+        if key == "self_bleu" and d in deterministic:
+            key = spec["metric"]  # for its shape: every prompt's Self-BLEU is 1
+            return np.ones_like(get(s, d, key, per_prompt=True))
+        lists = [summary[(s, d, seed)].get("per_prompt", {}).get(key) for seed in range(seeds)]
+        if any(not isinstance(v, list) or len(v) != len(lists[0]) for v in lists):
+            return None
+        return np.array(lists, dtype=float)
+    return get
 
 
 def decoding_rows(name, spec, seeds, get):
@@ -217,19 +231,23 @@ def decoding_rows(name, spec, seeds, get):
 
 def paired_rows(name, spec, seeds, get):
     """The table of paired differences, system − base (or − the control for those fine-tuned from
-    MLE): at matched Self-BLEU (stats.matched_difference), greedy, beam, and beam − greedy."""
+    MLE): at matched Self-BLEU (stats.matched_difference), greedy, beam, and beam − greedy; each
+    with its 95% interval over seeds and prompts (bootstrapped) where the summaries keep each
+    prompt's scores; the Self-BLEU range both curves cover and the widest gap between adjacent
+    points of the system's own curve."""
     metric, beam, chosen = spec["metric"], spec["decodings"][1], list(spec["systems"])
     base, label = chosen[0], lambda s: spec["systems"][s][0]
     on_curve = ["greedy"] + spec["decodings"][2:]  # the temperatures, greedy as T=0
     curve = lambda s, seed: [(get(s, d, "self_bleu")[seed], get(s, d, metric)[seed])
                              for d in on_curve]
     rows = [f"## {name}: paired differences, system − {label(base)}, or − the control for systems "
-            f"fine-tuned from MLE (mean ± s.e. over seeds; 'seeds': how many would bring the 95% "
-            f"half-width 1.96 sd/√n down to {RESOLVE}, which is 50% power against a true "
-            f"{RESOLVE}, 80% needs about twice as many; 'Self-BLEU range': the range both curves "
-            f"cover, mean over seeds)", "",
-            f"| system | {metric} at matched Self-BLEU | seeds | Self-BLEU range | greedy | seeds "
-            f"| {beam} | seeds | {beam} − greedy (own) |", "|---" * 9 + "|"]
+            f"fine-tuned from MLE (mean ± s.e. over seeds, then the 95% interval of a bootstrap "
+            f"over seeds and prompts; 'seeds': how many would bring the 95% half-width 1.96 "
+            f"sd/√n down to {RESOLVE}; 'Self-BLEU range': the range both curves cover, mean over "
+            f"seeds; 'widest gap': between adjacent points of the system's curve, the widest over "
+            f"seeds)", "",
+            f"| system | {metric} at matched Self-BLEU | seeds | Self-BLEU range | widest gap | "
+            f"greedy | seeds | {beam} | seeds | {beam} − greedy (own) |", "|---" * 10 + "|"]
     # online IQ-Learn and GAIL fine-tune MLE for a few hundred steps more: the control (MLE on the
     # same schedule) isolates their part
     for s in chosen[1:]:
@@ -239,13 +257,55 @@ def paired_rows(name, spec, seeds, get):
         ranges = [r for r in ranges if r]
         span = (f"{np.mean([r[0] for r in ranges]):.3f}–{np.mean([r[1] for r in ranges]):.3f}"
                 if ranges else "none")
-        cells = diff_cells(paired(matched, [0.0] * seeds)) + [span]
-        cells += [cell for d in ("greedy", beam)
-                  for cell in diff_cells(paired(get(s, d, metric), get(other, d, metric)))]
+        gaps = [np.diff(sorted(x for x, _ in curve(s, seed))).max() for seed in range(seeds)]
+        cells = with_interval(diff_cells(paired(matched, [0.0] * seeds)),
+                              matched_statistic(get, s, other, on_curve, metric))
+        cells += [span, f"{max(gaps):.3f}"]
+        for d in ("greedy", beam):
+            cells += with_interval(diff_cells(paired(get(s, d, metric), get(other, d, metric))),
+                                   difference_statistic(get, (s, d), (other, d), metric))
         cells += diff_cells(paired(get(s, beam, metric), get(s, "greedy", metric)))[:1]
         versus = "" if other == base else f" − {label(other)}"
         rows.append(f"| {label(s)}{versus} | " + " | ".join(cells) + " |")
     return rows
+
+
+def with_interval(cells, statistic):
+    """diff_cells' [mean ± s.e., seeds] with the bootstrap's 95% interval after the first, where
+    statistic is (function, seeds, prompts) (None: the summaries keep no per-prompt scores)."""
+    if statistic is None or cells[0] == "—":
+        return cells
+    interval = bootstrap(*statistic)
+    if interval["low"] is None:
+        return cells
+    return [f"{cells[0]} [{interval['low']:+.3f}, {interval['high']:+.3f}]", cells[1]]
+
+
+def difference_statistic(get, run, other, metric):
+    """(statistic, seeds, prompts) for stats.bootstrap: the mean over the drawn seeds and prompts
+    of run's metric − other's, run and other (system, decoding); None without per-prompt scores."""
+    a, b = get(*run, metric, per_prompt=True), get(*other, metric, per_prompt=True)
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    diff = a - b
+    return (lambda seeds, prompts: float(diff[np.ix_(seeds, prompts)].mean()), *diff.shape)
+
+
+def matched_statistic(get, s, other, on_curve, metric):
+    """(statistic, seeds, prompts) for stats.bootstrap: the mean over the drawn seeds of s − other
+    at matched Self-BLEU, each curve's points the means over the drawn prompts; None without
+    per-prompt scores."""
+    arrays = {(x, d, key): get(x, d, key, per_prompt=True)
+              for x in (s, other) for d in on_curve for key in ("self_bleu", metric)}
+    if any(a is None for a in arrays.values()):
+        return None
+
+    def statistic(seeds, prompts):
+        points = lambda x, seed: [(arrays[(x, d, "self_bleu")][seed, prompts].mean(),
+                                   arrays[(x, d, metric)][seed, prompts].mean()) for d in on_curve]
+        diffs = [matched_difference(points(s, seed), points(other, seed)) for seed in seeds]
+        return None if None in diffs else float(np.mean(diffs))
+    return (statistic, *arrays[(s, on_curve[0], metric)].shape)
 
 
 def draw_score_vs_diversity(name, spec, seeds, get):
@@ -256,17 +316,21 @@ def draw_score_vs_diversity(name, spec, seeds, get):
     # one panel of the systems that work; one that collapsed (greedy below half the base's) would
     # squeeze the rest into a strip, so it is named in a note instead
     shown = [s for s in chosen if greedy(s) >= greedy(chosen[0]) / 2]
-    lines = []  # per system shown: its curve (Self-BLEU, score, s.e.) and beam's (score, s.e.)
+    # per system shown: its key (its colour), its curve (Self-BLEU, score, s.e.), each point's
+    # decoding and beam's (score, s.e.)
+    lines, named = [], lambda d: "T=" + d[1:] if d[0] == "t" else d  # t0.5: T=0.5
     for s in shown:
-        points = sorted((np.mean(get(s, d, "self_bleu")), *mean_se(get(s, d, metric)))
+        points = sorted((np.mean(get(s, d, "self_bleu")), *mean_se(get(s, d, metric)), named(d))
                         for d in ["greedy"] + decodings[2:])
-        lines.append(dict(label=spec["systems"][s][0], color=chosen.index(s),
-                          curve=[list(map(float, p)) for p in points],
+        lines.append(dict(label=spec["systems"][s][0], system=s,
+                          curve=[list(map(float, p[:3])) for p in points],
+                          decodings=[p[3] for p in points],
                           beam=list(map(float, mean_se(get(s, decodings[1], metric))))))
     temps = ", ".join(d[1:] for d in decodings[2:])
     drawn = dict(metric=metric, split=spec["sampling"]["split"], seeds=seeds, lines=lines, title=(
         f"{name}: task score against diversity, each curve greedy (right) to T = {temps}\n"
-        f"x = beam search ({decodings[1][4:]} beams); mean over {seeds} seeds, band ± s.e."),
+        f"x = beam search ({decodings[1][4:]} beams); mean over {seeds} seeds, band ± s.e.\n"
+        f"{comparison(name)}"),
         collapsed=[f"{spec['systems'][s][0]} (greedy {greedy(s):.2f})"
                    for s in chosen if s not in shown])
     write_atomically(os.path.join(spec["root"], "curves.json"), json.dumps(drawn, indent=1) + "\n")
@@ -316,16 +380,56 @@ def reward_table(root, analyzed, systems, seeds):
     return rows
 
 
+# One colour per family in every figure; several systems of a family in one figure (online IQ-Learn
+# at three λ) share it, told apart by line style (score against diversity) or marker (val curves)
+FAMILY_COLOURS = {  # family: colour
+    "mle": "tab:blue", "ent": "tab:orange", "dft": "tab:brown", "gem": "tab:green",
+    "irl": "tab:red", "online": "tab:purple", "gail": "tab:pink",
+    "mle+ft": "tab:cyan", "base": "tab:gray"}  # the control (MLE fine-tuned); a base model
+STYLES = ["-", "--", ":", "-."]  # line styles of a family's first, second ... system
+MARKERS = [None, "o", "s", "^"]  # markers of the same
+
+
+def family_of(system):
+    """The family of a system's key, by its name: the longest family it begins with (irl0.1: irl,
+    mle+ft: mle+ft, not mle)."""
+    families = [f for f in FAMILY_COLOURS if isinstance(system, str) and system.startswith(f)]
+    if not families:
+        raise ValueError(f"system {system!r} is of no family ({', '.join(FAMILY_COLOURS)})")
+    return max(families, key=len)
+
+
+def variants(systems):
+    """{system: how many systems of its family come before it in systems} (0, 1, 2 ...)."""
+    families = [family_of(s) for s in systems]
+    return {s: families[:i].count(families[i]) for i, s in enumerate(systems)}
+
+
+def comparison(name):
+    """What a figure of task `name` compares: best against best (the tuned tasks), or each system
+    against the default MLE, untuned."""
+    if name.startswith("tuned"):
+        return "best against best: each family's configuration tuned on val, early-stopped"
+    return ("untuned: against the default MLE (train.py's defaults: no dropout, one learning rate, "
+            "no early stopping)")
+
+
 def draw_curves(ax, drawn, short=False):
-    """score_vs_diversity's figure on ax, from its curves.json (drawn); short: family names only in
-    the legend."""
-    plt = pyplot()
-    for line in drawn["lines"]:
-        color = plt.cm.tab10(line["color"] % 10)
+    """score_vs_diversity's figure on ax, from its curves.json (drawn), each point named by its
+    decoding; short: family names only in the legend, and only the first curve's points named
+    (greedy, then the temperature alone: the others are at the same decodings)."""
+    variant = variants([line["system"] for line in drawn["lines"]])
+    for n, line in enumerate(drawn["lines"]):
+        color = FAMILY_COLOURS[family_of(line["system"])]
         x, y, se = map(np.array, zip(*line["curve"]))
-        ax.plot(x, y, "o-", color=color, markersize=4,
-                label=line["label"].split(" (")[0] if short else line["label"])
+        ax.plot(x, y, marker="o", linestyle=STYLES[variant[line["system"]] % 4], color=color,
+                markersize=4, label=line["label"].split(" (")[0] if short else line["label"])
         ax.fill_between(x, y - se, y + se, color=color, alpha=0.15)
+        # greedy is at Self-BLEU 1 on every curve (beam's x beside it): named on the first only
+        for xy, decoding in zip(zip(x, y), line["decodings"]):
+            if n == 0 or not short and decoding != "greedy":
+                ax.annotate(decoding.replace("T=", "") if short else decoding, xy, xytext=(3, 3),
+                            textcoords="offset points", fontsize=6, color=color)  # off the marker
         ax.errorbar([1.0], [line["beam"][0]], yerr=[line["beam"][1]], fmt="x", color=color,
                     markersize=8, capsize=3)
     ax.set_xlabel("Self-BLEU among the K samples of a prompt (lower = more diverse; greedy and "
@@ -350,7 +454,7 @@ def overview(results):
         try:
             draw_curves(ax, drawn, short=True)
             ax.set_title(f"{title}\n{drawn['split']} split, {drawn['seeds']} seeds, band ± s.e.; "
-                         f"x = beam search", fontsize=10)
+                         f"x = beam search; first curve's numbers: T", fontsize=10)
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise ValueError(f"{path}: not the curves experiment.py writes ({type(err).__name__}: "
                              f"{err}); {REMADE['curves.json']}") from None
@@ -371,17 +475,18 @@ def val_curves(name, groups, title, seeds, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     rows = ["| system | data | val nll: start | final | min | final − min (overfitting) | greedy "
             "val acc.: start | final | best | final acc. − MLE | seeds |", "|---" * 11 + "|"]
-    systems_seen = list(dict.fromkeys(s for s, _ in groups))
+    variant = variants(list(dict.fromkeys(s for s, _ in groups)))
     data_seen = list(dict.fromkeys(d for _, d in groups))
     logs = {key: read_logs(dirs, ["val/nll", "val/accuracy"]) for key, dirs in groups.items()}
     for (system, data), seed_logs in logs.items():
         iters = np.array([r["iter"] for r in seed_logs[0]])
-        color = plt.cm.tab10(systems_seen.index(system) % 10)
-        style = ["-", "--", ":", "-."][data_seen.index(data) % 4]
+        color = FAMILY_COLOURS[family_of(system)]
+        style = STYLES[data_seen.index(data) % 4]  # the data by line style, the system by marker
         for ax, key in zip(axes, ("val/nll", "val/accuracy")):
             mean, se = map(np.array, zip(*[mean_se([log[k][key] for log in seed_logs])
                                            for k in range(len(iters))]))
-            ax.plot(iters, mean, style, color=color, label=f"{SYSTEMS[system][0]}, {data}")
+            ax.plot(iters, mean, style, color=color, marker=MARKERS[variant[system] % 4],
+                    markersize=3, label=f"{SYSTEMS[system][0]}, {data}")
             ax.fill_between(iters, mean - se, mean + se, color=color, alpha=0.15)
         column = lambda key, pick: [pick([r[key] for r in log]) for log in seed_logs]
         first, last = (lambda v: v[0]), (lambda v: v[-1])
@@ -397,64 +502,133 @@ def val_curves(name, groups, title, seeds, path):
         ax.set_xlabel("iteration")
         ax.set_ylabel(key)
         ax.legend(fontsize=7)
+    # val nll on a log scale, plain numbers (0.6, not 6×10⁻¹), no label twice: the decades, and
+    # between them, within a decade every tick with as many digits as tell them apart (0.58,
+    # 0.585), over one 2, 3 and 5 of each decade
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter, ScalarFormatter
     axes[0].set_yscale("log")
-    from matplotlib.ticker import FormatStrFormatter
-    for ticks in (axes[0].yaxis.set_major_formatter, axes[0].yaxis.set_minor_formatter):
-        ticks(FormatStrFormatter("%.2g"))  # 0.6, not 6×10⁻¹
-    fig.suptitle(f"{title} ({seeds} seeds, band ± s.e.)", fontsize=9)
+    axes[0].yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    low, high = axes[0].get_ylim()
+    between = FuncFormatter(lambda y, _: f"{y:g}" if round(y / 10 ** np.floor(np.log10(y)))
+                            in (2, 3, 5) else "")
+    if high / low < 10:
+        between = ScalarFormatter(useOffset=False)
+        between.set_scientific(False)
+    axes[0].yaxis.set_minor_formatter(between)
+    fig.suptitle(f"{title} ({seeds} seeds, band ± s.e.)\n{comparison(name)}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     return [f"## {name}: {title} ({seeds} seeds, mean ± s.e.)", ""] + rows
 
 
 # ---------------------------------------------------------------------- best against best (tuned)
-def grid_table(name, setting, grid, tuning_dirs, scores, picks):
-    """Table rows of a tuned setting's grid: each configuration's score (mean over the tuning
-    seeds), where its best.pt was, whether its runs levelled off (stats.levelled), and each family's
-    choice. tuning_dirs(configuration): its runs' folders; scores {configuration: score}; picks
-    {family: configuration}."""
+def trials_table(name, root, setting, drawn, flags_of, tuning_dirs, scores, picks):
+    """A tuned setting's random search: root/trials.jsonl (a line per tuning run), root/search.png
+    (each family's expected best val score against the number of trials) and table rows: every
+    trial's values, val score, where its best.pt was, whether it levelled off; each family's
+    choice, and where it lies at an edge of a range. drawn {family: {trial: {setting: value}}};
+    flags_of(family, trial): the train.py flags it adds to the task's; tuning_dirs(trial): its
+    runs' folders; scores {trial: mean val score}; picks {family: trial}."""
     metric, stop, prompts = setting["metric"], setting["early_stop"], setting["prompts"]
-    by_score = stop == f"val/{metric}"
-    if by_score:
-        score, gain, tolerance = (f"greedy {metric} of each run's best.pt on {prompts} val prompts",
-                                  "rise", "one evaluation's s.e.")
-    else:
-        score, gain, tolerance = (f"lowest {stop} of each run", "fall",
-                                  f"a tolerance of {NLL_TOLERANCE} nats")
-    column = f"val {metric} (best.pt)" if by_score else stop
-    rows = [f"## tuned {name}: the grid ({score}, mean over tuning seeds "
-            f"{setting['tuning_seeds']}; '{gain}': a line through the last quarter of the run's "
-            f"evaluations, against {tolerance})", "",
-            f"| family | configuration | {column} | best at iter | {gain} over the last quarter | "
-            f"{'s.e.' if by_score else 'tolerance'} | levelled off | chosen |", "|---" * 8 + "|"]
-    for family, configs in grid.items():
-        for c in configs:
-            logs = [read_log(os.path.join(d, "log.jsonl"), [stop]) for d in tuning_dirs(c)]
-            best_iters = [best_row(log, stop)["iter"] for log in logs]
-            rises = [levelled(log, stop) for log in logs]
-            levelled_off = "yes" if all(r < e for r, e in rises) else "no"
-            rows.append(f"| {setting['families'][family][0]} | {c} | {scores[c]:.3f} | "
-                        f"{', '.join(map(str, best_iters))} | "
-                        f"{', '.join(f'{r:+.3f}' for r, _ in rises)} | "
-                        f"{', '.join(f'{e:.3f}' for _, e in rises)} | {levelled_off} | "
-                        f"{'✓' if c == picks[family] else ''} |")
+    lines, rows = [], []
+    for family, named in drawn.items():
+        for trial, values in named.items():
+            logs = [read_log(os.path.join(d, "log.jsonl"), [stop]) for d in tuning_dirs(trial)]
+            tests = [levelled_off(log, stop) for log in logs]
+            for d, seed_log, seed in zip(tuning_dirs(trial), logs, setting["tuning_seeds"]):
+                lines.append(dict(family=family, trial=trial, seed=seed,
+                                  flags=dict(map(flag_pair, flags_of(family, trial))),
+                                  val_score=read_summary(decoding_file(d, setting["choose_by"],
+                                                                       "val"), [metric])[metric],
+                                  best_iter=best_row(seed_log, stop)["iter"],
+                                  chosen=trial == picks[family]))
+            knobs = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in values.items())
+            rows.append(f"| {FAMILIES[family][0]} | {trial} | {knobs} | {scores[trial]:.3f} | "
+                        f"{', '.join(str(line['best_iter']) for line in lines[-len(logs):])} | "
+                        f"{', '.join(t['cell'] for t in tests)} | "
+                        f"{'✓' if trial == picks[family] else ''} |")
+    write_atomically(os.path.join(root, "trials.jsonl"),
+                     "".join(json.dumps(line) + "\n" for line in lines))
+    decoding = "greedy" if setting["choose_by"] == "greedy" else f"T = {setting['choose_by'][1:]}"
+    head = [f"## tuned {name}: the random search ({setting['trials']} trials a family; a trial's "
+            f"score: {metric} of its best.pt ({stop}) on {prompts} val prompts, {decoding}, mean "
+            f"over tuning seeds {setting['tuning_seeds']}; 'rise': a line through the last "
+            f"quarter of the run's evaluations, against one evaluation's s.e. (val nll: "
+            f"{NLL_TOLERANCE} nats), with the evaluations in that quarter)", "",
+            "| family | trial | settings | val score | best at iter | rise over the last quarter "
+            "(evaluations) | chosen |", "|---" * 7 + "|"]
+    space = {**SHARED[setting["space"]]}
+    edges = ["", f"## tuned {name}: each family's choice against the ranges searched", "",
+             "| family | chosen | at an edge of its range |", "|---" * 3 + "|"]
+    for family, trial in picks.items():
+        at = search.at_edges(drawn[family][trial], {**space, **FAMILIES[family][2]})
+        edges.append(f"| {FAMILIES[family][0]} | {trial} | {', '.join(at) or 'no'} |")
+    evp = draw_expected_best(name, root, drawn, scores, metric)
+    return head + rows + edges + ["", f"## tuned {name}: expected best val score of n trials "
+                                  f"(Dodge et al. 2019; search.png)", ""] + evp
+
+
+def flag_pair(flag):
+    """'--name=value' as (name, value), value a number where it reads as one."""
+    name, _, value = flag[2:].partition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        return name, value
+
+
+def levelled_off(log, key):
+    """stats.levelled over the last quarter of a run's iterations: {gain, tolerance, evaluations
+    in the window, cell (the table's '+0.012 < 0.025 (8)')}."""
+    evaluated = [r["iter"] for r in log if key in r]
+    window = min(window_start(evaluated[-1]), evaluated[-2])  # at least 2 (--quick's short runs)
+    gain, tolerance = levelled(log, key, window=window)
+    count = sum(key in r and r["iter"] >= window for r in log)
+    sign = "<" if gain < tolerance else "≥"
+    return dict(gain=gain, tolerance=tolerance, evaluations=count,
+                cell=f"{gain:+.3f} {sign} {tolerance:.3f} ({count})")
+
+
+def draw_expected_best(name, root, drawn, scores, metric):
+    """root/search.png: per family, the expected best val score of n of its trials drawn at random
+    (stats.expected_max), n = 1 to all; the same numbers as table rows."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    n_trials = max(len(named) for named in drawn.values())
+    rows = ["| family | " + " | ".join(f"n = {n}" for n in range(1, n_trials + 1)) + " |",
+            "|---" * (n_trials + 1) + "|"]
+    for family, named in drawn.items():
+        values = [scores[t] for t in named]
+        curve = [expected_max(values, n) for n in range(1, len(values) + 1)]
+        ax.plot(range(1, len(values) + 1), curve, "o-", label=FAMILIES[family][0],
+                color=FAMILY_COLOURS[family])
+        rows.append(f"| {FAMILIES[family][0]} | " + " | ".join(f"{v:.3f}" for v in curve) + " |")
+    ax.set_xlabel("trials of random search")
+    ax.set_ylabel(f"expected best val {metric}")
+    ax.set_title(f"tuned {name}: expected best of n trials (Dodge et al. 2019)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, os.path.join(root, "search.png"), dpi=120)
     return rows
 
 
 def levelled_rows(name, spec, seeds):
     """Table rows: per system of spec (score_vs_diversity's), the gain of a line through the last
-    quarter of each final run's evaluations (stats.levelled), against its tolerance, and how many
-    runs levelled off."""
+    quarter of each final run's iterations (levelled_off), against its tolerance, how many
+    evaluations that quarter holds, and how many runs levelled off."""
     key, metric = spec["early_stop"], spec["metric"]
     what, gain, tolerance = ((f"greedy val {metric}", "rise", "one evaluation's s.e.")
                              if key == f"val/{metric}" else (key, "fall", "tolerance"))
     rows = [f"## {name}: levelled off? (the {gain} of a line through the last quarter of each "
             f"run's {what}, mean ± s.e. over seeds, against {tolerance})", "",
-            f"| system | {gain} over the last quarter | {tolerance} | runs levelled off |",
-            "|---" * 4 + "|"]
+            f"| system | {gain} over the last quarter | {tolerance} | evaluations in it | runs "
+            f"levelled off | per run |", "|---" * 6 + "|"]
     for s, (label, _) in spec["systems"].items():
-        rises = [levelled(read_log(os.path.join(run_dir(spec["root"], s, seed), "log.jsonl"),
-                                   [key]), key) for seed in range(seeds)]
-        rows.append(f"| {label} | {ms([r for r, _ in rises])} | {ms([e for _, e in rises])} | "
-                    f"{sum(r < e for r, e in rises)} of {seeds} |")
+        tests = [levelled_off(read_log(os.path.join(run_dir(spec["root"], s, seed), "log.jsonl"),
+                                       [key]), key) for seed in range(seeds)]
+        rows.append(f"| {label} | {ms([t['gain'] for t in tests])} | "
+                    f"{ms([t['tolerance'] for t in tests])} | "
+                    f"{min(t['evaluations'] for t in tests)} | "
+                    f"{sum(t['gain'] < t['tolerance'] for t in tests)} of {seeds} | "
+                    f"{', '.join(t['cell'] for t in tests)} |")
     return rows

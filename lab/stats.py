@@ -54,14 +54,18 @@ def paired(values, reference):
                 resolve=max(1, math.ceil((1.96 * sd / RESOLVE) ** 2)))
 
 
-def levelled(log_rows, key="val/accuracy", eval_prompts=200):
+def levelled(log_rows, key="val/accuracy", eval_prompts=200, window=None):
     """How much a line through the last quarter of a run's evaluations of key improves over that
     quarter (a rise of greedy val accuracy or ROUGE-L, a fall of val nll), and the tolerance:
     levelled off when the gain is below it. The tolerance is one evaluation's binomial s.e. for a
     score in [0, 1] (for ROUGE-L it bounds the s.e. of the mean from above), NLL_TOLERANCE for
-    val/nll."""
+    val/nll. window: an iteration (window_start); the line then goes through the evaluations at
+    iter >= window instead of the last quarter of them."""
     rows = [r for r in log_rows if key in r]
-    tail = rows[-max(2, len(rows) // 4):]
+    if window is None:
+        tail = rows[-max(2, len(rows) // 4):]
+    else:
+        tail = [r for r in rows if r["iter"] >= window]
     iters, value = np.array([r["iter"] for r in tail]), np.array([r[key] for r in tail])
     direction = 1 if BEST_IS_HIGHER[key] else -1
     gain = np.polyfit(iters, value, 1)[0] * (iters[-1] - iters[0]) * direction
@@ -69,6 +73,12 @@ def levelled(log_rows, key="val/accuracy", eval_prompts=200):
         return float(gain), NLL_TOLERANCE
     spread = max(value.mean() * (1 - value.mean()), 1e-4)
     return float(gain), float(math.sqrt(spread / eval_prompts))
+
+
+def window_start(max_iters):
+    """The first iteration of the last quarter of a run of max_iters iterations: levelled's
+    window."""
+    return 0.75 * max_iters
 
 
 def best(items, metric, value):
@@ -81,3 +91,56 @@ def best_row(log_rows, key):
     """The evaluation a run's best.pt keeps under --keep_best=key: the earliest of the best, as
     train.py keeps it."""
     return best([r for r in log_rows if key in r], key, lambda r: r[key])
+
+
+def t_quantile(df):
+    """The 0.975 quantile of Student's t with df >= 1 degrees of freedom (1.96 as df grows): where
+    the integral of the t density from 0, by the trapezoid rule on a fine grid, reaches 0.475."""
+    t = np.linspace(0.0, 20.0, 200_001)  # df=1's quantile, 12.71, is the largest
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    density = np.exp(log_c - (df + 1) / 2 * np.log1p(t ** 2 / df))
+    area = np.concatenate([[0.0], np.cumsum((density[1:] + density[:-1]) / 2 * (t[1] - t[0]))])
+    return float(np.interp(0.475, area, t))
+
+
+def t_interval(values):
+    """The mean of values (None left out) with its 95% t interval: dict(mean, half, n), half =
+    t_quantile(n - 1) * sd / sqrt(n) (sample sd, ddof=1); half None under 2 values, mean None
+    under 1."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return dict(mean=None, half=None, n=0)
+    mean, se = mean_se(values)
+    half = t_quantile(len(values) - 1) * se if len(values) > 1 else None
+    return dict(mean=mean, half=half, n=len(values))
+
+
+def expected_max(scores, n, higher_is_better=True):
+    """Expected validation performance (Dodge et al. 2019, Show Your Work): the expected best of n
+    draws with replacement from scores (a family's trials; None left out), the maximum, or the
+    minimum when higher_is_better is False (val nll). With v(1) <= ... <= v(N) sorted, the
+    maximum is v(i) with probability (i/N)^n - ((i-1)/N)^n."""
+    v = np.sort([s for s in scores if s is not None])
+    if not higher_is_better:  # the minimum of v is minus the maximum of -v
+        return -expected_max(-v, n)
+    cdf = (np.arange(len(v) + 1) / len(v)) ** n
+    return float(np.sum(v * np.diff(cdf)))
+
+
+def bootstrap(statistic, n_seeds, n_prompts, draws=2000, seed=0):
+    """A two-level bootstrap over seeds and prompts: each draw resamples n_seeds seed indices and
+    n_prompts prompt indices with replacement (the same prompts for every seed: all are scored
+    on the same ones) and calls statistic(seed_idx, prompt_idx) -> float or None (skipped).
+    Returns dict(mean: the statistic on all seeds and prompts, low, high: the 2.5th and 97.5th
+    percentiles of the draws (None without any), draws: how many were not None)."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        value = statistic(rng.integers(n_seeds, size=n_seeds),
+                          rng.integers(n_prompts, size=n_prompts))
+        if value is not None:
+            values.append(value)
+    low, high = np.percentile(values, [2.5, 97.5]) if values else (None, None)
+    return dict(mean=statistic(np.arange(n_seeds), np.arange(n_prompts)),
+                low=None if low is None else float(low),
+                high=None if high is None else float(high), draws=len(values))

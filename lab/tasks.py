@@ -60,74 +60,68 @@ TASKS = {  # the systems by default and with --quick; task arith's flags (and --
 }
 
 # ---------------------------------------------------------------------- best against best (tuned)
-# {family: (label, loss, three settings of its knob)}, from scratch or fine-tuning: MLE's and DFT's
-# knobs (learning rates, weight decay) differ between the two
-ENTROPY = ("MLE + entropy", "mle", [[f"--entropy_coef={b}"] for b in (0.01, 0.03, 0.1)])
-GEM = ("GEM", "gem", [[f"--gem_beta={b}"] for b in (0.5, 0.7, 0.9)])
-IRL = ("IRL", "irl", [[f"--td_coef={t}"] for t in (0.03, 0.1, 0.3)])
-FAMILIES = dict(
-    scratch=dict(
-        mle=("MLE", "mle", [["--learning_rate=1e-3"], ["--learning_rate=2e-3"],
-                            ["--weight_decay=1.0"]]),
-        ent=ENTROPY,
-        dft=("DFT", "dft", [[f"--learning_rate={lr}"] for lr in ("1e-3", "2e-3", "4e-3")]),
-        gem=GEM, irl=IRL),
-    fine_tune=dict(
-        mle=("MLE", "mle", [["--learning_rate=1e-3"], ["--learning_rate=3e-4"],
-                            ["--weight_decay=1.0"]]),
-        ent=ENTROPY,
-        dft=("DFT", "dft", [[f"--learning_rate={lr}"] for lr in ("3e-4", "1e-3", "3e-3")]),
-        gem=GEM, irl=IRL))
+# What every family shares, on one search space per kind of schedule (lab/search.py draws it);
+# min_lr follows the learning rate, a tenth of it as in train.py's defaults
+SHARED = dict(
+    scratch=dict(learning_rate=("log", 3e-4, 6e-3), dropout=("choice", [0.0, 0.1, 0.2]),
+                 weight_decay=("choice", [0.0, 0.1, 1.0])),
+    fine_tune=dict(learning_rate=("log", 3e-5, 2e-3), dropout=("choice", [0.0, 0.1, 0.2]),
+                   weight_decay=("choice", [0.0, 0.1, 1.0])))
+FAMILIES = {  # family: (label, loss, its own knob's range)
+    "mle": ("MLE", "mle", {}),
+    "ent": ("MLE + entropy", "mle", dict(entropy_coef=("log", 1e-3, 0.3))),
+    "dft": ("DFT", "dft", {}),
+    "gem": ("GEM", "gem", dict(gem_beta=("uniform", 0.1, 1.0))),  # 1: MLE's gradient
+    "irl": ("IRL", "irl", dict(td_coef=("log", 1e-3, 1.0))),
+}
 TUNED_TASKS = ["finetune", "arith"]  # task tuned: these two (the short fine-tuning runs first)
-# beyond --temperatures: every curve reaches the Self-BLEU of the most diverse one
-TUNED_TEMPERATURES = [1.25, 1.5]
+SEARCH_SEED = 0  # the trials' draws (lab/search.py): the same for every task
 # A setting of best against best, every key given:
 # - data: a built-in dataset (prepared first) or "finetune", task finetune's shifted demonstrations;
 #   size: its train split cut to the first size examples (None: all of it)
 # - base: None (from scratch), "arith" (each seed's MLE run of task arith), or one model that every
 #   run fine-tunes: base["prepare"](folder) writes its data, base["flags"] train it
-# - flags: train.py's for every run; quick: appended under --quick; final_flags: on top, for the
+# - flags: train.py's for every run, their evaluations at least 8 in the last quarter of the run
+#   (the levelled-off test's window); quick: appended under --quick; final_flags: on top, for the
 #   final runs only (not under --quick, whose short schedule they would replace)
-# - dropouts: every knob setting runs at each; tuning_seeds: the configurations are tried on these,
-#   never on the final seeds 0..seeds-1 (--quick: on the first only); families: FAMILIES'
-# - metric: sample.py's task score; early_stop: what --keep_best tracks and the choice goes by (the
-#   run's best val nll, or val/<metric>: the greedy val score of its best.pt)
+# - space: SHARED's; trials: random-search trials per family, each on every tuning seed (never
+#   one of the final seeds 0..seeds-1; --quick: the first trial and seed only); families: FAMILIES'
+# - metric: sample.py's task score; early_stop: what --keep_best tracks; choose_by: the decoding
+#   of best.pt whose val metric chooses a family's trial
 # - reward: the final runs get the reward analysis; prompts: sampled, at most --max_prompts (None:
-#   that many); temperatures: beyond --temperatures; also_scored: more of sample.py's scores in the
-#   table of decodings; max_new_tokens: sample.py's, for every decoding (None: its default)
+#   that many); temperatures: the final runs' decodings beyond greedy and beam search, adjacent
+#   ones about 0.1 apart in Self-BLEU; also_scored: more of sample.py's scores in the table;
+#   max_new_tokens: sample.py's, for every decoding (None: its default)
 # - smaller: (families, size): the chosen configurations again on a smaller train split, or None
+EIGHTHS = [t / 8 for t in range(1, 13)]  # T = 0.125 to 1.5
 TUNED = dict(
-    arith=dict(  # from scratch, early-stopped on val: tuned at 6000 steps (50% longer than task
-        # arith), and the choices run twice that, since at 6000 MLE, MLE + entropy and IRL still
-        # rise; both fit in the 4-hour budget
+    arith=dict(  # from scratch, early-stopped on val; tuned at 6000 steps and the choices run
+        # twice that, since at 6000 steps most runs still rise
         data="arith", size=None, base=None,
-        flags=["--eval_interval=250", "--max_iters=6000"], quick=QUICK_SCRATCH,
-        final_flags=["--max_iters=12000"],
-        dropouts=[0, 0.1], tuning_seeds=[100], families=FAMILIES["scratch"],
-        metric="accuracy", early_stop="val/accuracy", reward=True, prompts=None,
-        temperatures=TUNED_TEMPERATURES, also_scored=[], max_new_tokens=None, smaller=None),
+        flags=["--eval_interval=200", "--max_iters=6000"], quick=QUICK_SCRATCH,
+        final_flags=["--max_iters=12000", "--eval_interval=375"],
+        space="scratch", trials=6, tuning_seeds=[100], families=list(FAMILIES),
+        metric="accuracy", early_stop="val/accuracy", choose_by="greedy", reward=True,
+        prompts=None, temperatures=EIGHTHS, also_scored=[], max_new_tokens=None, smaller=None),
     finetune=dict(  # task finetune's 250 shifted demonstrations, from arith's MLE model of the seed
         data="finetune", size=250, base="arith",
-        flags=FINETUNE_FLAGS, quick=QUICK_FINE_TUNE, final_flags=[],
-        dropouts=[0, 0.1], tuning_seeds=[100, 101],
-        families={f: FAMILIES["fine_tune"][f] for f in ("mle", "dft", "gem", "irl")},
-        metric="accuracy", early_stop="val/accuracy", reward=False, prompts=None,
-        temperatures=TUNED_TEMPERATURES, also_scored=[], max_new_tokens=None, smaller=None),
-    # Real language, each a task of its own (results/<name>/). One configuration per knob setting,
-    # at dropout 0.1 only (half arith's grid, the same for every family) and 1 tuning seed, so that
-    # both fit in 2.5 hours of a 2-core CPU: measured per step at 1 thread, wall time with --jobs=2
-    # in lab/experiment.py's docstring.
+        flags=FINETUNE_FLAGS + ["--max_iters=640", "--lr_decay_iters=640", "--eval_interval=20"],
+        quick=QUICK_FINE_TUNE, final_flags=[],
+        space="fine_tune", trials=6, tuning_seeds=[100, 101], families=list(FAMILIES),
+        metric="accuracy", early_stop="val/accuracy", choose_by="greedy", reward=False,
+        prompts=None, temperatures=EIGHTHS, also_scored=[], max_new_tokens=None, smaller=None),
+    # Real language, each a task of its own (results/<name>/), on one tuning seed.
     cmudict=dict(  # word -> pronunciation, the paper's translation task small: from scratch on 3000
         # words, as a base could pre-train only on more of the dictionary, which is more
-        # demonstrations, not a prior; block 48 fits all
+        # demonstrations, not a prior; block 48 fits all. 3000 steps: at 1500 most runs still rose
         data="cmudict", size=None, base=None,
-        flags=["--block_size=48", "--eval_interval=250", "--max_iters=1500"],
-        quick=QUICK_SCRATCH, final_flags=[], dropouts=[0.1], tuning_seeds=[100],
-        families=FAMILIES["scratch"], metric="accuracy", early_stop="val/accuracy", reward=True,
-        prompts=None, temperatures=TUNED_TEMPERATURES, max_new_tokens=None,
-        # BLEU over phonemes, against every pronunciation of the word
-        also_scored=["phoneme_error_rate", "bleu"],
-        smaller=(["mle", "irl"], 750)),  # a quarter of the words: does MLE overfit them, IRL not?
+        flags=["--block_size=48", "--eval_interval=100", "--max_iters=3000"],
+        quick=QUICK_SCRATCH, final_flags=[],
+        space="scratch", trials=6, tuning_seeds=[100], families=list(FAMILIES),
+        metric="accuracy", early_stop="val/accuracy", choose_by="greedy", reward=True,
+        prompts=None, temperatures=EIGHTHS, max_new_tokens=None,
+        also_scored=["phoneme_error_rate", "bleu"],  # BLEU over phonemes, against every
+        smaller=None),  # pronunciation of the word
     shakespeare=dict(  # the next line of held-out plays (the paper's summarising, small),
         # fine-tuned from a base model that learnt the raw text of the train plays by MLE; its
         # window of 256 holds a prompt of 3 lines and the next line whole but for 1.3% of train
@@ -137,18 +131,18 @@ TUNED = dict(
             f"--block_size={PRETRAIN_CHARS}", "--batch_size=8", "--n_layer=4", "--n_embd=192",
             "--loss=mle", "--learning_rate=2e-3", "--min_lr=2e-4", "--max_iters=2500",
             "--eval_interval=500"]),
-        # every family at 3e-4: 1e-3 undoes part of the base (val nll 1.71, not 1.66, at step 300)
-        flags=[f"--block_size={PRETRAIN_CHARS}", "--batch_size=8", "--learning_rate=3e-4",
-               "--min_lr=3e-5", "--warmup_iters=20", "--max_iters=400", "--eval_interval=50"],
-        quick=QUICK_FINE_TUNE, final_flags=[], dropouts=[0.1], tuning_seeds=[100],
-        families=FAMILIES["fine_tune"],
+        flags=[f"--block_size={PRETRAIN_CHARS}", "--batch_size=8", "--warmup_iters=20",
+               "--max_iters=400", "--eval_interval=12"],
+        quick=QUICK_FINE_TUNE, final_flags=[],
+        space="fine_tune", trials=6, tuning_seeds=[100], families=list(FAMILIES),
         # greedy decoding of a model this small loops ('the shall the shall the ...', base and
-        # fine-tuned alike), so greedy ROUGE-L measures the loop, not the model: early stopping and
-        # the choice go by val nll
-        metric="rougeL", early_stop="val/nll", reward=True,
+        # fine-tuned alike), so greedy ROUGE-L measures the loop, not the model: early stopping
+        # goes by val nll, the choice by ROUGE-L of samples at a low temperature
+        metric="rougeL", early_stop="val/nll", choose_by="t0.1", reward=True,
         # of the 500 test prompts: a line costs 10x a pronunciation (3x the tokens, 4x the model)
         prompts=150,
-        temperatures=[],  # at T = 1 a prompt's samples share almost no 4-grams (Self-BLEU near 0)
+        # greedy has Self-BLEU 1 and T = 0.25 about 0.09: the span lies at low temperatures
+        temperatures=[0.02, 0.04, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.25, 0.5, 1.0],
         also_scored=["rouge1", "rouge2"],
         # a line has at most 72 characters (train; val 65, test 63): a looping decoding stops here
         max_new_tokens=80,

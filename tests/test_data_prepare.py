@@ -184,6 +184,48 @@ def test_arith_fits_a_small_block(arith_rows):
     assert max(len(row["completion"]) for row in rows) <= 40
 
 
+def test_arith_canonical_forms():
+    # commutativity and associativity of + and * give one form; subtraction and brackets that
+    # change the value do not
+    assert arith.canonical("1*8*11=") == arith.canonical("1*11*8=") == arith.canonical("(11*1)*8=")
+    assert arith.canonical("(2+3)*4=") == arith.canonical("4*(3+2)=")
+    assert arith.canonical("5-3=") != arith.canonical("3-5=")
+    assert arith.canonical("2+3*4=") == arith.canonical("3*4+2=")
+    assert arith.canonical("2*3+4=") != arith.canonical("2*(3+4)=")
+    assert arith.canonical("9+19-8=") == arith.canonical("19-8+9=")  # a sum's terms, signs kept
+    assert arith.canonical("20-8-2=") != arith.canonical("20-(8-2)=")
+    with pytest.raises(ValueError):
+        arith.canonical("(1+2=")
+
+
+def test_arith_canonical_form_keeps_the_value(arith_rows):
+    # the canonical form is a Python expression: reordering never changes the value
+    python = {"__builtins__": {}}
+    for split in SPLITS:
+        for row in arith_rows[split]:
+            prompt = row["prompt"]
+            form = arith.canonical(prompt)
+            assert eval(form, python) == eval(prompt[:-1], python), (prompt, form)
+
+
+def test_arith_reorderings_of_train_problems(arith_rows):
+    # the audit found 47 of 500 test (46 of val) problems that reorder a train problem, counting
+    # only chains of + and of *; a sum's signed terms reordered (9+19-8 beside 19+9-8) add a few
+    train = [row["prompt"] for row in arith_rows["train"]]
+    forms = {arith.canonical(p) for p in train}
+    operands = {arith.canonical(p): sorted(re.findall(r"[0-9]+", p)) for p in train}
+    for split in ("val", "test"):
+        prompts = [row["prompt"] for row in arith_rows[split]]
+        flagged = arith.reorderings(train, prompts)
+        print(f"{split}: {len(flagged)} of {len(prompts)} reorder a train problem")
+        assert 0 < len(flagged) < 0.2 * len(prompts)
+        for k, prompt in enumerate(prompts):
+            assert (k in flagged) == (arith.canonical(prompt) in forms), prompt
+        for k in flagged:  # the same operands as the train twin (and, above, the same value)
+            twin = operands[arith.canonical(prompts[k])]
+            assert sorted(re.findall(r"[0-9]+", prompts[k])) == twin, prompts[k]
+
+
 # ----------------------------------------------------------------------------- shakespeare
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 
 argv, handler = sys.argv, signal.getsignal(signal.SIGINT)
 sys.argv = ["experiment.py"]  # lab/experiment.py reads its flags at import: none here, not pytest's
@@ -233,10 +235,30 @@ def test_results_readme_commands_are_the_experiments():
 
 
 def test_every_family_of_a_tuned_setting_gets_the_same_budget():
+    """As many trials for every family; trial k of every family meets the same shared settings
+    (learning rate, dropout, weight decay), each inside its range, and only the family's own knob
+    besides; the flags say the same, with min_lr a tenth of the learning rate."""
     for name, setting in experiment.TUNED.items():
-        grid = experiment.configurations(setting)
-        assert list(grid) == list(setting["families"]), name
-        assert len({len(configs) for configs in grid.values()}) == 1, name  # as many configurations each
+        drawn = experiment.trials(setting)
+        assert list(drawn) == setting["families"], name
+        assert {len(named) for named in drawn.values()} == {setting["trials"]}, name
+        shared = experiment.SHARED[setting["space"]]
+        for k in range(setting["trials"]):
+            values = [drawn[family][f"{family}_t{k}"] for family in drawn]
+            assert all({n: v[n] for n in shared} == {n: values[0][n] for n in shared}
+                       for v in values), (name, k)
+            for family, v in zip(drawn, values):
+                own = experiment.FAMILIES[family][2]
+                assert set(v) == set(shared) | set(own)
+                for n, (kind, *args) in {**shared, **own}.items():
+                    assert v[n] in args[0] if kind == "choice" else args[0] <= v[n] <= args[1]
+                flags = experiment.trial_flags(family, v)
+                assert f"--loss={experiment.FAMILIES[family][1]}" in flags
+                lr = float(next(f for f in flags if f.startswith("--learning_rate="))[16:])
+                min_lr = float(next(f for f in flags if f.startswith("--min_lr="))[9:])
+                assert lr == v["learning_rate"] and min_lr == pytest.approx(lr / 10, rel=1e-3)
+        # the trials differ from one another: a search, not one point drawn six times
+        assert len({v["learning_rate"] for v in drawn["mle"].values()}) == setting["trials"]
 
 
 # ----------------------------------------------------------------------------- hand-made run files
@@ -252,87 +274,97 @@ def write_json(path, value):
     path.write_text(json.dumps(value))
 
 
-def test_the_choice_of_configuration_goes_by_the_metrics_direction(tmp_path):
-    """Each family's configuration of the lowest val nll (the mean over its tuning runs of each run's
-    lowest), from logs of 2 to 6 evaluations; under val/accuracy, of the highest greedy val accuracy."""
-    grid = {"mle": dict.fromkeys(["mle_lr1", "mle_lr2", "mle_wd"], []),
-            "irl": dict.fromkeys(["irl_a", "irl_b"], [])}
-    nll = {"mle_lr1": ([3.0, 2.0, 1.50, 1.60], [3.0, 1.70, 1.55]),  # lowest 1.50 and 1.55: 1.525
-           "mle_lr2": ([3.0, 1.40, 1.45, 1.6, 1.7], [2.9, 1.60]),  # 1.40, 1.60: 1.50, MLE's lowest
-           "mle_wd": ([3.0, 2.5, 2.2], [3.0, 2.4, 2.1, 2.0, 1.9, 1.95]),  # 2.2, 1.9: 2.05, the highest
-           "irl_a": ([3.0, 1.2], [3.0, 1.3, 1.25]),  # 1.2, 1.25: 1.225, IRL's lowest
-           "irl_b": ([3.0, 1.0, 1.1], [3.0, 1.5, 1.6])}  # 1.0, 1.5: 1.25
-    dirs = lambda c: [tmp_path / f"{c}_s{seed}" for seed in (100, 101)]
-    tuning_dirs = lambda c: [str(d) for d in dirs(c)]
-    for c, logs in nll.items():
-        for folder, values in zip(dirs(c), logs):
-            write_log(folder, "val/nll", values)
-    scores, picks = experiment.choose(grid, tuning_dirs, "rougeL", "val/nll")
-    assert scores == pytest.approx(
-        {"mle_lr1": 1.525, "mle_lr2": 1.50, "mle_wd": 2.05, "irl_a": 1.225, "irl_b": 1.25})
-    assert picks == {"mle": "mle_lr2", "irl": "irl_a"}
-
-    accuracy = {"mle_lr1": (0.60, 0.50), "mle_lr2": (0.70, 0.30), "mle_wd": (0.20, 0.80),
-                "irl_a": (0.1, 0.2), "irl_b": (0.3, 0.3)}  # means .55, .50, .50, .15, .30
-    for c, values in accuracy.items():
-        for folder, value in zip(dirs(c), values):
-            write_json(folder / "samples_val_t0.json", {"accuracy": value, "length": 9})
-    scores, picks = experiment.choose(grid, tuning_dirs, "accuracy", "val/accuracy")
-    assert scores["mle_lr1"] == pytest.approx(0.55) and picks == {"mle": "mle_lr1", "irl": "irl_b"}
+def test_the_choice_goes_by_the_val_score_of_best_pt(tmp_path):
+    """Each family's trial of the highest mean val score over its tuning runs (the greedy decoding
+    of best.pt, or a sampled one), the first of ties."""
+    drawn = {"mle": dict.fromkeys(["mle_t0", "mle_t1", "mle_t2"], {}),
+             "irl": dict.fromkeys(["irl_t0", "irl_t1"], {})}
+    accuracy = {"mle_t0": (0.60, 0.50), "mle_t1": (0.70, 0.30), "mle_t2": (0.20, 0.90),
+                "irl_t0": (0.1, 0.2), "irl_t1": (0.3, 0.0)}  # means .55, .50, .55, .15, .15
+    dirs = lambda trial: [str(tmp_path / f"{trial}_s{seed}") for seed in (100, 101)]
+    for trial, values in accuracy.items():
+        for folder, value in zip(dirs(trial), values):
+            write_json(Path(folder) / "samples_val_t0.1.json", {"accuracy": value, "length": 9})
+    scores, picks = experiment.choose(drawn, dirs, "t0.1", "accuracy")
+    assert scores == pytest.approx({"mle_t0": 0.55, "mle_t1": 0.50, "mle_t2": 0.55,
+                                    "irl_t0": 0.15, "irl_t1": 0.15})
+    assert picks == {"mle": "mle_t0", "irl": "irl_t0"}
 
 
-def test_grid_table_rows_by_hand(tmp_path):
-    """A tuned setting's grid under val/nll, from logs of 3 to 8 evaluations: score, where each run's
-    best.pt is (the earliest of the lowest), the fall over the last quarter against 0.01 nats, levelled
-    off, and the choice."""
-    setting = dict(metric="rougeL", early_stop="val/nll", prompts=150, tuning_seeds=[100, 101],
-                   families={"mle": ("MLE", "mle", [])})
-    grid = {"mle": {"mle_a": [], "mle_b": []}}
-    dirs = lambda c: [str(tmp_path / f"{c}_s{seed}") for seed in (100, 101)]
-    # mle_a: lowest 1.30 at iters 100 and 300 (best.pt: the earliest), last quarter (2 of 4 rows)
-    # 1.35 -> 1.30, a fall of 0.05; its other run, 5 evaluations: lowest 1.20 at 300, then 1.25 (2
-    # rows again), a fall of -0.05
-    write_log(tmp_path / "mle_a_s100", "val/nll", [3.0, 1.30, 1.35, 1.30])
-    write_log(tmp_path / "mle_a_s101", "val/nll", [3.0, 2.0, 1.5, 1.20, 1.25])
-    # mle_b: 8 evaluations falling by 0.005 over the last quarter (iters 600, 700); 3 falling by 0.004
-    write_log(tmp_path / "mle_b_s100", "val/nll", [3.0, 2.5, 2.0, 1.8, 1.7, 1.65, 1.605, 1.600])
-    write_log(tmp_path / "mle_b_s101", "val/nll", [3.0, 1.904, 1.900])
-    scores, picks = experiment.choose(grid, dirs, "rougeL", "val/nll")
-    assert scores == pytest.approx({"mle_a": (1.30 + 1.20) / 2, "mle_b": (1.600 + 1.900) / 2})
-    rows = report.grid_table("x", setting, grid, dirs, scores, picks)
-    assert rows[-2] == "| MLE | mle_a | 1.250 | 100, 300 | +0.050, -0.050 | 0.010, 0.010 | no | ✓ |"
-    assert rows[-1] == "| MLE | mle_b | 1.750 | 700, 200 | +0.005, +0.004 | 0.010, 0.010 | yes |  |"
+def test_trials_table_and_file_by_hand(tmp_path):
+    """The random search's table, trials.jsonl and expected best from hand-made logs and summaries:
+    where each best.pt was, the rise over the last quarter of the run's iterations with the
+    evaluations in it, the choice, and a choice at an edge of its range named."""
+    setting = dict(metric="accuracy", early_stop="val/accuracy", prompts=500, choose_by="greedy",
+                   trials=2, tuning_seeds=[100], space="scratch")
+    drawn = {"mle": {"mle_t0": dict(learning_rate=0.0059, dropout=0.1, weight_decay=0.0),
+                     "mle_t1": dict(learning_rate=0.001, dropout=0.0, weight_decay=0.1)},
+             "irl": {"irl_t0": dict(learning_rate=0.0059, dropout=0.1, weight_decay=0.0,
+                                    td_coef=0.0011),
+                     "irl_t1": dict(learning_rate=0.001, dropout=0.0, weight_decay=0.1,
+                                    td_coef=0.03)}}
+    # 9 evaluations, every 100 iterations: the last quarter (from 600) holds 600, 700, 800
+    logs = {"mle_t0": [0, .2, .3, .4, .5, .5, .60, .62, .64],  # best at 800, rises 0.04
+            "mle_t1": [0, .1, .3, .31, .3, .3, .30, .31, .30],  # best at 300, rises 0
+            "irl_t0": [0, .1, .2, .3, .4, .5, .60, .61, .61],  # best at 700, rises 0.01
+            "irl_t1": [0, .1, .2, .3, .4, .5, .70, .70, .71]}  # best at 800, rises 0.01
+    val = {"mle_t0": 0.5, "mle_t1": 0.3, "irl_t0": 0.6, "irl_t1": 0.2}
+    dirs = lambda trial: [str(tmp_path / "tuning" / f"{trial}_s100")]
+    for trial, values in logs.items():
+        write_log(tmp_path / "tuning" / f"{trial}_s100", "val/accuracy", values)
+        write_json(tmp_path / "tuning" / f"{trial}_s100" / "samples_val_t0.json",
+                   {"accuracy": val[trial]})
+    picks = {"mle": "mle_t0", "irl": "irl_t0"}
+    flags_of = lambda family, trial: [f"--loss={family}", "--keep_best=val/accuracy"] + [
+        f"--{k}={v}" for k, v in drawn[family][trial].items()]
+    rows = report.trials_table("x", str(tmp_path), setting, drawn, flags_of, dirs, val, picks)
+    se = lambda p: math.sqrt(p * (1 - p) / 200)  # one evaluation's s.e. at the window's mean
+    assert f"| MLE | mle_t0 | learning rate 0.0059, dropout 0.1, weight decay 0 | 0.500 | 800 | " \
+           f"+0.040 ≥ {se(0.62):.3f} (3) | ✓ |" in rows
+    assert f"| IRL | irl_t1 | learning rate 0.001, dropout 0, weight decay 0.1, td coef 0.03 | " \
+           f"0.200 | 800 | +0.010 < {se(0.7033):.3f} (3) |  |" in rows
+    # the edges: 0.0059 lies in the top tenth of log(3e-4)..log(6e-3), 0.0011 in the bottom tenth
+    # of log(1e-3)..log(1)
+    assert "| MLE | mle_t0 | learning_rate high |" in rows
+    assert "| IRL | irl_t0 | learning_rate high, td_coef low |" in rows
+    # expected best of n trials: of {0.5, 0.3}, one draw 0.4, two (with replacement) 0.45; of
+    # {0.6, 0.2}: 0.4 and 0.5
+    assert "| MLE | 0.400 | 0.450 |" in rows and "| IRL | 0.400 | 0.500 |" in rows
+    lines = [json.loads(line) for line in (tmp_path / "trials.jsonl").read_text().splitlines()]
+    assert [(r["trial"], r["seed"], r["val_score"], r["best_iter"], r["chosen"]) for r in lines] == [
+        ("mle_t0", 100, 0.5, 800, True), ("mle_t1", 100, 0.3, 300, False),
+        ("irl_t0", 100, 0.6, 700, True), ("irl_t1", 100, 0.2, 800, False)]
+    assert lines[2]["flags"] == dict(loss="irl", keep_best="val/accuracy", learning_rate=0.0059,
+                                     dropout=0.1, weight_decay=0.0, td_coef=0.0011)
+    assert (tmp_path / "search.png").stat().st_size > 0
 
 
-def test_levelled_rows_at_several_lengths(tmp_path):
-    """The levelled-off table of final runs of 4, 9 and 16 evaluations: the last quarter is 2, 2 and 4
-    of them. A least-squares line through 4 evenly spaced points y0..y3 rises 0.9 (y3 - y0) +
-    0.3 (y2 - y1) over them."""
-    accuracy = [[0.1, 0.4, 0.60, 0.64],  # the last 2: a rise of 0.04
-                [0, .2, .3, .4, .5, .55, .6, .62, .63],  # 9 // 4 = 2: 0.01
-                [0.1] * 12 + [0.70, 0.71, 0.75, 0.74]]  # 4: 0.9 * 0.04 + 0.3 * 0.04 = 0.048
-    nll = [[2.0, 1.5, 1.000, 0.995],  # falls 0.005
-           [2.0] * 7 + [1.000, 0.985],  # 0.015
-           [2.0] * 12 + [1.03, 1.02, 1.01, 1.00]]  # 0.9 * 0.03 + 0.3 * 0.01 = 0.030
+def test_levelled_rows_over_the_last_quarter_of_the_iterations(tmp_path):
+    """The levelled-off table of final runs of 9 evaluations every 100 iterations: the window is
+    iterations 600-800, 3 evaluations. A least-squares line through 3 evenly spaced points rises
+    y2 - y0 over them."""
+    accuracy = [[0, .1, .2, .3, .4, .5, 0.60, 0.62, 0.64],  # rises 0.04
+                [0, .1, .2, .3, .4, .5, 0.60, 0.61, 0.61],  # 0.01
+                [0, .1, .2, .3, .4, .5, 0.70, 0.71, 0.72]]  # 0.02
+    nll = [[2.0] * 6 + [1.02, 1.01, 1.00],  # falls 0.02
+           [2.0] * 6 + [1.0, 0.998, 0.996],  # 0.004
+           [2.0] * 6 + [0.906, 0.9, 0.894]]  # 0.012
     for seed, (values, nats) in enumerate(zip(accuracy, nll)):
         write_log(tmp_path / f"irl_s{seed}", "val/accuracy", values)
         write_log(tmp_path / f"mle_s{seed}", "val/nll", nats)
-    rises = [0.04, 0.01, 0.048]
-    tails = [[0.60, 0.64], [0.62, 0.63], [0.70, 0.71, 0.75, 0.74]]
-    means = [sum(t) / len(t) for t in tails]
-    ses = [math.sqrt(p * (1 - p) / 200) for p in means]  # one evaluation of 200 prompts: 0.034, ...
+    ses = [math.sqrt(p * (1 - p) / 200) for p in (0.62, 0.6067, 0.71)]
     mean_se = lambda v: (sum(v) / 3, math.sqrt(sum((x - sum(v) / 3) ** 2 for x in v) / 2 / 3))
     cells = lambda v: "{:.3f} ± {:.3f}".format(*mean_se(v))
     spec = dict(root=str(tmp_path), systems={"irl": ("IRL", [])}, early_stop="val/accuracy",
                 metric="accuracy")
     rows = report.levelled_rows("x", spec, 3)
-    assert rows[-1] == f"| IRL | {cells(rises)} | {cells(ses)} | 1 of 3 |"  # 0.01 < its s.e. only
-    assert cells(rises) == "0.033 ± 0.012" and cells(ses) == "0.033 ± 0.001"
-    # val nll: a fall below the 0.01 nats of tolerance once
+    assert rows[-1] == (f"| IRL | {cells([0.04, 0.01, 0.02])} | {cells(ses)} | 3 | 2 of 3 | "
+                        f"+0.040 ≥ {ses[0]:.3f} (3), +0.010 < {ses[1]:.3f} (3), +0.020 < "
+                        f"{ses[2]:.3f} (3) |")
     spec.update(systems={"mle": ("MLE", [])}, early_stop="val/nll", metric="rougeL")
-    falls = cells([0.005, 0.015, 0.030])
-    assert report.levelled_rows("x", spec, 3)[-1] == f"| MLE | {falls} | 0.010 ± 0.000 | 1 of 3 |"
-    assert falls == "0.017 ± 0.007"
+    assert report.levelled_rows("x", spec, 3)[-1] == (
+        f"| MLE | {cells([0.02, 0.004, 0.012])} | 0.010 ± 0.000 | 3 | 1 of 3 | +0.020 ≥ 0.010 (3), "
+        f"+0.004 < 0.010 (3), +0.012 ≥ 0.010 (3) |")
 
 
 def test_paired_differences_from_summaries_by_hand(tmp_path):
@@ -355,9 +387,35 @@ def test_paired_differences_from_summaries_by_hand(tmp_path):
     # seed 1 over 0.2-1, at 0.6: IRL 0.345, MLE 0.30, +0.045. Mean 0.035, s.e. 0.010; sd 0.01414:
     # (1.96 sd / 0.02)^2 = 1.92 -> 2 seeds. Greedy +0.05, +0.02 (sd 0.0212: 4.32 -> 5 seeds); beam
     # -0.02, +0.06 (sd 0.0566: 30.7 -> 31); IRL's own beam - greedy -0.05, +0.08
+    # widest gap: IRL's curve goes from T=1 (Self-BLEU 0.4, 0.2) to greedy (1): 0.6 and 0.8
     row = report.paired_rows("x", spec, 2, report.per_seed(spec, 2))[-1]
-    assert row == ("| IRL | +0.035 ± 0.010 | 2 | 0.300–1.000 | +0.035 ± 0.015 | 5 | +0.020 ± 0.040 "
-                   "| 31 | +0.015 ± 0.065 |")
+    assert row == ("| IRL | +0.035 ± 0.010 | 2 | 0.300–1.000 | 0.800 | +0.035 ± 0.015 | 5 | "
+                   "+0.020 ± 0.040 | 31 | +0.015 ± 0.065 |")
+
+
+def test_paired_differences_with_per_prompt_scores(tmp_path):
+    """Where the summaries keep each prompt's scores, a difference gets a bootstrap interval over
+    seeds and prompts: one the same on every prompt of every seed has an interval of that one
+    value; one that differs by prompt only has an interval that holds its mean."""
+    mle = [[0.0, 0.5, 1.0, 0.5], [0.25, 0.25, 0.5, 1.0]]  # per seed, per prompt
+    for seed, scores in enumerate(mle):
+        for system, shift in (("mle", 0.0), ("irl", 0.25)):
+            per_prompt = [min(1.0, v + shift) if system == "irl" else v for v in scores]
+            hot = dict(accuracy=per_prompt, self_bleu=[0.5] * 4)
+            summaries = {"t0": dict(accuracy=[v + shift for v in scores]),  # IRL: +0.25 each
+                         "beam4": dict(accuracy=per_prompt), "t1": hot}
+            for d, values in summaries.items():
+                summary = {key: float(np.mean(v)) for key, v in values.items()}
+                write_json(tmp_path / f"{system}_s{seed}" / f"samples_val_{d}.json",
+                           dict(summary, per_prompt=values))
+    spec = dict(root=str(tmp_path), systems={"mle": ("MLE", []), "irl": ("IRL", [])},
+                sampling=dict(split="val"), decodings=["greedy", "beam4", "t1"], metric="accuracy",
+                also_scored=[])
+    cells = report.paired_rows("x", spec, 2, report.per_seed(spec, 2))[-1].split(" | ")
+    assert cells[5] == "+0.250 ± 0.000 [+0.250, +0.250]"  # greedy: +0.25 on every prompt
+    beam = [min(1.0, v + 0.25) - v for seed in mle for v in seed]  # 0.25 but where capped at 1
+    low, high = map(float, cells[7].split("[")[1].rstrip("]").split(","))
+    assert low <= np.mean(beam) <= high and low >= 0 and high <= 0.25
 
 
 def test_reward_table_skips_a_missing_reference_value(tmp_path):
@@ -374,6 +432,102 @@ def test_reward_table_skips_a_missing_reference_value(tmp_path):
     # return: 0.3 ± 0.1/√3; log p: 0.275 ± 0.025; return − log p over seeds 0 and 2: 0.05, 0.10
     assert rows[-1] == ("| IRL λ=1 | 1 | 0.300 ± 0.058 | 0.275 ± 0.025 | +0.075 ± 0.025 | "
                         "0.500 ± 0.000 | 0.250 ± 0.000 | 1.00 ± 0.00 | 3 |")
+
+
+# ----------------------------------------------------------------------------- figures
+DECODINGS = ["greedy", "beam4", "t0.5", "t1"]
+
+
+def drawn_figure(monkeypatch):
+    """The figures report saves, kept (not written) in the list returned."""
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, **args: figures.append(fig))
+    return figures
+
+
+def score_figure(root, name, systems, figures):
+    """draw_score_vs_diversity from hand-made summaries of 2 seeds (hotter: more diverse, lower
+    accuracy): its curves.json and its axes."""
+    for k, s in enumerate(systems):
+        for seed in range(2):
+            for d, (self_bleu, accuracy) in zip(DECODINGS, [(1, .6), (1, .62), (.8, .5), (.5, .3)]):
+                write_json(Path(report.decoding_file(str(root / f"{s}_s{seed}"), d)), dict(
+                    accuracy=accuracy + 0.01 * (k + seed), self_bleu=self_bleu, distinct_2=0.5))
+    spec = dict(root=str(root), systems=systems, sampling=dict(split="val"), decodings=DECODINGS,
+                metric="accuracy", also_scored=[])
+    report.draw_score_vs_diversity(name, spec, 2, report.per_seed(spec, 2))
+    return json.loads((root / "curves.json").read_text()), figures[-1].axes[0]
+
+
+def colours(ax):
+    """{legend label: the colour of its line} of a figure's axes."""
+    return {line.get_label(): to_hex(line.get_color()) for line in ax.get_lines()
+            if not line.get_label().startswith("_")}
+
+
+def test_a_family_has_one_colour_in_every_figure(tmp_path, monkeypatch):
+    """IRL is the second system of task arith and the fourth of a tuned task: red in both, as in
+    the val curves (its systems by prefix: irl0.1 is IRL's); two of a family (online IQ-Learn at two
+    λ) share its colour, told apart by line style; each point named by its decoding, in curves.json
+    and on the figure; the untuned task's title says so."""
+    figures = drawn_figure(monkeypatch)
+    arith = {s: experiment.SYSTEMS[s] for s in ("mle", "irl0.1", "online0.01", "online0.1")}
+    curves, ax = score_figure(tmp_path / "arith", "arith", arith, figures)
+    tuned = {f: (f"{f.upper()} (dropout 0.1)", []) for f in ("mle", "ent", "gem", "irl")}
+    tuned_curves, tuned_ax = score_figure(tmp_path / "tuned", "tuned arith", tuned, figures)
+    red, blue = report.FAMILY_COLOURS["irl"], report.FAMILY_COLOURS["mle"]
+    assert colours(ax)["IRL λ=0.1"] == colours(tuned_ax)["IRL (dropout 0.1)"] == to_hex(red)
+    assert colours(ax)["MLE"] == colours(tuned_ax)["MLE (dropout 0.1)"] == to_hex(blue)
+    assert [line["system"] for line in curves["lines"]] == list(arith)
+    assert report.family_of("irl0.1") == "irl" and report.family_of("mle+ft") == "mle+ft"
+    online = [line for line in ax.get_lines() if line.get_label().startswith("online")]
+    assert len({to_hex(line.get_color()) for line in online}) == 1
+    assert [line.get_linestyle() for line in online] == ["-", "--"]
+    for line in curves["lines"] + tuned_curves["lines"]:  # from the most diverse to greedy
+        assert line["decodings"] == ["T=1", "T=0.5", "greedy"]
+        assert len(line["curve"]) == len(line["decodings"])
+    assert {"T=1", "T=0.5", "greedy"} <= {text.get_text() for text in ax.texts}
+    assert "untuned: against the default MLE" in curves["title"]
+    assert "best against best" in tuned_curves["title"] and "untuned" not in tuned_curves["title"]
+
+    # the overview of three tasks' curves; one written before the colours were families': named
+    results = tmp_path / "res"
+    for folder in report.OVERVIEW:
+        (results / folder).mkdir(parents=True)
+        shutil.copy(tmp_path / "tuned" / "curves.json", results / folder)
+    assert report.overview(str(results)) == str(results / "overview.png")
+    old = dict(tuned_curves, lines=[dict(line, color=0) for line in tuned_curves["lines"]])
+    for line in old["lines"]:
+        del line["system"]
+    write_json(results / "cmudict" / "curves.json", old)
+    with pytest.raises(ValueError, match="cmudict/curves.json: not the curves experiment.py"):
+        report.overview(str(results))
+
+
+@pytest.mark.parametrize("nll", [(0.615, 0.585), (3.0, 0.25)], ids=["narrow", "wide"])
+def test_val_curves_log_axis_repeats_no_tick_label(tmp_path, monkeypatch, nll):
+    """Task finetune's figure: val nll within a decade (0.615 -> 0.585, ticks 0.005 apart, where
+    '%.2g' printed 0.58 twice) or over one, on a log scale: labelled, and no tick label twice;
+    IRL red, as in the score figures; titled as untuned."""
+    figures, groups = drawn_figure(monkeypatch), {}
+    for k, s in enumerate(("mle", "irl0.1")):
+        groups[(s, "250 demos")] = [str(tmp_path / f"{s}_s{seed}") for seed in range(2)]
+        for folder in groups[(s, "250 demos")]:
+            values = [nll[0] + (nll[1] - nll[0]) * i / 5 + 0.001 * k for i in range(6)]
+            os.makedirs(folder)
+            Path(folder, "log.jsonl").write_text("".join(json.dumps(
+                {"iter": 50 * i, "val/nll": v, "val/accuracy": 0.1 * i}) + "\n"
+                for i, v in enumerate(values)))
+    report.val_curves("finetune", groups, "fine-tuning", 2, str(tmp_path / "figure.png"))
+    fig = figures[0]
+    fig.canvas.draw()
+    ax, (low, high) = fig.axes[0], fig.axes[0].get_ylim()
+    ticks = [t for minor in (False, True) for t in ax.get_yticklabels(minor=minor) if t.get_text()]
+    labels = [t.get_text() for t in ticks]
+    assert len(labels) == len(set(labels)), labels
+    assert sum(low <= t.get_position()[1] <= high for t in ticks) >= 3, labels  # in view
+    assert colours(ax)["IRL λ=0.1, 250 demos"] == to_hex(report.FAMILY_COLOURS["irl"])
+    assert "untuned: against the default MLE" in fig._suptitle.get_text()
 
 
 # ----------------------------------------------------------------------------- refusals, scripts faked

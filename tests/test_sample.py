@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 
+import metrics
 from dataset import load_dataset
 from model import GPT, GPTConfig
 from tests.helpers import TINY, one_thread, run_script
@@ -142,6 +143,7 @@ def test_greedy_and_own_prompts(arith_run, tmp_path):
     assert summary["self_bleu"] == pytest.approx(
         (nltk_self_bleu([rows[0]["sample"]] * 2) + nltk_self_bleu([rows[2]["sample"]] * 2)) / 2, abs=1e-12)
     assert "accuracy" not in summary  # own prompts have no reference
+    assert "per_prompt" not in summary  # nor scores to keep per prompt
 
 
 def test_text_task_reports_rouge(text_run):
@@ -160,3 +162,50 @@ def test_text_task_reports_rouge(text_run):
     # a text task has no verifier: train.py logged no greedy accuracy, only the token accuracy
     log = [json.loads(line) for line in open(text_run / "log.jsonl")]
     assert "val/accuracy" not in log[-1] and "val/token_accuracy" in log[-1]
+
+
+def check_per_prompt(rows, summary, k, keys):
+    """summary["per_prompt"] against the rows: each prompt's (k consecutive rows) mean of each
+    score, its Self-BLEU when k > 1, one value per prompt; they average to the summary's means."""
+    per_prompt, n = summary["per_prompt"], summary["prompts"]
+    assert len(rows) == n * k and list(summary)[-1] == "per_prompt"
+    assert set(per_prompt) == set(keys) | ({"self_bleu"} if k > 1 else set())
+    groups = [rows[i:i + k] for i in range(0, len(rows), k)]
+    assert all(len({r["prompt"] for r in g}) == 1 for g in groups)
+    for key in keys:
+        row_key = "correct" if key == "accuracy" else key
+        expected = [sum(r[row_key] for r in g) / k for g in groups]
+        assert per_prompt[key] == pytest.approx(expected, abs=1e-4), key
+        assert sum(per_prompt[key]) / n == pytest.approx(summary[key], abs=1e-4), key
+    if k > 1:
+        expected = [metrics.self_bleu([r["sample"] for r in g]) for g in groups]
+        assert per_prompt["self_bleu"] == pytest.approx(expected, abs=1e-4)
+        assert sum(per_prompt["self_bleu"]) / n == pytest.approx(summary["self_bleu"], abs=1e-4)
+    assert all(len(v) == n for v in per_prompt.values())
+
+
+@one_thread()
+def test_per_prompt_scores_arith(arith_run):
+    """Sampling (K=3), greedy and beam search (K=1, no Self-BLEU) keep each prompt's scores in the
+    summary, and the printed summary leaves them out."""
+    for i, (args, k) in enumerate(((["--num_samples=3", "--seed=5"], 3),
+                                   (["--temperature=0", "--num_samples=1"], 1),
+                                   (["--beam_size=2", "--num_samples=1"], 1))):
+        out_file = arith_run / f"scores_{i}.jsonl"
+        result = run_script(args + ["--max_prompts=5", f"--out_dir={arith_run}",
+                                    f"--out_file={out_file}"], "sample.py")
+        rows, summary = read_outputs(out_file)
+        assert summary["prompts"] == 5 and '"per_prompt"' not in result.stdout
+        check_per_prompt(rows, summary, k, ["accuracy"])
+        if k == 3:
+            assert 0 < sum(summary["per_prompt"]["self_bleu"]) < 5  # some samples differ, not all
+
+
+@one_thread()
+def test_per_prompt_scores_rouge(text_run):
+    out_file = text_run / "scores.jsonl"
+    run_script(["--max_prompts=3", "--num_samples=2", f"--out_dir={text_run}",
+                f"--out_file={out_file}"], "sample.py")
+    rows, summary = read_outputs(out_file)
+    check_per_prompt(rows, summary, 2, ["rouge1", "rouge2", "rougeL"])
+    assert any(v > 0 for v in summary["per_prompt"]["rougeL"])

@@ -18,7 +18,8 @@ demonstration is a whole number in 0..MAX_VALUE; problems that would break this 
 With the defaults a row fits block_size 64 (tests/test_data_prepare.py checks it).
 
 API: prepare(out_dir=None), verify(prompt, completion), final_answer(completion), evaluate(prompt),
-solve(prompt, rng) (a random valid completion), solutions(prompt) (all), corrupt(completion, rng).
+solve(prompt, rng) (a random valid completion), solutions(prompt) (all), corrupt(completion, rng),
+canonical(prompt) and reorderings(train_prompts, prompts) (problems that reorder a train problem).
 """
 import ast
 import json
@@ -168,6 +169,109 @@ def corrupt(completion, rng):
         if new[-1][3] != steps[-1][3] and all(step[3] >= 0 for step in new):
             return ";".join(f"{a}{op}{b}={c}" for a, op, b, c in new) + f"{ANSWER}{new[-1][3]}"
     raise ValueError(f"could not corrupt {completion!r}")
+
+
+def tokens(expression):
+    """The tokens of an expression: its numbers (as ints) and its characters + - * / ( )."""
+    found = re.findall(r"[0-9]+|[-+*/()]", expression)
+    if "".join(found) != expression:
+        raise ValueError(f"not an arithmetic expression: {expression!r}")
+    return [int(t) if t.isdigit() else t for t in found]
+
+
+def parse_sum(toks, i):
+    """(tree, index after it) of products joined by "+" and "-", from toks[i]: one product alone,
+    else ("+", positive terms, negative terms). A parenthesised sum that is added is merged in
+    (a+(b-c) is a+b-c); one that is subtracted stays one negative term."""
+    first, i = parse_product(toks, i)
+    positive, negative = [], []
+    add_term(positive, negative, first, "+")
+    while i < len(toks) and toks[i] in ("+", "-"):
+        term, j = parse_product(toks, i + 1)
+        add_term(positive, negative, term, toks[i])
+        i = j
+    if len(positive) == 1 and not negative:
+        return positive[0], i
+    return ("+", positive, negative), i
+
+
+def add_term(positive, negative, term, sign):
+    """Puts term into positive or negative, by sign; an added sum gives its terms. Returns None."""
+    if sign == "+" and isinstance(term, tuple) and term[0] == "+":
+        positive.extend(term[1])
+        negative.extend(term[2])
+    else:
+        (positive if sign == "+" else negative).append(term)
+
+
+def parse_product(toks, i):
+    """(tree, index after it) of factors joined by "*" and "/", from toks[i]: one factor alone,
+    else ("*", factors) with nested products merged in, or ("/", left, right) (left-associative)."""
+    factor, i = parse_atom(toks, i)
+    factors = []
+    add_factor(factors, factor)
+    while i < len(toks) and toks[i] in ("*", "/"):
+        factor, j = parse_atom(toks, i + 1)
+        if toks[i] == "*":
+            add_factor(factors, factor)
+        else:  # everything so far, divided: a*b/c is (a*b)/c
+            factors = [("/", factors[0] if len(factors) == 1 else ("*", factors), factor)]
+        i = j
+    return (factors[0] if len(factors) == 1 else ("*", factors)), i
+
+
+def add_factor(factors, factor):
+    """Appends factor to factors, or its factors if it is a product itself. Returns None."""
+    if isinstance(factor, tuple) and factor[0] == "*":
+        factors.extend(factor[1])
+    else:
+        factors.append(factor)
+
+
+def parse_atom(toks, i):
+    """(tree, index after it) of a number or a parenthesised sum, from toks[i]."""
+    if i < len(toks) and isinstance(toks[i], int):
+        return toks[i], i + 1
+    if i < len(toks) and toks[i] == "(":
+        tree, i = parse_sum(toks, i + 1)
+        if i < len(toks) and toks[i] == ")":
+            return tree, i + 1
+    raise ValueError(f"cannot parse at token {i}: {toks!r}")
+
+
+def render(tree):
+    """The fully parenthesised text of a tree, with the terms of each sum (positive ones, then
+    negative ones) and the factors of each product sorted: a valid Python expression."""
+    if isinstance(tree, int):
+        return str(tree)
+    if tree[0] == "*":
+        return "(" + "*".join(sorted(map(render, tree[1]))) + ")"
+    if tree[0] == "/":
+        return f"({render(tree[1])}/{render(tree[2])})"
+    positive, negative = sorted(map(render, tree[1])), sorted(map(render, tree[2]))
+    return "(" + "+".join(positive) + "".join("-" + t for t in negative) + ")"
+
+
+def canonical(prompt):
+    """The canonical form of a prompt like "1*8*11=" under commutativity and associativity of + and
+    *: a string, the same for "1*11*8=" and "(11*1)*8=". Parsed by hand (* and / before + and -,
+    left-associative); a chain of "*" is one node whose factors are sorted, and a chain of "+" and
+    "-" one signed sum, a+b-c being +a +b -c: its positive terms are sorted, and so are its
+    negative ones (just what reordering a sum allows; a-b and b-a differ). A subtracted bracket,
+    a-(b-c), stays one term (no sign is distributed). The result is a fully parenthesised Python
+    expression of the same value, e.g. "((11*7)+9)" for "9+11*7=" and "7*11+9="."""
+    toks = tokens(prompt.removesuffix("="))
+    tree, i = parse_sum(toks, 0)
+    if i != len(toks):
+        raise ValueError(f"unexpected token {toks[i]!r} in {prompt!r}")
+    return render(tree)
+
+
+def reorderings(train_prompts, prompts):
+    """The indices (ascending) of the prompts whose canonical form is that of some train prompt:
+    problems a model may answer from memory of a reordered train problem."""
+    seen = {canonical(p) for p in train_prompts}
+    return [k for k, prompt in enumerate(prompts) if canonical(prompt) in seen]
 
 
 def random_expression(rng, n, max_operand, operators):
