@@ -2,6 +2,7 @@
 The demonstrations the experiments train on beyond the built-in datasets: task finetune's shifted
 distribution, and train splits cut short (the small-data runs).
 """
+import json
 import os
 
 import data.arith.prepare as arith
@@ -59,3 +60,17 @@ def finetune_data(folder):
     for n in DEMO_SIZES:
         cut_train(folders["shifted"], folders[n], n)
     return folders, made
+
+
+def fresh(dataset, split, prompts):
+    """The indices of the first `prompts` problems of an arith split that are no reordering of a
+    train problem (arith.reorderings: `1*11*8=` beside a train `1*8*11=`), which a model cannot
+    answer from memory; dataset: a --dataset value, arith or a folder of it."""
+    folder = dataset if os.path.isdir(dataset) else os.path.join(DATA_DIR, dataset)
+
+    def prompts_of(name):
+        with open(os.path.join(folder, f"{name}.jsonl")) as f:
+            return [json.loads(line)["prompt"] for line in f if line.strip()]
+    tested = prompts_of(split)[:prompts]
+    seen = set(arith.reorderings(prompts_of("train"), tested))
+    return [k for k in range(len(tested)) if k not in seen]

@@ -67,7 +67,7 @@ if __package__ != "lab":  # run as a script, python lab/experiment.py: the repos
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import configure, parse_list, settings_of  # noqa: E402
 from lab import report
-from lab.demonstrations import arith_fraction, builtin, finetune_data
+from lab.demonstrations import arith_fraction, builtin, finetune_data, fresh
 from lab.runner import Runner, decoding_file, reward_file, run_dir
 from lab.stats import best
 from lab import search
@@ -82,7 +82,8 @@ task = "all"  # all (arith, finetune, then tuned) | arith | finetune | tuned | s
 systems = ""  # '' = the task's own; or some of
 #   mle,ent0.01,ent0.1,irl0.1,irl1,online0.01,online0.1,online1,gail,mle+ft
 seeds = 5  # paired seeds per system
-temperatures = "0.25,0.5,0.75,1.0"  # sampling temperatures (greedy and beam search come on top)
+temperatures = "0.25,0.5,0.75,1.0"  # task arith's sampling temperatures (greedy and beam search come
+#   on top); the tuned tasks decode at their own
 num_samples = 4  # K samples per prompt at each temperature
 beam_size = 4  # beams of the beam-search decoding
 max_prompts = 500  # val prompts sampled (arith's val split has 500: all of it)
@@ -182,7 +183,8 @@ def compare(name, spec, levelled=False):
     """Train, sample and analyse every run of spec, seed by seed (so that a stop leaves whole
     seeds behind), then its tables and figure (report.score_vs_diversity) and, if levelled, whether
     its runs levelled off. Table rows. spec, every key given:
-    - root: the runs are root/<system>_s<seed>; systems: {name: (label, train.py flags)}, base first
+    - root: the runs are root/<system>_s<seed>; systems: {name: (label, train.py flags)}, base first;
+      flags None: not trained, the model the runs start from decoded as it is
     - start(system, seed) -> (seconds spent, flags that start the run from a model, trained first
       if need be)
     - sampling: sample.py's split, weights (ckpt.pt or best.pt), prompts and max_new_tokens;
@@ -197,6 +199,13 @@ def compare(name, spec, levelled=False):
         out_dir = run_dir(root, s, seed)
         outputs = [decoding_file(out_dir, d, sampling["split"]) for d in spec["decodings"]]
         outputs += [reward_file(out_dir)] if s in spec["analyzed"] else []
+        if spec["systems"][s][1] is None:  # the start, decoded as it is
+            if all(map(runner.done, outputs)):
+                return 0.0
+            spent, start = spec["start"](s, seed)
+            weights = os.path.relpath(start[0].partition("=")[2], out_dir)  # as sample joins it
+            return spent + sum(runner.sample(out_dir, d, seed, **dict(sampling, weights=weights))
+                               for d in spec["decodings"])
         finished = all(map(os.path.exists, outputs + [os.path.join(out_dir, "trained")]))
         spent, start = (0.0, []) if finished else spec["start"](s, seed)
         spent += runner.train(out_dir, spec["systems"][s][1] + start, seed, outputs)
@@ -410,6 +419,10 @@ def tuned_setting(name, root, part_of):
                   analyzed=list(compared) if setting["reward"] else [], metric=metric,
                   also_scored=setting["also_scored"], early_stop=setting["early_stop"],
                   part_of=part_of)
+    if setting["base"] == "arith":  # and the base models as they are, before fine-tuning
+        finals["systems"]["base"] = ("base model (not fine-tuned)", None)
+    if setting["data"] in ("arith", "finetune"):  # also on the problems a model cannot recall
+        finals["fresh"] = fresh(data[0].partition("=")[2], "test", prompts)
     rows += [""] + compare(f"tuned {name}", finals, levelled=True)
     if setting["smaller"]:  # the same choices again (no new tuning) on fewer demonstrations
         families, size = setting["smaller"]

@@ -175,11 +175,13 @@ def score_vs_diversity(name, spec, seeds):
     reward analysis as table rows; the figure in root/figure.png, its data in root/curves.json."""
     get = per_seed(spec, seeds)
     rows = decoding_rows(name, spec, seeds, get) + [""] + paired_rows(name, spec, seeds, get)
+    if spec.get("fresh"):
+        rows += [""] + fresh_rows(name, spec, seeds, get)
     metric, curve_key, chosen = spec["metric"], spec["early_stop"], list(spec["systems"])
     what = curve_key if curve_key == "val/nll" else "greedy val " + metric  # train.py's evaluation
     rows += ["", f"## {name}: learning curves, {what} at each evaluation (mean ± s.e.)"]
     runs = {spec["systems"][s][0]: [run_dir(spec["root"], s, seed) for seed in range(seeds)]
-            for s in chosen}
+            for s in chosen if spec["systems"][s][1] is not None}  # trained: a log
     rows += learning_curves(runs, curve_key, 2 if metric == "accuracy" else 3)  # nll: third decimal
     if spec["analyzed"]:
         rows += ["", f"## {name}: reward analysis (samples at T=1; at γ=1 return = log p + v_0, so "
@@ -206,9 +208,9 @@ def per_seed(spec, seeds):
         if not per_prompt:
             return [1.0 if key == "self_bleu" and d in deterministic
                     else summary[(s, d, seed)].get(key) for seed in range(seeds)]
-        if key == "self_bleu" and d in deterministic:
-            key = spec["metric"]  # for its shape: every prompt's Self-BLEU is 1
-            return np.ones_like(get(s, d, key, per_prompt=True))
+        if key == "self_bleu" and d in deterministic:  # every prompt's Self-BLEU is 1
+            scores = get(s, d, spec["metric"], per_prompt=True)
+            return None if scores is None else np.ones_like(scores)
         lists = [summary[(s, d, seed)].get("per_prompt", {}).get(key) for seed in range(seeds)]
         if any(not isinstance(v, list) or len(v) != len(lists[0]) for v in lists):
             return None
@@ -270,6 +272,29 @@ def paired_rows(name, spec, seeds, get):
     return rows
 
 
+def fresh_rows(name, spec, seeds, get):
+    """The table of each system's metric on the test problems that are no reordering of a train
+    problem (spec["fresh"], their indices), greedy, beam and T = 1, mean ± s.e. over seeds, and
+    greedy − the base's greedy there, with its bootstrap interval over seeds and prompts."""
+    keep, metric, beam = spec["fresh"], spec["metric"], spec["decodings"][1]
+    decodings = [d for d in ("greedy", beam, "t1") if d in spec["decodings"]]
+    base = list(spec["systems"])[0]
+    rows = [f"## {name}: {metric} on the {len(keep)} of {spec['sampling']['prompts']} test "
+            f"problems that are no reordering of a train problem (mean ± s.e. over seeds)", "",
+            "| system | " + " | ".join(decodings) + f" | greedy − {spec['systems'][base][0]} |",
+            "|---" * (len(decodings) + 2) + "|"]
+    for s, (label, _) in spec["systems"].items():
+        scores = {d: get(s, d, metric, per_prompt=True) for d in decodings}
+        if any(a is None for a in scores.values()):
+            continue  # no per-prompt scores: the table would be empty
+        cells = [ms(list(scores[d][:, keep].mean(1))) for d in decodings]
+        versus = (lambda x: list(get(x, "greedy", metric, per_prompt=True)[:, keep].mean(1)))
+        cells += with_interval(diff_cells(paired(versus(s), versus(base))), difference_statistic(
+            get, (s, "greedy"), (base, "greedy"), metric, keep))[:1] if s != base else ["—"]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def with_interval(cells, statistic):
     """diff_cells' [mean ± s.e., seeds] with the bootstrap's 95% interval after the first, where
     statistic is (function, seeds, prompts) (None: the summaries keep no per-prompt scores)."""
@@ -281,13 +306,14 @@ def with_interval(cells, statistic):
     return [f"{cells[0]} [{interval['low']:+.3f}, {interval['high']:+.3f}]", cells[1]]
 
 
-def difference_statistic(get, run, other, metric):
+def difference_statistic(get, run, other, metric, keep=None):
     """(statistic, seeds, prompts) for stats.bootstrap: the mean over the drawn seeds and prompts
-    of run's metric − other's, run and other (system, decoding); None without per-prompt scores."""
+    of run's metric − other's, run and other (system, decoding), on the prompts of keep (indices;
+    None: all); None without per-prompt scores."""
     a, b = get(*run, metric, per_prompt=True), get(*other, metric, per_prompt=True)
     if a is None or b is None or a.shape != b.shape:
         return None
-    diff = a - b
+    diff = a - b if keep is None else (a - b)[:, keep]
     return (lambda seeds, prompts: float(diff[np.ix_(seeds, prompts)].mean()), *diff.shape)
 
 
@@ -623,7 +649,9 @@ def levelled_rows(name, spec, seeds):
             f"run's {what}, mean ± s.e. over seeds, against {tolerance})", "",
             f"| system | {gain} over the last quarter | {tolerance} | evaluations in it | runs "
             f"levelled off | per run |", "|---" * 6 + "|"]
-    for s, (label, _) in spec["systems"].items():
+    for s, (label, flags) in spec["systems"].items():
+        if flags is None:  # not trained
+            continue
         tests = [levelled_off(read_log(os.path.join(run_dir(spec["root"], s, seed), "log.jsonl"),
                                        [key]), key) for seed in range(seeds)]
         rows.append(f"| {label} | {ms([t['gain'] for t in tests])} | "

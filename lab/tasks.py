@@ -93,6 +93,7 @@ SEARCH_SEED = 0  # the trials' draws (lab/search.py): the same for every task
 #   ones about 0.1 apart in Self-BLEU; also_scored: more of sample.py's scores in the table;
 #   max_new_tokens: sample.py's, for every decoding (None: its default)
 # - smaller: (families, size): the chosen configurations again on a smaller train split, or None
+QUARTERS = [t / 4 for t in range(1, 7)]  # T = 0.25 to 1.5: arith's Self-BLEU falls slowly
 EIGHTHS = [t / 8 for t in range(1, 13)]  # T = 0.125 to 1.5
 TUNED = dict(
     arith=dict(  # from scratch, early-stopped on val; tuned at 6000 steps and the choices run
@@ -102,14 +103,14 @@ TUNED = dict(
         final_flags=["--max_iters=12000", "--eval_interval=375"],
         space="scratch", trials=6, tuning_seeds=[100], families=list(FAMILIES),
         metric="accuracy", early_stop="val/accuracy", choose_by="greedy", reward=True,
-        prompts=None, temperatures=EIGHTHS, also_scored=[], max_new_tokens=None, smaller=None),
+        prompts=None, temperatures=QUARTERS, also_scored=[], max_new_tokens=None, smaller=None),
     finetune=dict(  # task finetune's 250 shifted demonstrations, from arith's MLE model of the seed
         data="finetune", size=250, base="arith",
         flags=FINETUNE_FLAGS + ["--max_iters=640", "--lr_decay_iters=640", "--eval_interval=20"],
         quick=QUICK_FINE_TUNE, final_flags=[],
         space="fine_tune", trials=6, tuning_seeds=[100, 101], families=list(FAMILIES),
         metric="accuracy", early_stop="val/accuracy", choose_by="greedy", reward=False,
-        prompts=None, temperatures=EIGHTHS, also_scored=[], max_new_tokens=None, smaller=None),
+        prompts=None, temperatures=QUARTERS, also_scored=[], max_new_tokens=None, smaller=None),
     # Real language, each a task of its own (results/<name>/), on one tuning seed.
     cmudict=dict(  # word -> pronunciation, the paper's translation task small: from scratch on 3000
         # words, as a base could pre-train only on more of the dictionary, which is more

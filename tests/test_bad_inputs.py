@@ -351,7 +351,7 @@ CASES = NO_GPU + [  # (id, script, flags, words of the message (one string, or a
     ("experiment-systems-tuned", EXPERIMENT, ["--task=tuned"],
      ("--systems is read by tasks arith, finetune, small_data only", "--task=tuned"), ""),
     ("experiment-temperatures-finetune", EXPERIMENT, ["--task=finetune"],
-     "--temperatures is read by tasks arith, tuned, cmudict, shakespeare only", ""),
+     "--temperatures is read by tasks arith only", ""),
     ("experiment-train-args", EXPERIMENT, ["--train_args=--bogus=1"], "unknown flag --bogus", ""),
     ("experiment-config-raises", EXPERIMENT, ["{w}/raises.py"], "raises.py:2 does not run", ""),
     ("experiment-interrupted", EXPERIMENT, ["--systems=mle,irl0.1", "--seeds=2", "--train_args=" + " ".join(

@@ -672,3 +672,31 @@ def test_a_broken_file_of_results_is_named(case, finished, tmp_path, monkeypatch
     (tmp_path / "w" / "res" / "arith" / "mle_s0" / name).write_text(content)
     message = refused(FAKE, tmp_path / "w", monkeypatch, capsys)
     assert words in message, message
+
+
+def test_scores_on_the_problems_that_are_no_reordering_of_a_train_problem(tmp_path):
+    """demonstrations.fresh leaves out a test problem whose operands a train problem holds in
+    another order; the report's table scores each system on the others alone, by hand."""
+    from lab.demonstrations import fresh
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = lambda prompts: "".join(json.dumps(dict(prompt=p, completion="x")) + "\n"
+                                   for p in prompts)
+    (folder / "train.jsonl").write_text(rows(["1*8*11=", "9-2="]))
+    (folder / "test.jsonl").write_text(rows(["1*11*8=", "2-9=", "8*11*1=", "3+4="]))
+    assert fresh(str(folder), "test", 4) == [1, 3] and fresh(str(folder), "test", 2) == [1]
+    greedy = {"mle": [[1, 0, 1, 0], [1, 1, 1, 0]], "irl": [[1, 1, 1, 1], [1, 1, 1, 1]]}
+    for system, per_seed in greedy.items():
+        for seed, scores in enumerate(per_seed):
+            for d in ("t0", "beam4"):
+                write_json(tmp_path / f"{system}_s{seed}" / f"samples_test_{d}.json",
+                           dict(accuracy=float(np.mean(scores)), per_prompt=dict(accuracy=scores)))
+    spec = dict(root=str(tmp_path), systems={"mle": ("MLE", []), "irl": ("IRL", [])},
+                sampling=dict(split="test", prompts=4), decodings=["greedy", "beam4"],
+                metric="accuracy", also_scored=[], fresh=[1, 3])
+    table = report.fresh_rows("x", spec, 2, report.per_seed(spec, 2))
+    # MLE on prompts 1 and 3: seed 0 (0 + 0) / 2 = 0, seed 1 (1 + 0) / 2 = 0.5: 0.250 ± 0.250;
+    # IRL 1 on both: +0.750 ± 0.250 over MLE (its differences 1 and 0.5)
+    assert table[-2] == "| MLE | 0.250 ± 0.250 | 0.250 ± 0.250 | — |"
+    assert table[-1].startswith("| IRL | 1.000 ± 0.000 | 1.000 ± 0.000 | +0.750 ± 0.250 [")
+    assert "the 2 of 4 test problems" in table[0]
