@@ -82,8 +82,8 @@ task = "all"  # all (arith, finetune, then tuned) | arith | finetune | tuned | s
 systems = ""  # '' = the task's own; or some of
 #   mle,ent0.01,ent0.1,irl0.1,irl1,online0.01,online0.1,online1,gail,mle+ft
 seeds = 5  # paired seeds per system
-temperatures = "0.25,0.5,0.75,1.0"  # task arith's sampling temperatures (greedy and beam search come
-#   on top); the tuned tasks decode at their own
+temperatures = "0.25,0.5,0.75,1.0"  # task arith's sampling temperatures (greedy and beam search
+#   come on top); the tuned tasks decode at their own
 num_samples = 4  # K samples per prompt at each temperature
 beam_size = 4  # beams of the beam-search decoding
 max_prompts = 500  # val prompts sampled (arith's val split has 500: all of it)
@@ -183,8 +183,8 @@ def compare(name, spec, levelled=False):
     """Train, sample and analyse every run of spec, seed by seed (so that a stop leaves whole
     seeds behind), then its tables and figure (report.score_vs_diversity) and, if levelled, whether
     its runs levelled off. Table rows. spec, every key given:
-    - root: the runs are root/<system>_s<seed>; systems: {name: (label, train.py flags)}, base first;
-      flags None: not trained, the model the runs start from decoded as it is
+    - root: the runs are root/<system>_s<seed>; systems: {name: (label, train.py flags)}, base
+      first; flags None: not trained, the model the runs start from decoded as it is
     - start(system, seed) -> (seconds spent, flags that start the run from a model, trained first
       if need be)
     - sampling: sample.py's split, weights (ckpt.pt or best.pt), prompts and max_new_tokens;
@@ -203,7 +203,7 @@ def compare(name, spec, levelled=False):
             if all(map(runner.done, outputs)):
                 return 0.0
             spent, start = spec["start"](s, seed)
-            weights = os.path.relpath(start[0].partition("=")[2], out_dir)  # as sample joins it
+            weights = start[0].partition("=")[2]  # the checkpoint the runs start from
             return spent + sum(runner.sample(out_dir, d, seed, **dict(sampling, weights=weights))
                                for d in spec["decodings"])
         finished = all(map(os.path.exists, outputs + [os.path.join(out_dir, "trained")]))
@@ -409,7 +409,8 @@ def tuned_setting(name, root, part_of):
     for family, named in drawn.items():
         # the label in words: "MLE (learning rate 0.00123, dropout 0.1, ...)"
         values = named[picks[family]]
-        words = ", ".join(f"{k.replace('_', ' ')} {search.flag_value(v)}" for k, v in values.items())
+        words = ", ".join(f"{k.replace('_', ' ')} {search.flag_value(v)}"
+                          for k, v in values.items())
         compared[family] = (f"{FAMILIES[family][0]} ({words})", data + setting["flags"]
                             + trial_flags(family, values) + [keep] + setting["final_flags"])
     finals = dict(root=root, systems=compared, start=start,

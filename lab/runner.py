@@ -228,18 +228,20 @@ class Runner:
 
     def sample(self, out_dir, decoding, seed, split="val", weights="ckpt.pt", prompts=None,
                max_new_tokens=None):
-        """sample.py on the run's weights (ckpt.pt, or best.pt: the early-stopped state) at one
-        decoding (greedy, beam<N> or t<temperature>), on the first `prompts` prompts of the split
-        (None: max_prompts), at most max_new_tokens tokens each (None: sample.py's default)."""
+        """sample.py on the run's weights (ckpt.pt, or best.pt: the early-stopped state; or a path
+        to another run's checkpoint) at one decoding (greedy, beam<N> or t<temperature>), on the
+        first `prompts` prompts of the split (None: max_prompts), at most max_new_tokens tokens
+        each (None: sample.py's default)."""
         if decoding == "greedy":
             args = ["--temperature=0", "--num_samples=1"]
         elif decoding.startswith("beam"):
             args = [f"--beam_size={decoding[4:]}", "--num_samples=1"]
         else:
             args = [f"--temperature={decoding[1:]}", f"--num_samples={self.num_samples}"]
-        command = ["sample.py", f"--out_dir={out_dir}",
-                   f"--init_from={os.path.join(out_dir, weights)}", *args, f"--split={split}",
-                   f"--max_prompts={prompts or self.max_prompts}", f"--seed={seed}"]
+        init = weights if os.sep in weights else os.path.join(out_dir, weights)
+        command = ["sample.py", f"--out_dir={out_dir}", f"--init_from={init}", *args,
+                   f"--split={split}", f"--max_prompts={prompts or self.max_prompts}",
+                   f"--seed={seed}"]
         command += [f"--max_new_tokens={max_new_tokens}"] if max_new_tokens else []
         return self.run(command, decoding_file(out_dir, decoding, split))
 

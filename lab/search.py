@@ -3,10 +3,10 @@ Random search with the same budget for every family. A search space maps a train
 it is drawn: ("log", low, high) log-uniformly, ("uniform", low, high), or ("choice", [values]).
 
 Trial k of every family draws what the families share (learning rate, dropout, weight decay) from
-the same generator, seeded by (seed, k): the families meet the same shared settings, and differ only
-in their loss and its own knob (λ, β), drawn from a second generator seeded by (seed, k, 1). A choice
-that lands near an edge of a range (the outer tenth, on the scale it is drawn on) says the range may
-not bracket the best: widen it and run again.
+the same generator, seeded by (seed, k): the families meet the same shared settings, and differ
+only in their loss and its own knob (λ, β), drawn from a second generator seeded by (seed, k, 1).
+A choice that lands near an edge of a range (the outer tenth, on the scale it is drawn on) says
+the range may not bracket the best: widen it and run again.
 """
 import numpy as np
 
@@ -64,5 +64,5 @@ def at_edges(values, space):
 
 
 def flag_value(value):
-    """A drawn value as a flag writes it: 0.0003 -> 3e-4 style is left to Python's shortest repr."""
+    """A drawn value as a flag writes it ('%g': 0.00202, 3.82e-05, 0)."""
     return f"{value:g}" if isinstance(value, float) else str(value)
