@@ -93,28 +93,6 @@ def best_row(log_rows, key):
     return best([r for r in log_rows if key in r], key, lambda r: r[key])
 
 
-def t_quantile(df):
-    """The 0.975 quantile of Student's t with df >= 1 degrees of freedom (1.96 as df grows): where
-    the integral of the t density from 0, by the trapezoid rule on a fine grid, reaches 0.475."""
-    t = np.linspace(0.0, 20.0, 200_001)  # df=1's quantile, 12.71, is the largest
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    density = np.exp(log_c - (df + 1) / 2 * np.log1p(t ** 2 / df))
-    area = np.concatenate([[0.0], np.cumsum((density[1:] + density[:-1]) / 2 * (t[1] - t[0]))])
-    return float(np.interp(0.475, area, t))
-
-
-def t_interval(values):
-    """The mean of values (None left out) with its 95% t interval: dict(mean, half, n), half =
-    t_quantile(n - 1) * sd / sqrt(n) (sample sd, ddof=1); half None under 2 values, mean None
-    under 1."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return dict(mean=None, half=None, n=0)
-    mean, se = mean_se(values)
-    half = t_quantile(len(values) - 1) * se if len(values) > 1 else None
-    return dict(mean=mean, half=half, n=len(values))
-
-
 def expected_max(scores, n, higher_is_better=True):
     """Expected validation performance (Dodge et al. 2019, Show Your Work): the expected best of n
     draws with replacement from scores (a family's trials; None left out), the maximum, or the
