@@ -4,7 +4,7 @@ the reward analysis (Spearman of return and task score, as a function of λ), an
 trained model on a small shifted demonstration set (its small-data figure). Runs train.py,
 sample.py and analyze_reward.py as a user would (python -m lab.experiment runs it too):
 
-    python lab/experiment.py                    # arith, finetune, then tuned (--task=all): 5 hours
+    python lab/experiment.py                    # arith, finetune, then tuned (--task=all): about 6 hours
     python lab/experiment.py --task=arith       # accuracy vs Self-BLEU of every system, rewards
     python lab/experiment.py --task=finetune    # arith's MLE models fine-tuned on few shifted demos
     python lab/experiment.py --task=small_data  # arith, 5% vs 100% of train: val curves
@@ -21,17 +21,14 @@ reported as mean ± s.e. over seeds. The headline is accuracy at matched Self-BL
 (Self-BLEU, accuracy) points over its temperatures (greedy as T=0, Self-BLEU 1), joined piecewise
 linearly, minus its seed's MLE (or CONTROL) curve, averaged over Self-BLEU values both cover.
 
-cmudict and shakespeare are task tuned's comparison on real language, each a task of its own
-(results/<task>/); with --jobs=2 on an idle 2-core x86 CPU they take 145 minutes together, measured
-part by part (TUNED: 5 families x 3 configurations on one tuning seed, then 5 x 5 final runs and
-2 x 5 on the smaller train set):
-- cmudict, 2 blocks of width 128, window 48, batch 32: a 1500-step run trains in about 70 s at one
-  thread, and its 8 decodings of the 500 test prompts and the reward analysis take 45 s: 47 minutes.
-- shakespeare: the base model (4 blocks of width 192, window 256, batch 8), 2500 steps alone (every
-  other run needs it): 10.7 minutes; a fine-tuning run, 400 steps with 9 evaluations of val nll,
-  about 2.2 minutes beside another, its 6 decodings of 150 test prompts (at most 80 characters: a
-  model this small loops instead of ending a line) and the reward analysis about 2 more: tuning
-  18.2 minutes, the final runs 51.9 and 17.8, 99 in all.
+Best against best (task tuned: arith and finetune; cmudict and shakespeare, each a task of its own
+in results/<task>/) tunes every family by random search (lab/search.py: TUNED's trials per family,
+the shared settings drawn alike), then runs each choice on the final seeds. Measured with --jobs=2
+on a 2-core x86 CPU: cmudict (2 blocks of width 128, window 48, batch 32; 3000 steps with an
+evaluation every 100) 143.7 minutes, its 30 tuning runs 72.0 and its 25 final runs, each with 14
+decodings of the 500 test words and the reward analysis, 71.7. The others are estimated from their
+schedules and the grid they ran before: arith about 3.3 hours, finetune 1.6, shakespeare 2.4 without
+its 250-demonstration part (its base model alone, 2500 steps, 10.7 minutes).
 Over budget, --seeds=3 cuts the final runs by 40%.
 
 Runs go seed by seed: each is trained, sampled and analysed in one go, so a stop leaves whole runs
