@@ -171,100 +171,43 @@ def corrupt(completion, rng):
     raise ValueError(f"could not corrupt {completion!r}")
 
 
-def tokens(expression):
-    """The tokens of an expression: its numbers (as ints) and its characters + - * / ( )."""
-    found = re.findall(r"[0-9]+|[-+*/()]", expression)
-    if "".join(found) != expression:
-        raise ValueError(f"not an arithmetic expression: {expression!r}")
-    return [int(t) if t.isdigit() else t for t in found]
-
-
-def parse_sum(toks, i):
-    """(tree, index after it) of products joined by "+" and "-", from toks[i]: one product alone,
-    else ("+", positive terms, negative terms). A parenthesised sum that is added is merged in
-    (a+(b-c) is a+b-c); one that is subtracted stays one negative term."""
-    first, i = parse_product(toks, i)
-    positive, negative = [], []
-    add_term(positive, negative, first, "+")
-    while i < len(toks) and toks[i] in ("+", "-"):
-        term, j = parse_product(toks, i + 1)
-        add_term(positive, negative, term, toks[i])
-        i = j
-    if len(positive) == 1 and not negative:
-        return positive[0], i
-    return ("+", positive, negative), i
-
-
-def add_term(positive, negative, term, sign):
-    """Puts term into positive or negative, by sign; an added sum gives its terms. Returns None."""
-    if sign == "+" and isinstance(term, tuple) and term[0] == "+":
-        positive.extend(term[1])
-        negative.extend(term[2])
-    else:
-        (positive if sign == "+" else negative).append(term)
-
-
-def parse_product(toks, i):
-    """(tree, index after it) of factors joined by "*" and "/", from toks[i]: one factor alone,
-    else ("*", factors) with nested products merged in, or ("/", left, right) (left-associative)."""
-    factor, i = parse_atom(toks, i)
-    factors = []
-    add_factor(factors, factor)
-    while i < len(toks) and toks[i] in ("*", "/"):
-        factor, j = parse_atom(toks, i + 1)
-        if toks[i] == "*":
-            add_factor(factors, factor)
-        else:  # everything so far, divided: a*b/c is (a*b)/c
-            factors = [("/", factors[0] if len(factors) == 1 else ("*", factors), factor)]
-        i = j
-    return (factors[0] if len(factors) == 1 else ("*", factors)), i
-
-
-def add_factor(factors, factor):
-    """Appends factor to factors, or its factors if it is a product itself. Returns None."""
-    if isinstance(factor, tuple) and factor[0] == "*":
-        factors.extend(factor[1])
-    else:
-        factors.append(factor)
-
-
-def parse_atom(toks, i):
-    """(tree, index after it) of a number or a parenthesised sum, from toks[i]."""
-    if i < len(toks) and isinstance(toks[i], int):
-        return toks[i], i + 1
-    if i < len(toks) and toks[i] == "(":
-        tree, i = parse_sum(toks, i + 1)
-        if i < len(toks) and toks[i] == ")":
-            return tree, i + 1
-    raise ValueError(f"cannot parse at token {i}: {toks!r}")
+def signed_terms(tree):
+    """(positive terms, negative terms) of a sum of parse()'s tree: a chain of "+" gives its terms,
+    a-b gives a's and -b, and a sum that is added merges in (a+(b-c) is a+b-c); a subtracted one
+    stays one negative term (a-(b-c): no sign is distributed)."""
+    if isinstance(tree, list) and tree[0] == "+":
+        split = [signed_terms(kid) for kid in tree[1:]]
+        return [t for pos, _ in split for t in pos], [t for _, neg in split for t in neg]
+    if isinstance(tree, list) and tree[0] == "-":
+        positive, negative = signed_terms(tree[1])
+        return positive, negative + [tree[2]]
+    return [tree], []
 
 
 def render(tree):
-    """The fully parenthesised text of a tree, with the terms of each sum (positive ones, then
-    negative ones) and the factors of each product sorted: a valid Python expression."""
+    """The fully parenthesised text of parse()'s tree with the factors of each product and the
+    terms of each sum (positive ones, then negative ones) sorted: a valid Python expression."""
     if isinstance(tree, int):
         return str(tree)
     if tree[0] == "*":
-        return "(" + "*".join(sorted(map(render, tree[1]))) + ")"
+        return "(" + "*".join(sorted(map(render, tree[1:]))) + ")"
     if tree[0] == "/":
         return f"({render(tree[1])}/{render(tree[2])})"
-    positive, negative = sorted(map(render, tree[1])), sorted(map(render, tree[2]))
+    positive, negative = (sorted(map(render, terms)) for terms in signed_terms(tree))
     return "(" + "+".join(positive) + "".join("-" + t for t in negative) + ")"
 
 
 def canonical(prompt):
     """The canonical form of a prompt like "1*8*11=" under commutativity and associativity of + and
-    *: a string, the same for "1*11*8=" and "(11*1)*8=". Parsed by hand (* and / before + and -,
-    left-associative); a chain of "*" is one node whose factors are sorted, and a chain of "+" and
-    "-" one signed sum, a+b-c being +a +b -c: its positive terms are sorted, and so are its
-    negative ones (just what reordering a sum allows; a-b and b-a differ). A subtracted bracket,
-    a-(b-c), stays one term (no sign is distributed). The result is a fully parenthesised Python
+    *: a string, the same for "1*11*8=" and "(11*1)*8=". parse() makes a chain of "*" one node,
+    whose factors are sorted; a sum of "+" and "-" is one signed sum, a+b-c being +a +b -c, whose
+    positive terms are sorted and so are its negative ones (just what reordering a sum allows; a-b
+    and b-a differ, and a-(b-c) keeps its bracket). The result is a fully parenthesised Python
     expression of the same value, e.g. "((11*7)+9)" for "9+11*7=" and "7*11+9="."""
-    toks = tokens(prompt.removesuffix("="))
-    tree, i = parse_sum(toks, 0)
-    if i != len(toks):
-        raise ValueError(f"unexpected token {toks[i]!r} in {prompt!r}")
-    return render(tree)
+    try:
+        return render(parse(prompt.removesuffix("=")))
+    except SyntaxError:  # unbalanced brackets, a dangling operator
+        raise ValueError(f"not an arithmetic expression: {prompt!r}") from None
 
 
 def reorderings(train_prompts, prompts):
