@@ -63,11 +63,10 @@ import numpy as np
 if __package__ != "lab":  # run as a script, python lab/experiment.py: the repository's modules
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import configure, parse_list, settings_of  # noqa: E402
-from lab import report
+from lab import report, search
 from lab.demonstrations import arith_fraction, builtin, finetune_data, fresh
 from lab.runner import Runner, decoding_file, reward_file, run_dir
 from lab.stats import best
-from lab import search
 from lab.tasks import (ARITH_FLAGS, DEMO_SIZES, FAMILIES, FINETUNE_FLAGS, FROM_MLE, OWN_TASKS,
                        QUICK_FINE_TUNE, QUICK_SCRATCH, REWARD, SEARCH_SEED, SHARED, SHIFT_LABEL,
                        SYSTEMS, TASKS, TUNED, TUNED_TASKS)

@@ -278,7 +278,7 @@ def fresh_rows(name, spec, seeds, get):
     greedy − the base's greedy there, with its bootstrap interval over seeds and prompts."""
     keep, metric, beam = spec["fresh"], spec["metric"], spec["decodings"][1]
     decodings = [d for d in ("greedy", beam, "t1") if d in spec["decodings"]]
-    base = list(spec["systems"])[0]
+    base, base_greedy = list(spec["systems"])[0], None
     rows = [f"## {name}: {metric} on the {len(keep)} of {spec['sampling']['prompts']} test "
             f"problems that are no reordering of a train problem (mean ± s.e. over seeds)", "",
             "| system | " + " | ".join(decodings) + f" | greedy − {spec['systems'][base][0]} |",
@@ -287,10 +287,16 @@ def fresh_rows(name, spec, seeds, get):
         scores = {d: get(s, d, metric, per_prompt=True) for d in decodings}
         if any(a is None for a in scores.values()):
             continue  # no per-prompt scores: the table would be empty
-        cells = [ms(list(scores[d][:, keep].mean(1))) for d in decodings]
-        versus = (lambda x: list(get(x, "greedy", metric, per_prompt=True)[:, keep].mean(1)))
-        cells += with_interval(diff_cells(paired(versus(s), versus(base))), difference_statistic(
-            get, (s, "greedy"), (base, "greedy"), metric, keep))[:1] if s != base else ["—"]
+        means = {d: list(scores[d][:, keep].mean(1)) for d in decodings}  # per seed
+        cells = [ms(means[d]) for d in decodings]
+        if s == base:
+            base_greedy = means["greedy"]
+        if base_greedy is None or s == base:  # no difference to take
+            cells.append("—")
+        else:
+            cells += with_interval(diff_cells(paired(means["greedy"], base_greedy)),
+                                   difference_statistic(get, (s, "greedy"), (base, "greedy"),
+                                                        metric, keep))[:1]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return rows
 
