@@ -33,7 +33,7 @@ that have such a pair (vote: a candidate's votes in the whole pool).
 log p / length ** length_penalty) and by its implied reward summed so far (a process reward,
 generate.reward_beam_search), at equal width K.
 
-Writes into --results: critic_summary.json (every number), critic_candidates.jsonl (each candidate
+Writes into --results: critic_summary.json (every number, each prompt's too), critic_candidates.jsonl (each candidate
 with its answer, oracle and every scorer's score) and, with --beam_size, critic_beam.jsonl.
 """
 import importlib
@@ -55,8 +55,8 @@ from generate import beam_search, generate, reward_beam_search
 from irl_loss import q_and_v, td_mask_of, token_rewards
 import metrics
 from model import GPT
-from runfiles import (check_out_dir, check_outputs, fail, run_inputs, stop_on_interrupt,
-                      write_atomically)
+from runfiles import (check_out_dir, check_outputs, fail, json_text, run_inputs,
+                      stop_on_interrupt, write_atomically)
 
 # -----------------------------------------------------------------------------
 policy = "out/ckpt.pt"  # the checkpoint that draws the pool of candidates
@@ -383,11 +383,12 @@ def score_pool(candidates, c, models, discriminator, dev):
 
 
 def judge(groups, scorers, sizes, with_vote):
-    """{scorer: dict(best_of={N: (mean, s.e.)}, auc, auc_se, auc_prompts)} over the prompts'
-    pools (groups: a list of lists of candidates)."""
+    """{scorer: dict(best_of={N: (mean, s.e.)}, auc, auc_se, auc_prompts, per_prompt)} over the
+    prompts' pools (groups: a list of lists of candidates); per_prompt: each prompt's best-of-N
+    for every N and its AUC (None without a pair to rank), for intervals over prompts."""
     out = {}
     for name in list(scorers) + (["vote"] if with_vote else []) + ["oracle"]:
-        curves, aucs = {N: [] for N in sizes}, []
+        curves, per_prompt_auc = {N: [] for N in sizes}, []
         for pool in groups:
             oracle = [cand["oracle"] for cand in pool]
             if name == "vote":
@@ -399,12 +400,12 @@ def judge(groups, scorers, sizes, with_vote):
                 scores = oracle if name == "oracle" else [cand["scores"][name] for cand in pool]
                 for N in sizes:
                     curves[N].append(best_of_n(scores, oracle, N))
-            auc = pairwise_auc(scores, oracle)
-            if auc is not None:
-                aucs.append(auc)
+            per_prompt_auc.append(pairwise_auc(scores, oracle))
+        aucs = [a for a in per_prompt_auc if a is not None]
         auc_mean, auc_se = metrics.mean_se(aucs) if aucs else (None, None)
         out[name] = dict(best_of={N: metrics.mean_se(v) for N, v in curves.items()},
-                         auc=auc_mean, auc_se=auc_se, auc_prompts=len(aucs))
+                         auc=auc_mean, auc_se=auc_se, auc_prompts=len(aucs),
+                         per_prompt=dict(best_of=curves, auc=per_prompt_auc))
     return out
 
 
@@ -480,8 +481,17 @@ def summarise(c, data, pairs, candidates, scorers, judged, telescoping):
         scorers={name: dict(what=scorers[name], auc=s["auc"], auc_se=s["auc_se"],
                             auc_prompts=s["auc_prompts"],
                             best_of={str(N): dict(mean=m, se=se) for N, (m, se)
-                                     in s["best_of"].items()})
+                                     in s["best_of"].items()},
+                            per_prompt=rounded(s["per_prompt"]))
                  for name, s in judged.items()})
+
+
+def rounded(per_prompt):
+    """judge's per_prompt to 4 decimals, N = 1 (the pool's mean, the same for every scorer) left
+    out: {"best_of": {N: [a value per prompt]}, "auc": [...]}."""
+    four = lambda values: [None if v is None else round(v, 4) for v in values]
+    return dict(best_of={str(N): four(v) for N, v in per_prompt["best_of"].items() if N > 1},
+                auc=four(per_prompt["auc"]))
 
 
 def summarise_beams(c, rows):
@@ -536,7 +546,7 @@ def main():
         rows = compare_beams(c, models, pairs, oracle_of(data), dev)
         summary["beam"] = summarise_beams(c, rows)
         outputs["critic_beam.jsonl"] = "".join(json.dumps(r) + "\n" for r in rows)
-    outputs["critic_summary.json"] = json.dumps(summary, indent=2) + "\n"
+    outputs["critic_summary.json"] = json_text(summary)
     print_summary(summary, c, sizes)
     try:
         os.makedirs(c["results"], exist_ok=True)

@@ -103,6 +103,20 @@ def write_atomically(path, text):
     replace_atomically(path, write)
 
 
+def json_text(record):
+    """A summary's JSON text: indented as json.dumps(indent=2) does, but a list that holds no list
+    or object on one line (a value per prompt would otherwise take a line each)."""
+    def text(value, margin):
+        inner = margin + "  "
+        if isinstance(value, dict) and value:
+            items = [f"{inner}{json.dumps(k)}: {text(v, inner)}" for k, v in value.items()]
+            return "{\n" + ",\n".join(items) + f"\n{margin}}}"
+        if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+            return "[\n" + ",\n".join(inner + text(v, inner) for v in value) + f"\n{margin}]"
+        return json.dumps(value)
+    return text(record, "") + "\n"
+
+
 def save_figure(fig, path, **savefig_args):
     """A matplotlib figure saved the same way: a temporary file, then a rename."""
     # from the name (.png): the temporary's ends in .tmp

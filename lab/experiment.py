@@ -4,13 +4,14 @@ the reward analysis (Spearman of return and task score, as a function of λ), an
 trained model on a small shifted demonstration set (its small-data figure). Runs train.py,
 sample.py and analyze_reward.py as a user would (python -m lab.experiment runs it too):
 
-    python lab/experiment.py                    # arith, finetune, then tuned (--task=all): about 6 hours
+    python lab/experiment.py                    # arith, finetune, tuned, critic (--task=all)
     python lab/experiment.py --task=arith       # accuracy vs Self-BLEU of every system, rewards
     python lab/experiment.py --task=finetune    # arith's MLE models fine-tuned on few shifted demos
     python lab/experiment.py --task=small_data  # arith, 5% vs 100% of train: val curves
     python lab/experiment.py --task=tuned       # best against best: each family tuned on val
     python lab/experiment.py --task=cmudict     # the same on real data: word -> pronunciation
     python lab/experiment.py --task=shakespeare # and the next line of held-out plays
+    python lab/experiment.py --task=critic      # the reward as a judge, on best against best
     python lab/experiment.py --quick            # a check: 2 seeds, short runs, fewer systems
     python lab/experiment.py --task=arith --plan > plan.txt   # the commands, one a line
 
@@ -63,18 +64,18 @@ import numpy as np
 if __package__ != "lab":  # run as a script, python lab/experiment.py: the repository's modules
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import configure, parse_list, settings_of  # noqa: E402
-from lab import report, search
+from lab import critic_report, report, search
 from lab.demonstrations import arith_fraction, builtin, finetune_data, fresh
 from lab.runner import Runner, decoding_file, reward_file, run_dir
 from lab.stats import best
-from lab.tasks import (ARITH_FLAGS, DEMO_SIZES, FAMILIES, FINETUNE_FLAGS, FROM_MLE, OWN_TASKS,
+from lab.tasks import (ARITH_FLAGS, CRITIC, DEMO_SIZES, FAMILIES, FINETUNE_FLAGS, FROM_MLE, OWN_TASKS,
                        QUICK_FINE_TUNE, QUICK_SCRATCH, REWARD, SEARCH_SEED, SHARED, SHIFT_LABEL,
                        SYSTEMS, TASKS, TUNED, TUNED_TASKS)
 from runfiles import check_out_dir, lock_out_dir, stop_on_interrupt, write_atomically
 
 # -----------------------------------------------------------------------------
-task = "all"  # all (arith, finetune, then tuned) | arith | finetune | tuned | small_data |
-#   cmudict | shakespeare
+task = "all"  # all (arith, finetune, tuned, then critic) | arith | finetune | tuned | small_data |
+#   cmudict | shakespeare | critic
 systems = ""  # '' = the task's own; or some of
 #   mle,ent0.01,ent0.1,irl0.1,irl1,online0.01,online0.1,online1,gail,mle+ft
 seeds = 5  # paired seeds per system
@@ -109,8 +110,8 @@ globals().update(config)
 READ_BY = {  # the flags that only some tasks read: refused for the others
     "systems": list(TASKS),
     "temperatures": ["arith"],  # the tuned tasks decode at their own (TUNED's temperatures)
-    **dict.fromkeys(["num_samples", "beam_size", "max_prompts"],
-                    ["arith", "tuned"] + OWN_TASKS),  # those that sample at every decoding
+    "num_samples": ["arith", "tuned"] + OWN_TASKS,  # those that sample at every decoding
+    **dict.fromkeys(["beam_size", "max_prompts"], ["arith", "tuned", *OWN_TASKS, "critic"]),
 }
 OWNED = {  # train.py flags that tell one run from another: set here, refused in --train_args
     "--out_dir": "one folder per run under --results; pass --results=FOLDER",
@@ -138,9 +139,9 @@ def systems_of(name):
 
 # every flag is checked before the first run trains
 try:
-    task_names = ["arith", "finetune", "tuned"] if task == "all" else [task]
-    if task_names[0] not in list(TASKS) + ["tuned"] + OWN_TASKS:
-        names = list(TASKS)[:2] + ["tuned"] + list(TASKS)[2:] + OWN_TASKS
+    task_names = ["arith", "finetune", "tuned", "critic"] if task == "all" else [task]
+    if task_names[0] not in list(TASKS) + ["tuned"] + OWN_TASKS + ["critic"]:
+        names = list(TASKS)[:2] + ["tuned"] + list(TASKS)[2:] + OWN_TASKS + ["critic"]
         raise ValueError(f"--task={task!r}; use all, {', '.join(names)}")
     task_systems = {name: systems_of(name) for name in task_names if name in TASKS}
     for flag, readers in READ_BY.items():
@@ -218,25 +219,29 @@ def compare(name, spec, levelled=False):
     return rows + ([""] + report.levelled_rows(name, spec, seeds) if levelled else [])
 
 
+def arith_system(s):
+    """Task arith's train.py flags of system s (those of FROM_MLE on QUICK_FINE_TUNE under
+    --quick, appended as the task's short schedule is)."""
+    return arith_flags + SYSTEMS[s][1] + (QUICK_FINE_TUNE if quick and s in FROM_MLE else [])
+
+
+def arith_start(s, seed):
+    """(seconds spent, flags) that start task arith's run of system s: those of FROM_MLE start
+    from the seed's MLE run (trained first if its weights are gone)."""
+    if s not in FROM_MLE:
+        return 0.0, []
+    mle = run_dir(os.path.join(results, "arith"), "mle", seed)
+    return (runner.train(mle, arith_system("mle"), seed),
+            [f"--init_from={os.path.join(mle, 'ckpt.pt')}"])
+
+
 def task_comparison(name):
-    """Task `name` (arith): its systems from scratch, or from their seed's MLE run (FROM_MLE, on
-    QUICK_FINE_TUNE under --quick), scored on val."""
+    """Task `name` (arith): its systems from scratch, or from their seed's MLE run (FROM_MLE),
+    scored on val."""
     root, chosen, metric = os.path.join(results, name), task_systems[name], TASKS[name]["metric"]
-    flags = schedule(TASKS[name]["flags"], TASKS[name]["quick"])
-    short = lambda s: QUICK_FINE_TUNE if quick and s in FROM_MLE else []  # appended, as flags' is
-    compared = {s: (SYSTEMS[s][0], flags + SYSTEMS[s][1] + short(s)) for s in chosen}
-
-    def start(s, seed):
-        """Those of FROM_MLE start from the seed's MLE run (trained first if its weights are
-        gone)."""
-        if s not in FROM_MLE:
-            return 0.0, []
-        mle = run_dir(root, "mle", seed)
-        spent = runner.train(mle, compared["mle"][1], seed)
-        return spent, [f"--init_from={os.path.join(mle, 'ckpt.pt')}"]
-
+    compared = {s: (SYSTEMS[s][0], arith_system(s)) for s in chosen}
     return compare(name, dict(
-        root=root, systems=compared, start=start, decodings=DECODINGS,
+        root=root, systems=compared, start=arith_start, decodings=DECODINGS,
         sampling=dict(split="val", weights="ckpt.pt", prompts=max_prompts, max_new_tokens=None),
         analyzed=[s for s in REWARD if s in chosen], metric=metric, also_scored=[],
         early_stop=f"val/{metric}", part_of=name))
@@ -253,7 +258,7 @@ def small_data():
             for data, folder, suffix in (("100%", arith, ""), ("5%", root, "_5pct"))}
     extra = {"100%": [], "5%": [f"--dataset={fraction}"]}
     runner.timed(name, "train", {
-        (key, seed): partial(runner.train, dirs(seed), arith_flags + SYSTEMS[key[0]][1]
+        (key, seed): partial(runner.train, dirs(seed), arith_system(key[0])
                              + extra[key[1]], seed, [os.path.join(dirs(seed), "log.jsonl")])
         for key, dirs in runs.items() for seed in range(seeds)})
     if plan:
@@ -280,7 +285,7 @@ def finetune():
         run."""
         out_dir = dirs(s, n, seed)
         started = any(os.path.exists(os.path.join(out_dir, f)) for f in ("trained", "ckpt.pt"))
-        spent = 0.0 if started else runner.train(base(seed), arith_flags + SYSTEMS["mle"][1], seed)
+        spent = 0.0 if started else runner.train(base(seed), arith_system("mle"), seed)
         start = [f"--init_from={os.path.join(base(seed), 'ckpt.pt')}"]
         return spent + runner.train(out_dir, [f"--dataset={folders[n]}"] + flags + SYSTEMS[s][1]
                                     + start, seed, [os.path.join(out_dir, "log.jsonl")])
@@ -339,7 +344,7 @@ def base_model(setting, root):
     if base == "arith":
         out_dir = lambda seed: (run_dir(os.path.join(results, "arith"), "mle", seed) if seed < seeds
                                 else run_dir(os.path.join(root, "tuning"), "base", seed))
-        flags, seed_of = arith_flags + SYSTEMS["mle"][1], lambda seed: seed
+        flags, seed_of = arith_system("mle"), lambda seed: seed
     else:
         folder = os.path.join(root, "data", "pretrain")
         if not os.path.exists(os.path.join(folder, "meta.json")):
@@ -350,10 +355,11 @@ def base_model(setting, root):
                                  [f"--init_from={os.path.join(out_dir(seed), 'ckpt.pt')}"])
 
 
-def tuned_setting(name, root, part_of):
-    """Tune every family of TUNED[name] on val by random search, then run each family's choice on
-    the final seeds, scored on the test split against the tuned MLE (compare), into root; part_of:
-    the task it times. Table rows."""
+def tuned_finals(name, root, part_of):
+    """Tune every family of TUNED[name] on val by random search (its runs in root/tuning; part_of:
+    the task that times them): (setting, the spec of compare() that runs each family's choice on
+    the final seeds, scored on the test split against the tuned MLE, the search's table rows);
+    (setting, None, []) under --plan until the tuning runs are done."""
     written = TUNED[name]
     setting = dict(written,  # as this invocation runs it
                    flags=schedule(written["flags"], written["quick"]),
@@ -396,7 +402,7 @@ def tuned_setting(name, root, part_of):
                         drawn.values() for trial in named for d in tuning_dirs(trial)):
         print(f"tuned {name}: its final runs come from its tuning runs; once those are done, "
               f"--plan lists them", file=sys.stderr)
-        return []
+        return setting, None, []
     scores, picks = choose(drawn, tuning_dirs, choose_by, metric)
     flags_of = lambda family, trial: trial_flags(family, drawn[family][trial]) + [keep]
     rows = [] if plan else report.trials_table(name, root, setting, drawn, flags_of, tuning_dirs,
@@ -420,10 +426,20 @@ def tuned_setting(name, root, part_of):
         finals["systems"]["base"] = ("base model (not fine-tuned)", None)
     if setting["data"] in ("arith", "finetune"):  # also on the problems a model cannot recall
         finals["fresh"] = fresh(data[0].partition("=")[2], "test", prompts)
+    return setting, finals, rows
+
+
+def tuned_setting(name, root, part_of):
+    """Best against best on TUNED[name]: every family tuned on val, then its choice run on the
+    final seeds and scored on test (tuned_finals), into root. Table rows."""
+    setting, finals, rows = tuned_finals(name, root, part_of)
+    if finals is None:
+        return []
     rows += [""] + compare(f"tuned {name}", finals, levelled=True)
     if setting["smaller"]:  # the same choices again (no new tuning) on fewer demonstrations
         families, size = setting["smaller"]
         flags, what = demonstration_flags(setting, root, size), f"{size} demonstrations"
+        compared = finals["systems"]
         rows += [""] + compare(f"tuned {name}, {what}", dict(
             finals, root=os.path.join(root, f"train{size}"), analyzed=[],
             systems={f: (f"{compared[f][0]}, {what}", compared[f][1] + flags) for f in families
@@ -450,10 +466,70 @@ def tuned():
             for row in tuned_setting(name, os.path.join(results, "tuned", name), "tuned") + [""]]
 
 
+# ----------------------------------------------------------------------------- the reward as a judge
+def weights_of(spec, system, seed, weights="best.pt"):
+    """(seconds spent, path) of the weights of spec's run of system and seed (spec as compare()'s:
+    root, systems, start), that run trained again first if they are gone."""
+    out_dir = run_dir(spec["root"], system, seed)
+    path, trained = os.path.join(out_dir, weights), os.path.join(out_dir, "trained")
+    spent, start = (0.0, []) if os.path.exists(path) and os.path.exists(trained) else \
+        spec["start"](system, seed)
+    return spent + runner.train(out_dir, spec["systems"][system][1] + start, seed), path
+
+
+def judge_pool(name, finals, pool, seed):
+    """critic.py on the test prompts of task name: a pool drawn from the seed's final run of family
+    `pool`, judged by the seed's IRL run (its return, and beam search by its reward when pool is
+    IRL), the log p of CRITIC's likelihood families and, on arith, the discriminator of task
+    arith's GAIL run of the seed; the runs trained again first where their weights are gone.
+    Seconds spent."""
+    out_dir = os.path.join(results, "critic", name, f"{pool}_s{seed}")
+    if runner.done(os.path.join(out_dir, "critic_summary.json")):
+        return 0.0
+    likelihood = [f for f in CRITIC["likelihood"] if f in finals["systems"]]  # --quick: no GEM
+    weights = {f: weights_of(finals, f, seed) for f in dict.fromkeys([pool, "irl", *likelihood])}
+    command = ["critic.py", f"--policy={weights[pool][1]}", f"--irl={weights['irl'][1]}",
+               f"--likelihood={','.join(weights[f][1] for f in likelihood)}",
+               "--split=test", f"--max_prompts={finals['sampling']['prompts']}",
+               f"--num_candidates={CRITIC['candidates']}",
+               f"--temperature={CRITIC['temperature']:g}", f"--seed={seed}", f"--results={out_dir}"]
+    if finals["sampling"]["max_new_tokens"]:
+        command.append(f"--max_new_tokens={finals['sampling']['max_new_tokens']}")
+    if pool == "irl":
+        command.append(f"--beam_size={beam_size}")
+    if name == CRITIC["gail"]:
+        arith = dict(root=os.path.join(results, "arith"), start=arith_start,
+                     systems={"gail": (SYSTEMS["gail"][0], arith_system("gail"))})
+        weights["gail"] = weights_of(arith, "gail", seed, "ckpt.pt")  # the discriminator's too
+        command.append(f"--gail={weights['gail'][1]}")
+    spent = sum(seconds for seconds, _ in weights.values())
+    return spent + runner.run(command, os.path.join(out_dir, "critic_summary.json"))
+
+
+def critic():
+    """The reward as a judge (critic.py) on the best-against-best final runs of each task of
+    CRITIC whose tuning is done (its trials.jsonl written), every seed and pool. Table rows."""
+    judged = {}
+    for name, folder in CRITIC["tasks"].items():
+        root = os.path.join(results, folder)
+        if not os.path.exists(os.path.join(root, "trials.jsonl")):
+            print(f"critic: {name} left out: its best against best has not run yet "
+                  f"(python lab/experiment.py --task={'tuned' if '/' in folder else name})")
+            continue
+        _, finals, _ = tuned_finals(name, root, "critic")
+        if finals is not None:
+            runner.timed("critic", f"{name}: draw and judge the pools", {
+                (pool, seed): partial(judge_pool, name, finals, pool, seed)
+                for seed in range(seeds) for pool in CRITIC["pools"]})
+            judged[name] = os.path.join(results, "critic", name)
+    return [] if plan or not judged else critic_report.tables(
+        os.path.join(results, "critic"), judged, CRITIC["pools"], seeds)
+
+
 # -----------------------------------------------------------------------------
 def run_task(name, root):
     """Task `name`'s runs, then its table rows (none under --plan)."""
-    drivers = {"finetune": finetune, "small_data": small_data, "tuned": tuned}
+    drivers = {"finetune": finetune, "small_data": small_data, "tuned": tuned, "critic": critic}
     drivers.update({n: partial(tuned_setting, n, root, n) for n in OWN_TASKS})
     return drivers.get(name, partial(task_comparison, name))()
 

@@ -51,10 +51,9 @@ DEMO_SIZES = [250, 1000]  # the shifted train split cut to its first n examples
 FINETUNE_FLAGS = ["--learning_rate=1e-3", "--min_lr=1e-4", "--warmup_iters=20", "--max_iters=500",
                   "--lr_decay_iters=500", "--eval_interval=50"]
 
-TASKS = {  # the systems by default and with --quick; task arith's flags (and --quick's), metric
+TASKS = {  # the systems by default and with --quick; task arith's metric
     "arith": dict(systems="mle,ent0.01,ent0.1,irl0.1,online0.01,online0.1,online1,gail,mle+ft",
-                  quick_systems="mle,ent0.1,irl0.1,online0.1,gail,mle+ft",
-                  flags=ARITH_FLAGS, quick=QUICK_SCRATCH, metric="accuracy"),
+                  quick_systems="mle,ent0.1,irl0.1,online0.1,gail,mle+ft", metric="accuracy"),
     "finetune": dict(systems="mle,irl0.1,ent0.1", quick_systems="mle,irl0.1"),
     "small_data": dict(systems="mle,irl0.1", quick_systems="mle,irl0.1"),
 }
@@ -150,3 +149,14 @@ TUNED = dict(
         smaller=(["mle", "irl"], 250)),  # 400 steps of 8 = 13 passes over 250
 )
 OWN_TASKS = [n for n in TUNED if n not in TUNED_TASKS]  # best against best, each a task of its own
+
+# ---------------------------------------------------------------------- the reward as a judge
+# critic.py on the best-against-best final runs of each task: for each seed, one pool of
+# candidates per test prompt from a family's model at temperature 1, judged by IRL's return, the
+# log-likelihood of MLE, GEM and IRL, the vote and (arith) GAIL's discriminator, and beam search
+# (--beam_size beams) by IRL's reward against by its log p (each seed once: with the pool from IRL)
+CRITIC = dict(
+    tasks={"arith": "tuned/arith", "cmudict": "cmudict", "shakespeare": "shakespeare"},  # root
+    pools=["mle", "irl"], likelihood=["mle", "gem", "irl"], candidates=16, temperature=1.0,
+    gail="arith",  # task arith's GAIL runs (fine-tuned from its MLE runs): a discriminator there
+)

@@ -367,6 +367,14 @@ def test_critic_end_to_end(runs, tmp_path):
             assert s["best_of"][str(n)]["mean"] <= summary["scorers"]["oracle"]["best_of"][str(n)][
                 "mean"] + 1e-12
         assert s["best_of"]["1"]["mean"] == pytest.approx(summary["pool_mean"], abs=1e-12)
+        # each prompt's numbers (4 decimals), for intervals over prompts: N = 1 left out
+        kept = s["per_prompt"]
+        assert list(kept["best_of"]) == ["2", "4", "8"] and len(kept["auc"]) == 10
+        for n, values in kept["best_of"].items():
+            assert sum(values) / 10 == pytest.approx(s["best_of"][n]["mean"], abs=1e-4)
+        aucs = [a for a in kept["auc"] if a is not None]
+        assert len(aucs) == s["auc_prompts"]
+        assert sum(aucs) / len(aucs) == pytest.approx(s["auc"], abs=1e-4)
     mixed = [p for p in pools if len({r["oracle"] for r in p}) == 2]
     assert summary["scorers"]["logp[irl]"]["auc_prompts"] == len(mixed) > 0
     beams = [json.loads(line) for line in open(tmp_path / "critic_beam.jsonl")]

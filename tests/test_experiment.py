@@ -220,9 +220,10 @@ def test_plan_is_run_by_hand_then_the_experiment_goes_on(tmp_path):
 
 def test_results_readme_commands_are_the_experiments():
     """Each command of results/README.md names a task of lab/experiment.py, and the one without --task says
-    what --help says it runs: arith, finetune and the hours-long tuned task."""
-    assert help_lines(experiment.__file__)["task"].startswith("all (arith, finetune, then tuned)")
-    tasks = ["all", "tuned"] + list(experiment.TASKS) + experiment.OWN_TASKS
+    what --help says it runs: arith, finetune, the hours-long tuned task and critic."""
+    assert help_lines(experiment.__file__)["task"].startswith(
+        "all (arith, finetune, tuned, then critic)")
+    tasks = ["all", "tuned", "critic"] + list(experiment.TASKS) + experiment.OWN_TASKS
     with open(os.path.join(ROOT, "results", "README.md")) as f:
         commands = [line for line in f if line.startswith("python lab/experiment.py")]
     assert commands
@@ -231,7 +232,7 @@ def test_results_readme_commands_are_the_experiments():
         flags = dict(arg[2:].partition("=")[::2] for arg in shlex.split(command)[2:])  # --plan: ""
         assert flags.get("task", "all") in tasks, line
         if "task" not in flags:
-            assert all(name in comment for name in ("arith", "finetune", "tuned")), line
+            assert all(name in comment for name in ("arith", "finetune", "tuned", "critic")), line
 
 
 def test_every_family_of_a_tuned_setting_gets_the_same_budget():
@@ -545,11 +546,26 @@ def fake_launch(command):
         name = (f"beam{flags['beam_size']}" if "beam_size" in flags
                 else f"t{float(flags['temperature']):g}")
         write_json(Path(flags["out_dir"]) / f"samples_{flags['split']}_{name}.json",
-                   {"accuracy": 0.25, "self_bleu": 0.5, "distinct_2": 0.75})
-    else:
+                   {"accuracy": 0.25, "self_bleu": 0.5, "distinct_2": 0.75,
+                    "phoneme_error_rate": 0.5, "bleu": 0.5})
+    elif script == "analyze_reward.py":
         run = os.path.basename(os.path.dirname(flags["out_dir"]))  # --out_dir: the run's ckpt.pt
         write_json(Path(flags["results"]) / "reward_summary.json",
                    {"runs": {run: dict.fromkeys(report.REWARD_KEYS, 0.1)}})
+    else:  # critic.py: every scorer picks a right answer on the first prompt only
+        prompts, name = int(flags["max_prompts"]), lambda path: path.split("/")[-2] + "/best"
+        judged = [f"return[{name(flags['irl'])}]", "vote", "oracle"] + [
+            f"logp[{name(path)}]" for path in flags["likelihood"].split(",")]
+        per_prompt = [1.0] + [0.0] * (prompts - 1)
+        write_json(Path(flags["results"]) / "critic_summary.json", dict(
+            num_candidates=16, temperature=1.0, prompts=prompts, metric="accuracy",
+            pool_mean=0.1, beam=dict(beam_size=int(flags.get("beam_size", 0))),
+            scorers={s: dict(best_of={str(n): dict(mean=1 / prompts) for n in (1, 2, 4, 8, 16)},
+                             per_prompt=dict(best_of={str(n): per_prompt for n in (2, 4, 8, 16)},
+                                             auc=per_prompt)) for s in judged}))
+        if "beam_size" in flags:
+            (Path(flags["results"]) / "critic_beam.jsonl").write_text(json.dumps(dict(
+                logp_beam="1", reward_beam="", logp_beam_oracle=1.0, reward_beam_oracle=0.0)) + "\n")
     return 1.0
 
 
@@ -700,3 +716,55 @@ def test_scores_on_the_problems_that_are_no_reordering_of_a_train_problem(tmp_pa
     assert table[-2] == "| MLE | 0.250 ± 0.250 | 0.250 ± 0.250 | — |"
     assert table[-1].startswith("| IRL | 1.000 ± 0.000 | 1.000 ± 0.000 | +0.750 ± 0.250 [")
     assert "the 2 of 4 test problems" in table[0]
+
+
+def test_critic_judges_each_seeds_pools_with_the_final_runs(tmp_path, monkeypatch, capsys):
+    """--task=critic (scripts faked) on a finished --quick cmudict: critic.py once per seed and pool,
+    on the final runs' best.pt, beam search with the pool from IRL only; arith and shakespeare,
+    not run, left out by name; the same command again only redraws; a final run whose weights
+    are gone is trained again before its pool is judged."""
+    launched = []
+
+    def launch(runner, command):  # the fakes, and train.py's weights as a real run leaves them
+        launched.append(command)
+        if command[0] == "train.py":
+            out_dir = Path(dict(a[2:].split("=", 1) for a in command[1:])["out_dir"])
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for weights in ("ckpt.pt", "best.pt"):
+                (out_dir / weights).write_text("")
+        return fake_launch(command)
+
+    def run(task):
+        try:
+            return table.run_inline(EXPERIMENT, ["--results=res", f"--task={task}", "--quick",
+                                                 "--seeds=1"], monkeypatch, capsys, tmp_path)
+        finally:
+            while runfiles.held_locks:
+                os.close(runfiles.held_locks.pop())
+
+    monkeypatch.setattr(Runner, "launch", launch)
+    assert run("cmudict")[0] in (None, 0)
+    launched.clear()
+    code, out, err = run("critic")
+    assert code in (None, 0), err
+    critics = [c for c in launched if c[0] == "critic.py"]
+    assert len(critics) == 2 and len(launched) == 2
+    final = lambda family: f"res/cmudict/{family}_s0/best.pt"
+    for command, pool in zip(critics, ("mle", "irl")):
+        flags = dict(a[2:].split("=", 1) for a in command[1:])
+        assert flags["policy"] == final(pool) and flags["irl"] == final("irl")
+        assert flags["likelihood"] == f"{final('mle')},{final('irl')}"  # --quick: no GEM
+        assert flags["results"] == f"res/critic/cmudict/{pool}_s0"
+        assert flags["split"] == "test" and flags["max_prompts"] == "100"
+        assert ("beam_size" in flags) == (pool == "irl")
+    assert "critic: arith left out" in out and "critic: shakespeare left out" in out
+    drawn = (tmp_path / "res" / "critic" / "table.md").read_text()
+    assert "### cmudict, pool from MLE" in drawn and "| return[irl] | 0.010 |" in drawn
+    launched.clear()
+    assert run("critic")[0] in (None, 0) and not launched  # only redrawn
+    for weights in ("ckpt.pt", "best.pt"):  # as in a clone: git keeps neither
+        os.remove(tmp_path / "res" / "cmudict" / "irl_s0" / weights)
+    shutil.rmtree(tmp_path / "res" / "critic" / "cmudict" / "irl_s0")
+    assert run("critic")[0] in (None, 0)
+    assert [c[0] for c in launched] == ["train.py", "critic.py"]
+    assert "--out_dir=res/cmudict/irl_s0" in launched[0]
