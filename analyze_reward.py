@@ -58,7 +58,7 @@ from dataset import (dataset_inputs, encode_example, encode_scored, jsonl_rows, 
 from features import feature_matrix, is_eos, least_squares, load_features, token_texts
 from irl_loss import q_and_v, token_rewards
 import metrics
-from runfiles import (check_out_dir, check_outputs, fail, run_inputs, save_figure,
+from runfiles import (check_out_dir, check_outputs, fail, json_text, run_inputs, save_figure,
                       stop_on_interrupt, write_atomically)
 
 # -----------------------------------------------------------------------------
@@ -631,7 +631,7 @@ def rounded(x):
 summary = dict(dataset=data["name"], task=data["task"], split=split, prompts=len(pairs),
                features_file=features or None, figures=figures, telescoping=telescoping,
                runs={run["name"]: run["summary"] for run in runs})
-outputs = {"reward_summary.json": json.dumps(summary, indent=2) + "\n"}
+outputs = {"reward_summary.json": json_text(summary)}
 for run in runs:
     outputs[f"reward_tokens_{run['name']}.jsonl"] = "".join(
         json.dumps({k: rounded(r[k]) for k in TOKEN_KEYS if k in r}) + "\n" for r in run["rows"])

@@ -31,8 +31,8 @@ from dataset import dataset_inputs, encode_example, encode_split, load_dataset, 
 from generate import beam_search, generate
 from irl_loss import policy_stats
 import metrics
-from runfiles import (RUN_FILES, check_output_path, check_outputs, fail, read_text, run_inputs,
-                      stop_on_interrupt, write_atomically)
+from runfiles import (RUN_FILES, check_output_path, check_outputs, fail, json_text, read_text,
+                      run_inputs, stop_on_interrupt, write_atomically)
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the run to sample from (its ckpt.pt); results are written here too
@@ -227,7 +227,7 @@ if scores:  # each prompt's mean of each score over its K samples, in prompt ord
 try:
     os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
     for path, text in ((name, "".join(json.dumps(r) + "\n" for r in rows)),
-                       (summary_name, json.dumps(summary, indent=2) + "\n")):
+                       (summary_name, json_text(summary))):
         write_atomically(path, text)
 except (ValueError, OSError) as err:
     fail(err)
