@@ -383,32 +383,54 @@ def tuned_finals(name, root, part_of):
     tuning_dirs = lambda trial: [run_dir(os.path.join(root, "tuning"), trial, seed)
                                  for seed in setting["tuning_seeds"]]
 
+    tried = {family: dict(named) for family, named in drawn.items()}  # and those past an edge
+
     def tuning_run(family, trial, seed):
         """One trial on one tuning seed: trained, early-stopped, its best.pt decoded on val as
         choose_by says."""
         out_dir = run_dir(os.path.join(root, "tuning"), trial, seed)
         chosen_by = decoding_file(out_dir, choose_by, "val")
         spent, start_flags = (0.0, []) if os.path.exists(chosen_by) else start(trial, seed)
-        flags = trial_flags(family, drawn[family][trial])
+        flags = trial_flags(family, tried[family][trial])
         spent += runner.train(out_dir, data + setting["flags"] + start_flags + flags + [keep], seed,
                               [chosen_by])
         return spent + runner.sample(out_dir, choose_by, seed, "val", "best.pt", prompts,
                                      max_new_tokens)
 
-    runner.timed(part_of, f"{part}tune each family on val", {
-        (trial, seed): partial(tuning_run, family, trial, seed)
-        for seed in setting["tuning_seeds"] for family, named in drawn.items() for trial in named})
-    if plan and not all(os.path.exists(decoding_file(d, choose_by, "val")) for named in
-                        drawn.values() for trial in named for d in tuning_dirs(trial)):
-        print(f"tuned {name}: its final runs come from its tuning runs; once those are done, "
-              f"--plan lists them", file=sys.stderr)
+    def tune(trials_of, what):
+        """Every trial of {family: {trial: values}} on every tuning seed; False under --plan
+        until all are done (the choice waits for them)."""
+        runner.timed(part_of, f"{part}{what}", {
+            (trial, seed): partial(tuning_run, family, trial, seed)
+            for seed in setting["tuning_seeds"] for family, named in trials_of.items()
+            for trial in named})
+        if plan and not all(os.path.exists(decoding_file(d, choose_by, "val")) for named in
+                            trials_of.values() for trial in named for d in tuning_dirs(trial)):
+            print(f"tuned {name}: its final runs come from its tuning runs; once those are done, "
+                  f"--plan lists them", file=sys.stderr)
+            return False
+        return True
+
+    if not tune(drawn, "tune each family on val"):
         return setting, None, []
     scores, picks = choose(drawn, tuning_dirs, choose_by, metric)
-    flags_of = lambda family, trial: trial_flags(family, drawn[family][trial]) + [keep]
-    rows = [] if plan else report.trials_table(name, root, setting, drawn, flags_of, tuning_dirs,
-                                               scores, picks)
+    # a choice at the edge of a log range: its family tries past that edge (lab/search.py)
+    space = lambda family: {**SHARED[setting["space"]], **FAMILIES[family][2]}
+    past = {family: {f"{family}_p{k}": values for k, values in
+                     enumerate(search.beyond(named[picks[family]], space(family)))}
+            for family, named in drawn.items()}
+    past = {family: named for family, named in past.items() if named}
+    if past:
+        for family, named in past.items():
+            tried[family].update(named)
+        if not tune(past, "try past the edges"):
+            return setting, None, []
+        scores, picks = choose(tried, tuning_dirs, choose_by, metric)
+    flags_of = lambda family, trial: trial_flags(family, tried[family][trial]) + [keep]
+    rows = [] if plan else report.trials_table(name, root, setting, drawn, past, flags_of,
+                                               tuning_dirs, scores, picks)
     compared = {}  # each family's choice
-    for family, named in drawn.items():
+    for family, named in tried.items():
         # the label in words: "MLE (learning rate 0.00123, dropout 0.1, ...)"
         values = named[picks[family]]
         words = ", ".join(f"{k.replace('_', ' ')} {search.flag_value(v)}"

@@ -12,7 +12,7 @@ import numpy as np
 
 from lab.runner import decoding_file, reward_file, run_dir
 from lab import search
-from lab.stats import (NLL_TOLERANCE, RESOLVE, best_row, bootstrap, expected_max, levelled,
+from lab.stats import (NLL_TOLERANCE, RESOLVE, best, best_row, bootstrap, expected_max, levelled,
                        matched_difference, overlap, paired, window_start)
 from lab.tasks import CONTROL, FAMILIES, FROM_MLE, SHARED, SYSTEMS
 from metrics import mean_se
@@ -554,17 +554,19 @@ def val_curves(name, groups, title, seeds, path):
 
 
 # ---------------------------------------------------------------------- best against best (tuned)
-def trials_table(name, root, setting, drawn, flags_of, tuning_dirs, scores, picks):
+def trials_table(name, root, setting, drawn, past, flags_of, tuning_dirs, scores, picks):
     """A tuned setting's random search: root/trials.jsonl (a line per tuning run), root/search.png
-    (each family's expected best val score against the number of trials) and table rows: every
-    trial's values, val score, where its best.pt was, whether it levelled off; each family's
-    choice, and where it lies at an edge of a range. drawn {family: {trial: {setting: value}}};
-    flags_of(family, trial): the train.py flags it adds to the task's; tuning_dirs(trial): its
-    runs' folders; scores {trial: mean val score}; picks {family: trial}."""
+    (each family's expected best val score against the number of random trials) and table rows:
+    every trial's values, val score, where its best.pt was, whether it levelled off; each family's
+    choice of the random search, where it lies at an edge of a range, the trials past that edge
+    and the final choice. drawn, past {family: {trial: {setting: value}}}: the random trials, the
+    trials past an edge (lab/search.py); flags_of(family, trial): the train.py flags it adds to
+    the task's; tuning_dirs(trial): its runs' folders; scores {trial: mean val score}; picks
+    {family: trial}."""
     metric, stop, prompts = setting["metric"], setting["early_stop"], setting["prompts"]
     lines, rows = [], []
     for family, named in drawn.items():
-        for trial, values in named.items():
+        for trial, values in {**named, **past.get(family, {})}.items():
             logs = [read_log(os.path.join(d, "log.jsonl"), [stop]) for d in tuning_dirs(trial)]
             tests = [levelled_off(log, stop) for log in logs]
             for d, seed_log, seed in zip(tuning_dirs(trial), logs, setting["tuning_seeds"]):
@@ -573,6 +575,7 @@ def trials_table(name, root, setting, drawn, flags_of, tuning_dirs, scores, pick
                                   val_score=read_summary(decoding_file(d, setting["choose_by"],
                                                                        "val"), [metric])[metric],
                                   best_iter=best_row(seed_log, stop)["iter"],
+                                  past_edge=trial in past.get(family, {}),
                                   chosen=trial == picks[family]))
             knobs = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in values.items())
             rows.append(f"| {FAMILIES[family][0]} | {trial} | {knobs} | {scores[trial]:.3f} | "
@@ -586,15 +589,19 @@ def trials_table(name, root, setting, drawn, flags_of, tuning_dirs, scores, pick
             f"score: {metric} of its best.pt ({stop}) on {prompts} val prompts, {decoding}, mean "
             f"over tuning seeds {setting['tuning_seeds']}; 'rise': a line through the last "
             f"quarter of the run's evaluations, against one evaluation's s.e. (val nll: "
-            f"{NLL_TOLERANCE} nats), with the evaluations in that quarter)", "",
+            f"{NLL_TOLERANCE} nats), with the evaluations in that quarter; a trial _p<k>: past "
+            f"the edge of a range where the random search's choice lay)", "",
             "| family | trial | settings | val score | best at iter | rise over the last quarter "
             "(evaluations) | chosen |", "|---" * 7 + "|"]
-    space = {**SHARED[setting["space"]]}
     edges = ["", f"## tuned {name}: each family's choice against the ranges searched", "",
-             "| family | chosen | at an edge of its range |", "|---" * 3 + "|"]
-    for family, trial in picks.items():
-        at = search.at_edges(drawn[family][trial], {**space, **FAMILIES[family][2]})
-        edges.append(f"| {FAMILIES[family][0]} | {trial} | {', '.join(at) or 'no'} |")
+             "| family | the random search's choice | at an edge of its range | tried past the "
+             "edge (val score) | chosen |", "|---" * 5 + "|"]
+    for family, named in drawn.items():
+        first = best(named, f"val/{metric}", lambda t: scores[t])
+        at = search.at_edges(named[first], {**SHARED[setting["space"]], **FAMILIES[family][2]})
+        tried = ", ".join(f"{trial} ({scores[trial]:.3f})" for trial in past.get(family, {}))
+        edges.append(f"| {FAMILIES[family][0]} | {first} | {', '.join(at) or 'no'} | "
+                     f"{tried or '—'} | {picks[family]} |")
     evp = draw_expected_best(name, root, drawn, scores, metric)
     return head + rows + edges + ["", f"## tuned {name}: expected best val score of n trials "
                                   f"(Dodge et al. 2019; search.png)", ""] + evp

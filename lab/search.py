@@ -6,11 +6,16 @@ Trial k of every family draws what the families share (learning rate, dropout, w
 the same generator, seeded by (seed, k): the families meet the same shared settings, and differ
 only in their loss and its own knob (λ, β), drawn from a second generator seeded by (seed, k, 1).
 A choice that lands near an edge of a range (the outer tenth, on the scale it is drawn on) says
-the range may not bracket the best: widen it and run again.
+the range may not bracket the best. Random draws put the same trial there whatever the range (its
+uniform number stays), so widening the range cannot settle it; the range is widened past the
+choice instead: on a log range, two more trials of that family with that setting moved past the
+edge (beyond: divided, at the low edge, or multiplied by 3 and by 9), the rest of the choice as it
+was. If one of them wins, the search goes on with it as the choice.
 """
 import numpy as np
 
 EDGE = 0.1  # the outer tenth of a range, on the scale it is drawn on
+PAST = (3, 9)  # a choice at an edge of a log range is tried again this many times past it
 
 
 def draw_value(rng, how):
@@ -61,6 +66,20 @@ def at_edges(values, space):
         elif where > 1 - EDGE:
             edges.append(f"{name} high")
     return edges
+
+
+def beyond(values, space):
+    """The trials past the edges of a chosen trial's values (at_edges'): on a log range, the
+    values with that setting divided (low edge) or multiplied (high) by each factor of PAST; []
+    when none is at the edge of a log range."""
+    past = []
+    for edge in at_edges(values, space):
+        name, side = edge.split()
+        if space[name][0] == "log":
+            for factor in PAST:
+                value = values[name] / factor if side == "low" else values[name] * factor
+                past.append({**values, name: float(f"{value:.3g}")})
+    return past
 
 
 def flag_value(value):

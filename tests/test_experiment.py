@@ -26,7 +26,7 @@ sys.argv = argv
 signal.signal(signal.SIGINT, handler)  # importing installs experiment.py's Ctrl-C message
 from configurator import help_lines  # noqa: E402
 from dataset import prepare_task  # noqa: E402
-from lab import report, stats  # noqa: E402
+from lab import report, search, stats  # noqa: E402
 from lab.report import diff_cells, ms  # noqa: E402
 from lab.runner import Runner, last_wins  # noqa: E402
 import runfiles  # noqa: E402
@@ -295,7 +295,8 @@ def test_the_choice_goes_by_the_val_score_of_best_pt(tmp_path):
 def test_trials_table_and_file_by_hand(tmp_path):
     """The random search's table, trials.jsonl and expected best from hand-made logs and summaries:
     where each best.pt was, the rise over the last quarter of the run's iterations with the
-    evaluations in it, the choice, and a choice at an edge of its range named."""
+    evaluations in it, a choice at an edge of its range named, the trial past that edge that
+    won, and the expected best of the random trials alone."""
     setting = dict(metric="accuracy", early_stop="val/accuracy", prompts=500, choose_by="greedy",
                    trials=2, tuning_seeds=[100], space="scratch")
     drawn = {"mle": {"mle_t0": dict(learning_rate=0.0059, dropout=0.1, weight_decay=0.0),
@@ -308,34 +309,41 @@ def test_trials_table_and_file_by_hand(tmp_path):
     logs = {"mle_t0": [0, .2, .3, .4, .5, .5, .60, .62, .64],  # best at 800, rises 0.04
             "mle_t1": [0, .1, .3, .31, .3, .3, .30, .31, .30],  # best at 300, rises 0
             "irl_t0": [0, .1, .2, .3, .4, .5, .60, .61, .61],  # best at 700, rises 0.01
-            "irl_t1": [0, .1, .2, .3, .4, .5, .70, .70, .71]}  # best at 800, rises 0.01
-    val = {"mle_t0": 0.5, "mle_t1": 0.3, "irl_t0": 0.6, "irl_t1": 0.2}
+            "irl_t1": [0, .1, .2, .3, .4, .5, .70, .70, .71],  # best at 800, rises 0.01
+            "mle_p0": [0, .2, .3, .4, .5, .5, .60, .62, .64]}
+    past = {"mle": {"mle_p0": dict(drawn["mle"]["mle_t0"], learning_rate=0.0177)}}
+    val = {"mle_t0": 0.5, "mle_t1": 0.3, "irl_t0": 0.6, "irl_t1": 0.2, "mle_p0": 0.55}
     dirs = lambda trial: [str(tmp_path / "tuning" / f"{trial}_s100")]
     for trial, values in logs.items():
         write_log(tmp_path / "tuning" / f"{trial}_s100", "val/accuracy", values)
         write_json(tmp_path / "tuning" / f"{trial}_s100" / "samples_val_t0.json",
                    {"accuracy": val[trial]})
-    picks = {"mle": "mle_t0", "irl": "irl_t0"}
+    picks = {"mle": "mle_p0", "irl": "irl_t0"}
     flags_of = lambda family, trial: [f"--loss={family}", "--keep_best=val/accuracy"] + [
-        f"--{k}={v}" for k, v in drawn[family][trial].items()]
-    rows = report.trials_table("x", str(tmp_path), setting, drawn, flags_of, dirs, val, picks)
+        f"--{k}={v}" for k, v in {**drawn[family], **past.get(family, {})}[trial].items()]
+    rows = report.trials_table("x", str(tmp_path), setting, drawn, past, flags_of, dirs, val,
+                               picks)
     se = lambda p: math.sqrt(p * (1 - p) / 200)  # one evaluation's s.e. at the window's mean
     assert f"| MLE | mle_t0 | learning rate 0.0059, dropout 0.1, weight decay 0 | 0.500 | 800 | " \
+           f"+0.040 ≥ {se(0.62):.3f} (3) |  |" in rows
+    assert f"| MLE | mle_p0 | learning rate 0.0177, dropout 0.1, weight decay 0 | 0.550 | 800 | " \
            f"+0.040 ≥ {se(0.62):.3f} (3) | ✓ |" in rows
     assert f"| IRL | irl_t1 | learning rate 0.001, dropout 0, weight decay 0.1, td coef 0.03 | " \
            f"0.200 | 800 | +0.010 < {se(0.7033):.3f} (3) |  |" in rows
     # the edges: 0.0059 lies in the top tenth of log(3e-4)..log(6e-3), 0.0011 in the bottom tenth
     # of log(1e-3)..log(1)
-    assert "| MLE | mle_t0 | learning_rate high |" in rows
-    assert "| IRL | irl_t0 | learning_rate high, td_coef low |" in rows
+    assert "| MLE | mle_t0 | learning_rate high | mle_p0 (0.550) | mle_p0 |" in rows
+    assert "| IRL | irl_t0 | learning_rate high, td_coef low | — | irl_t0 |" in rows
     # expected best of n trials: of {0.5, 0.3}, one draw 0.4, two (with replacement) 0.45; of
     # {0.6, 0.2}: 0.4 and 0.5
     assert "| MLE | 0.400 | 0.450 |" in rows and "| IRL | 0.400 | 0.500 |" in rows
     lines = [json.loads(line) for line in (tmp_path / "trials.jsonl").read_text().splitlines()]
-    assert [(r["trial"], r["seed"], r["val_score"], r["best_iter"], r["chosen"]) for r in lines] == [
-        ("mle_t0", 100, 0.5, 800, True), ("mle_t1", 100, 0.3, 300, False),
-        ("irl_t0", 100, 0.6, 700, True), ("irl_t1", 100, 0.2, 800, False)]
-    assert lines[2]["flags"] == dict(loss="irl", keep_best="val/accuracy", learning_rate=0.0059,
+    assert [(r["trial"], r["seed"], r["val_score"], r["best_iter"], r["past_edge"], r["chosen"])
+            for r in lines] == [
+        ("mle_t0", 100, 0.5, 800, False, False), ("mle_t1", 100, 0.3, 300, False, False),
+        ("mle_p0", 100, 0.55, 800, True, True),
+        ("irl_t0", 100, 0.6, 700, False, True), ("irl_t1", 100, 0.2, 800, False, False)]
+    assert lines[3]["flags"] == dict(loss="irl", keep_best="val/accuracy", learning_rate=0.0059,
                                      dropout=0.1, weight_decay=0.0, td_coef=0.0011)
     assert (tmp_path / "search.png").stat().st_size > 0
 
@@ -768,3 +776,61 @@ def test_critic_judges_each_seeds_pools_with_the_final_runs(tmp_path, monkeypatc
     assert run("critic")[0] in (None, 0)
     assert [c[0] for c in launched] == ["train.py", "critic.py"]
     assert "--out_dir=res/cmudict/irl_s0" in launched[0]
+
+
+def test_a_choice_at_an_edge_is_tried_past_it():
+    """search.beyond: a choice in the outer tenth of a log range gets the trials with that setting
+    divided (low edge) or multiplied (high edge) by 3 and 9, the rest as chosen; a choice inside,
+    or at the edge of a range not drawn on a log scale, gets none."""
+    space = dict(learning_rate=("log", 3e-4, 6e-3), dropout=("choice", [0.0, 0.1, 0.2]),
+                 gem_beta=("uniform", 0.1, 1.0), td_coef=("log", 1e-3, 1.0))
+    low = dict(learning_rate=3.82e-4, dropout=0.2, gem_beta=0.95, td_coef=0.5)
+    assert search.beyond(low, space) == [dict(low, learning_rate=1.27e-4),
+                                         dict(low, learning_rate=4.24e-5)]
+    both = dict(learning_rate=5.9e-3, dropout=0.0, gem_beta=0.5, td_coef=0.0011)
+    assert search.beyond(both, space) == [
+        dict(both, learning_rate=0.0177), dict(both, learning_rate=0.0531),
+        dict(both, td_coef=0.000367), dict(both, td_coef=0.000122)]
+    assert search.beyond(dict(low, learning_rate=1e-3), space) == []  # gem_beta high: not log
+
+
+def test_a_tuned_setting_tries_past_the_edge_and_runs_the_winner(tmp_path, monkeypatch, capsys):
+    """Scripts faked, --quick: the random search's trial lies at the low edge of the learning rate
+    and a lower rate scores higher on val, so each family tries 1/3 and 1/9 of it, chooses the
+    1/9 and runs that on the final seed; trials.jsonl and the table say so."""
+    def draw(shared, own, trials, seed):  # trial 0 at the bottom tenth of the learning rate
+        return [dict(learning_rate=3.1e-4, dropout=0.0, weight_decay=0.1,
+                     **({"td_coef": 0.03} if own else {}))] * trials
+
+    def launch(runner, command):  # val accuracy falls with the learning rate the run had
+        if command[0] == "sample.py":
+            flags = dict(a[2:].split("=", 1) for a in command[1:])
+            marker = (Path(flags["out_dir"]) / "trained").read_text().splitlines()
+            rate = float(next(f for f in marker if f.startswith("--learning_rate="))[16:])
+            fake_launch(command)
+            summary = next(Path(flags["out_dir"]).glob(f"samples_{flags['split']}_*.json"))
+            write_json(summary, dict(json.loads(summary.read_text()), accuracy=1 - 100 * rate))
+            return 1.0
+        return fake_launch(command)
+
+    monkeypatch.setattr(search, "draw", draw)
+    monkeypatch.setattr(Runner, "launch", launch)
+    try:
+        code, out, err = table.run_inline(EXPERIMENT, ["--results=res", "--task=cmudict",
+                                                       "--quick", "--seeds=1"],
+                                          monkeypatch, capsys, tmp_path)
+    finally:
+        while runfiles.held_locks:
+            os.close(runfiles.held_locks.pop())
+    assert code in (None, 0), err
+    root = tmp_path / "res" / "cmudict"
+    lines = [json.loads(line) for line in (root / "trials.jsonl").read_text().splitlines()]
+    assert [(r["trial"], r["flags"]["learning_rate"], r["past_edge"], r["chosen"])
+            for r in lines] == [("mle_t0", 3.1e-4, False, False), ("mle_p0", 1.03e-4, True, False),
+                                ("mle_p1", 3.44e-5, True, True), ("irl_t0", 3.1e-4, False, False),
+                                ("irl_p0", 1.03e-4, True, False), ("irl_p1", 3.44e-5, True, True)]
+    for family in ("mle", "irl"):
+        assert "--learning_rate=3.44e-05" in (root / f"{family}_s0" / "trained").read_text()
+    table_md = (root / "table.md").read_text()
+    assert "| MLE | mle_t0 | learning_rate low | mle_p0 (0.990), mle_p1 (0.997) | mle_p1 |" \
+        in table_md
