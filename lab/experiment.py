@@ -24,7 +24,9 @@ linearly, minus its seed's MLE (or CONTROL) curve, averaged over Self-BLEU value
 
 Best against best (task tuned: arith and finetune; cmudict and shakespeare, each a task of its own
 in results/<task>/) tunes every family by random search (lab/search.py: TUNED's trials per family,
-the shared settings drawn alike), then runs each choice on the final seeds. Measured with --jobs=2
+the shared settings drawn alike; a choice at the edge of a log range tried past it), then runs each
+choice on the final seeds. Task critic then judges pools of candidates from each seed's MLE and IRL
+runs with critic.py (CRITIC in lab/tasks.py), on the tasks whose best against best has run. Measured with --jobs=2
 on a 2-core x86 CPU: cmudict (2 blocks of width 128, window 48, batch 32; 3000 steps with an
 evaluation every 100) 143.7 minutes, its 30 tuning runs 72.0 and its 25 final runs, each with 14
 decodings of the 500 test words and the reward analysis, 71.7. The others are estimated from their
