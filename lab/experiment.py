@@ -546,8 +546,12 @@ def critic():
                 (pool, seed): partial(judge_pool, name, finals, pool, seed)
                 for seed in range(seeds) for pool in CRITIC["pools"]})
             judged[name] = os.path.join(results, "critic", name)
-    return [] if plan or not judged else critic_report.tables(
-        os.path.join(results, "critic"), judged, CRITIC["pools"], seeds)
+    if plan:
+        return []
+    if not judged:
+        raise ValueError(f"no task of {', '.join(CRITIC['tasks'])} has run best against best in "
+                         f"{results}: run one first (python lab/experiment.py --task=cmudict)")
+    return critic_report.tables(os.path.join(results, "critic"), judged, CRITIC["pools"], seeds)
 
 
 # -----------------------------------------------------------------------------

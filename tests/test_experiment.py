@@ -751,6 +751,8 @@ def test_critic_judges_each_seeds_pools_with_the_final_runs(tmp_path, monkeypatc
                 os.close(runfiles.held_locks.pop())
 
     monkeypatch.setattr(Runner, "launch", launch)
+    code, _, err = run("critic")  # before any task ran: one line, what to run first
+    assert "has run best against best in res: run one first" in f"{code} {err}" and not launched
     assert run("cmudict")[0] in (None, 0)
     launched.clear()
     code, out, err = run("critic")
