@@ -334,7 +334,16 @@ def measure(run, pooled):
         pick_rate=rate, pick_chance=chance, pick_prompts=n_pick,
         telescoping_max_abs_error=max(errors) if errors else None, telescoping_checked=len(errors),
         v0_mean=float(np.mean(v0)), v0_std=float(np.std(v0)),
-        spearman_v0_expert_surprisal=finite(metrics.spearman(v0, surprisal)))
+        spearman_v0_expert_surprisal=finite(metrics.spearman(v0, surprisal)),
+        v0_slope=slope(surprisal, v0))
+
+
+def slope(x, y):
+    """The least-squares slope of y on x (None without two distinct x): 1 where v_0 follows the
+    expert's surprisal one for one, 0 where it does not vary with it."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    spread = float(((x - x.mean()) ** 2).sum())
+    return float(((x - x.mean()) * (y - y.mean())).sum() / spread) if spread > 0 else None
 
 
 def fit_features(run):
@@ -387,7 +396,8 @@ def print_run(run, X):
     print(f"  return vs {s['metric']}: {correlation}{pooled}; pick rate {fmt(s['pick_rate'])} vs "
           f"chance {fmt(s['pick_chance'])} on the {s['pick_prompts']} of them whose samples differ")
     print(f"  v0 {s['v0_mean']:.3f} +- {s['v0_std']:.3f} sd over {s['experts']} prompts; "
-          f"Spearman(v0, expert surprisal) {fmt(s['spearman_v0_expert_surprisal'])}")
+          f"Spearman(v0, expert surprisal) {fmt(s['spearman_v0_expert_surprisal'])}, slope "
+          f"{fmt(s['v0_slope'], '.2f')} (1: v0 = surprisal, as the TD term trains it; 0: flat)")
     print(f"  features: R^2 {fmt(s['feature_r2'])} of r_t on the expert completions' {fit['n']} "
           f"tokens; weight = nats of r_t above a token no feature marks, 95% interval:")
     for (name, description, _), column, w, lo, hi \
@@ -556,14 +566,16 @@ def draw_v0(runs):
     fig, axes = plt.subplots(1, 2 if two else 1, figsize=(11 if two else 6, 4.6), squeeze=False,
                              layout="constrained")
     fig.suptitle("$v_0$, the value of the prompt: the part of every return that depends on the "
-                 "prompt alone\n(logsumexp of the logits before the first completion token; "
-                 "IRL's TD term pulls it toward the grey line)", fontsize=9.5)
+                 "prompt alone\n(logsumexp of the logits before the first completion token; IRL's "
+                 "TD term trains it toward the grey line: the slope says how far it got)",
+                 fontsize=9.5)
     ax = axes[0][0]
     for run in runs:
         surprisal = [-discounted(r["log_pi"], run["gamma"]) for r in run["experts"]]
         rho = fmt(run["summary"]["spearman_v0_expert_surprisal"], ".2f")
         ax.scatter(surprisal, [r["v0"] for r in run["experts"]], s=8, alpha=0.6,
-                   label=f"{run['name']} (Spearman {rho})")
+                   label=f"{run['name']} (Spearman {rho}, slope "
+                         f"{fmt(run['summary']['v0_slope'], '.2f')})")
     low, high = ax.get_xlim()
     ax.plot([low, high], [low, high], color="grey", linewidth=0.8, label="$v_0$ = surprisal")
     ax.set_title("one point per prompt", fontsize=9)

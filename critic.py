@@ -33,8 +33,9 @@ that have such a pair (vote: a candidate's votes in the whole pool).
 log p / length ** length_penalty) and by its implied reward summed so far (a process reward,
 generate.reward_beam_search), at equal width K.
 
-Writes into --results: critic_summary.json (every number, each prompt's too), critic_candidates.jsonl (each candidate
-with its answer, oracle and every scorer's score) and, with --beam_size, critic_beam.jsonl.
+Writes into --results: critic_summary.json (every number, each prompt's too), critic_candidates.jsonl
+(each candidate with its answer, oracle and every scorer's score) and, with --beam_size,
+critic_beam.jsonl.
 """
 import importlib
 import json

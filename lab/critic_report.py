@@ -110,7 +110,8 @@ def beam_rows(judged, seeds):
     width: the task score of each, and the difference with its interval."""
     rows = ["### beam search on the IRL model: by log p against by its implied reward (a process "
             "reward), the same width", "",
-            "| task | beams | by log p | by the reward | reward − log p | completions that differ |",
+            "| task | beams | by log p | by the reward | reward − log p | completions that "
+            "differ |",
             "|---|---|---|---|---|---|"]
     for task, folder in judged.items():
         runs = [os.path.join(folder, f"irl_s{seed}") for seed in range(seeds)]

@@ -26,8 +26,8 @@ Best against best (task tuned: arith and finetune; cmudict and shakespeare, each
 in results/<task>/) tunes every family by random search (lab/search.py: TUNED's trials per family,
 the shared settings drawn alike; a choice at the edge of a log range tried past it), then runs each
 choice on the final seeds. Task critic then judges pools of candidates from each seed's MLE and IRL
-runs with critic.py (CRITIC in lab/tasks.py), on the tasks whose best against best has run. Measured with --jobs=2
-on a 2-core x86 CPU: cmudict (2 blocks of width 128, window 48, batch 32; 3000 steps with an
+runs with critic.py (CRITIC in lab/tasks.py), on the tasks whose best against best has run.
+Measured with --jobs=2 on a 2-core x86 CPU: cmudict (2 blocks of width 128, window 48, batch 32; 3000 steps with an
 evaluation every 100) 143.7 minutes, its 30 tuning runs 72.0 and its 25 final runs, each with 14
 decodings of the 500 test words and the reward analysis, 71.7. The others are estimated from their
 schedules and the grid they ran before: arith about 3.3 hours, finetune 1.6, shakespeare 2.4 without
@@ -70,9 +70,9 @@ from lab import critic_report, report, search
 from lab.demonstrations import arith_fraction, builtin, finetune_data, fresh
 from lab.runner import Runner, decoding_file, reward_file, run_dir
 from lab.stats import best
-from lab.tasks import (ARITH_FLAGS, CRITIC, DEMO_SIZES, FAMILIES, FINETUNE_FLAGS, FROM_MLE, OWN_TASKS,
-                       QUICK_FINE_TUNE, QUICK_SCRATCH, REWARD, SEARCH_SEED, SHARED, SHIFT_LABEL,
-                       SYSTEMS, TASKS, TUNED, TUNED_TASKS)
+from lab.tasks import (ARITH_FLAGS, CRITIC, DEMO_SIZES, FAMILIES, FINETUNE_FLAGS, FROM_MLE,
+                       OWN_TASKS, QUICK_FINE_TUNE, QUICK_SCRATCH, REWARD, SEARCH_SEED, SHARED,
+                       SHIFT_LABEL, SYSTEMS, TASKS, TUNED, TUNED_TASKS)
 from runfiles import check_out_dir, lock_out_dir, stop_on_interrupt, write_atomically
 
 # -----------------------------------------------------------------------------
@@ -490,7 +490,7 @@ def tuned():
             for row in tuned_setting(name, os.path.join(results, "tuned", name), "tuned") + [""]]
 
 
-# ----------------------------------------------------------------------------- the reward as a judge
+# ------------------------------------------------------------------------- the reward as a judge
 def weights_of(spec, system, seed, weights="best.pt"):
     """(seconds spent, path) of the weights of spec's run of system and seed (spec as compare()'s:
     root, systems, start), that run trained again first if they are gone."""

@@ -24,7 +24,7 @@ RUN_KEYS = {
     "metric", "sample_metric_mean", "spearman_return_metric", "spearman_return_metric_se", "spearman_log_prob_metric",
     "spearman_return_metric_pooled", "spearman_return_metric_pooled_se", "pooled_samples",
     "pick_rate", "pick_chance", "pick_prompts", "telescoping_max_abs_error", "telescoping_checked",
-    "v0_mean", "v0_std", "spearman_v0_expert_surprisal", "feature_r2", "feature_tokens", "feature_intercept",
+    "v0_mean", "v0_std", "spearman_v0_expert_surprisal", "v0_slope", "feature_r2", "feature_tokens", "feature_intercept",
     "features"}
 FIGURES = ["reward_returns.png", "reward_vs_metric.png", "reward_v0.png", "reward_features.png"]
 
@@ -176,6 +176,8 @@ def check_summary_numbers(run, rows, naive, sample_metric):
     v0, surprisal = [n[1] for _, n in of_kind["expert"]], [-n[2] for _, n in of_kind["expert"]]
     assert run["v0_mean"] == pytest.approx(statistics.mean(v0), abs=1e-4)
     assert run["v0_std"] == pytest.approx(statistics.pstdev(v0), abs=1e-4)
+    assert run["v0_slope"] == pytest.approx(statistics.linear_regression(surprisal, v0).slope,
+                                            abs=1e-4)
     # the samples' metric, then each rank correlation: None where the metric is constant
     assert [r["metric"] for r, _ in of_kind["sample"]] == sample_metric
     mean = pytest.approx(statistics.mean(sample_metric), abs=1e-12) if sample_metric else None
