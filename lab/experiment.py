@@ -72,7 +72,7 @@ from lab.runner import Runner, decoding_file, reward_file, run_dir
 from lab.stats import best
 from lab.tasks import (ARITH_FLAGS, CRITIC, DEMO_SIZES, FAMILIES, FINETUNE_FLAGS, FROM_MLE,
                        OWN_TASKS, QUICK_FINE_TUNE, QUICK_SCRATCH, REWARD, SEARCH_SEED, SHARED,
-                       SHIFT_LABEL, SYSTEMS, TASKS, TUNED, TUNED_TASKS)
+                       SHIFT_LABEL, SYSTEMS, TASKS, TUNED, TUNED_PARTS)
 from runfiles import check_out_dir, lock_out_dir, stop_on_interrupt, write_atomically
 
 # -----------------------------------------------------------------------------
@@ -112,8 +112,8 @@ globals().update(config)
 READ_BY = {  # the flags that only some tasks read: refused for the others
     "systems": list(TASKS),
     "temperatures": ["arith"],  # the tuned tasks decode at their own (TUNED's temperatures)
-    "num_samples": ["arith", "tuned"] + OWN_TASKS,  # those that sample at every decoding
-    **dict.fromkeys(["beam_size", "max_prompts"], ["arith", "tuned", *OWN_TASKS, "critic"]),
+    "num_samples": ["arith", *TUNED_PARTS, *OWN_TASKS],  # those that sample at every decoding
+    **dict.fromkeys(["beam_size", "max_prompts"], ["arith", *TUNED_PARTS, *OWN_TASKS, "critic"]),
 }
 OWNED = {  # train.py flags that tell one run from another: set here, refused in --train_args
     "--out_dir": "one folder per run under --results; pass --results=FOLDER",
@@ -141,8 +141,9 @@ def systems_of(name):
 
 # every flag is checked before the first run trains
 try:
-    task_names = ["arith", "finetune", "tuned", "critic"] if task == "all" else [task]
-    if task_names[0] not in list(TASKS) + ["tuned"] + OWN_TASKS + ["critic"]:
+    task_names = {"all": ["arith", "finetune", *TUNED_PARTS, "critic"],
+                  "tuned": TUNED_PARTS}.get(task, [task])
+    if task_names[0] not in list(TASKS) + TUNED_PARTS + OWN_TASKS + ["critic"]:
         names = list(TASKS)[:2] + ["tuned"] + list(TASKS)[2:] + OWN_TASKS + ["critic"]
         raise ValueError(f"--task={task!r}; use all, {', '.join(names)}")
     task_systems = {name: systems_of(name) for name in task_names if name in TASKS}
@@ -372,7 +373,7 @@ def tuned_finals(name, root, part_of):
     drawn, keep = trials(setting), f"--keep_best={setting['early_stop']}"
     temperatures = setting["temperatures"][::4] if quick else setting["temperatures"]
     max_new_tokens = setting["max_new_tokens"]
-    part = f"{name}: " if part_of != name else ""  # task tuned times its settings' parts apart
+    part = "" if part_of.endswith(name) else f"{name}: "  # critic times this setting's parts
     data = demonstration_flags(setting, root, setting["size"])
     start = base_model(setting, root)
     one_base = isinstance(setting["base"], dict)
@@ -483,13 +484,6 @@ def choose(drawn, tuning_dirs, decoding, metric):
     return scores, picks
 
 
-def tuned():
-    """Best against best: every family tuned on val with the same budget, early-stopped, then
-    compared on test."""
-    return [row for name in TUNED_TASKS
-            for row in tuned_setting(name, os.path.join(results, "tuned", name), "tuned") + [""]]
-
-
 # ------------------------------------------------------------------------- the reward as a judge
 def weights_of(spec, system, seed, weights="best.pt"):
     """(seconds spent, path) of the weights of spec's run of system and seed (spec as compare()'s:
@@ -557,8 +551,9 @@ def critic():
 # -----------------------------------------------------------------------------
 def run_task(name, root):
     """Task `name`'s runs, then its table rows (none under --plan)."""
-    drivers = {"finetune": finetune, "small_data": small_data, "tuned": tuned, "critic": critic}
-    drivers.update({n: partial(tuned_setting, n, root, n) for n in OWN_TASKS})
+    drivers = {"finetune": finetune, "small_data": small_data, "critic": critic}
+    drivers.update({n: partial(tuned_setting, n.split("/")[-1], root, n)
+                    for n in TUNED_PARTS + OWN_TASKS})
     return drivers.get(name, partial(task_comparison, name))()
 
 
@@ -580,10 +575,9 @@ def write_table(name, root, rows, t0, kept):
     table = "\n".join(rows) + f"\n\n{timing}\n"
     write_atomically(table_file, (QUICK_NOTE + "\n\n" if quick else "") + table)
     print(table)
-    figures = [os.path.join(root, t, "figure.png") for t in TUNED_TASKS] if name == "tuned" else [
-        os.path.join(root, "figure.png")]
-    drawn = report.overview(results) if name in ("tuned", *OWN_TASKS) else None  # once all 3 ran
-    print(f"wrote {', '.join(figures + ([drawn] if drawn else []))} and {table_file}")
+    drawn = report.overview(results) if name in TUNED_PARTS + OWN_TASKS else None  # once all 3 ran
+    figure = os.path.join(root, "figure.png")
+    print(f"wrote {', '.join([figure] + ([drawn] if drawn else []))} and {table_file}")
 
 
 def print_plan():

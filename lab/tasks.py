@@ -74,6 +74,7 @@ FAMILIES = {  # family: (label, loss, its own knob's range)
     "irl": ("IRL", "irl", dict(td_coef=("log", 1e-3, 1.0))),
 }
 TUNED_TASKS = ["finetune", "arith"]  # task tuned: these two (the short fine-tuning runs first)
+TUNED_PARTS = [f"tuned/{name}" for name in TUNED_TASKS]  # each with its results/tuned/<name>/table.md
 SEARCH_SEED = 0  # the trials' draws (lab/search.py): the same for every task
 # A setting of best against best, every key given:
 # - data: a built-in dataset (prepared first) or "finetune", task finetune's shifted demonstrations;
