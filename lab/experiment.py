@@ -184,7 +184,8 @@ def compare(name, spec, levelled=False):
     seeds behind), then its tables and figure (report.score_vs_diversity) and, if levelled, whether
     its runs levelled off. Table rows. spec, every key given:
     - root: the runs are root/<system>_s<seed>; systems: {name: (label, train.py flags)}, base
-      first; flags None: not trained, the model the runs start from decoded as it is
+      first; flags None: not trained, the model the runs start from decoded as it is, on the
+      runs' data (dataset: their --dataset)
     - start(system, seed) -> (seconds spent, flags that start the run from a model, trained first
       if need be)
     - sampling: sample.py's split, weights (ckpt.pt or best.pt), prompts and max_new_tokens;
@@ -204,8 +205,8 @@ def compare(name, spec, levelled=False):
                 return 0.0
             spent, start = spec["start"](s, seed)
             weights = start[0].partition("=")[2]  # the checkpoint the runs start from
-            return spent + sum(runner.sample(out_dir, d, seed, **dict(sampling, weights=weights))
-                               for d in spec["decodings"])
+            return spent + sum(runner.sample(out_dir, d, seed, **dict(
+                sampling, weights=weights, dataset=spec["dataset"])) for d in spec["decodings"])
         finished = all(map(os.path.exists, outputs + [os.path.join(out_dir, "trained")]))
         spent, start = (0.0, []) if finished else spec["start"](s, seed)
         spent += runner.train(out_dir, spec["systems"][s][1] + start, seed, outputs)
@@ -447,8 +448,9 @@ def tuned_finals(name, root, part_of):
                   analyzed=list(compared) if setting["reward"] else [], metric=metric,
                   also_scored=setting["also_scored"], early_stop=setting["early_stop"],
                   part_of=part_of)
-    if setting["base"] == "arith":  # and the base models as they are, before fine-tuning
+    if setting["base"] == "arith":  # and the base models as they are, on the same test prompts
         finals["systems"]["base"] = ("base model (not fine-tuned)", None)
+        finals["dataset"] = data[0].partition("=")[2]
     if setting["data"] in ("arith", "finetune"):  # also on the problems a model cannot recall
         finals["fresh"] = fresh(data[0].partition("=")[2], "test", prompts)
     return setting, finals, rows

@@ -227,11 +227,12 @@ class Runner:
             return self.run(last_wins(command), trained, mark=lines, writes=[ckpt, best])
 
     def sample(self, out_dir, decoding, seed, split="val", weights="ckpt.pt", prompts=None,
-               max_new_tokens=None):
+               max_new_tokens=None, dataset=None):
         """sample.py on the run's weights (ckpt.pt, or best.pt: the early-stopped state; or a path
         to another run's checkpoint) at one decoding (greedy, beam<N> or t<temperature>), on the
-        first `prompts` prompts of the split (None: max_prompts), at most max_new_tokens tokens
-        each (None: sample.py's default)."""
+        first `prompts` prompts of the split (None: max_prompts) of dataset (None: the one the
+        weights were trained on), at most max_new_tokens tokens each (None: sample.py's
+        default)."""
         if decoding == "greedy":
             args = ["--temperature=0", "--num_samples=1"]
         elif decoding.startswith("beam"):
@@ -243,6 +244,7 @@ class Runner:
                    f"--split={split}", f"--max_prompts={prompts or self.max_prompts}",
                    f"--seed={seed}"]
         command += [f"--max_new_tokens={max_new_tokens}"] if max_new_tokens else []
+        command += [f"--dataset={dataset}"] if dataset else []
         return self.run(command, decoding_file(out_dir, decoding, split))
 
     def analyze(self, out_dir, seed, split="val", weights="ckpt.pt"):

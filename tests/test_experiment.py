@@ -836,3 +836,27 @@ def test_a_tuned_setting_tries_past_the_edge_and_runs_the_winner(tmp_path, monke
     table_md = (root / "table.md").read_text()
     assert "| MLE | mle_t0 | learning_rate low | mle_p0 (0.990), mle_p1 (0.997) | mle_p1 |" \
         in table_md
+
+
+def test_finetunes_base_row_is_decoded_on_the_fine_tuning_data(tmp_path, monkeypatch, capsys):
+    """Scripts faked, --quick: tuned finetune's "base model" row decodes each seed's start, task
+    arith's MLE run, on the test prompts of the shifted demonstrations the runs fine-tune on (not on
+    arith's own, which the checkpoint names); the fine-tuned runs on their own data."""
+    launched = []
+    monkeypatch.setattr(Runner, "launch", lambda runner, command: launched.append(command)
+                        or fake_launch(command))
+    try:
+        code, _, err = table.run_inline(EXPERIMENT, ["--results=res", "--task=tuned", "--quick",
+                                                     "--seeds=1"], monkeypatch, capsys, tmp_path)
+    finally:
+        while runfiles.held_locks:
+            os.close(runfiles.held_locks.pop())
+    assert code in (None, 0), err
+    fine_tune = next(c for c in launched if "--out_dir=res/tuned/finetune/mle_s0" in c)
+    data = next(f for f in fine_tune if f.startswith("--dataset="))
+    assert "shifted" in data
+    base = [c for c in launched if "--out_dir=res/tuned/finetune/base_s0" in c]
+    assert base and all(c[0] == "sample.py" and data in c and "--split=test" in c
+                        and "--init_from=res/arith/mle_s0/ckpt.pt" in c for c in base)
+    tuned = [c for c in launched if c[0] == "sample.py" and "res/tuned/finetune/mle_s0" in c[1]]
+    assert tuned and not any(f.startswith("--dataset=") for c in tuned for f in c)
