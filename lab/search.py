@@ -7,10 +7,11 @@ the same generator, seeded by (seed, k): the families meet the same shared setti
 only in their loss and its own knob (λ, β), drawn from a second generator seeded by (seed, k, 1).
 A choice that lands near an edge of a range (the outer tenth, on the scale it is drawn on) says
 the range may not bracket the best. Random draws put the same trial there whatever the range (its
-uniform number stays), so widening the range cannot settle it; the range is widened past the
-choice instead: on a log range, two more trials of that family with that setting moved past the
-edge (beyond: divided, at the low edge, or multiplied by 3 and by 9), the rest of the choice as it
-was. If one of them wins, the search goes on with it as the choice.
+uniform number stays), so widening the range and drawing again cannot settle it; the search goes
+past the choice instead (beyond): on a log range, two more trials of that family with that setting
+moved past the edge by a factor of 3 and of 9 (divided at the low edge, multiplied at the high),
+the rest of the choice kept. The best of all then is the choice; if it is the farthest of them,
+the best still lies beyond what was tried, and the table shows it.
 """
 import numpy as np
 
