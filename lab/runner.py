@@ -268,6 +268,8 @@ class Runner:
         left, count = self.runs_left(calls), itertools.count(1)
 
         def counted(key):
+            if self.stopping.is_set():  # stopped: a call still queued starts nothing, says nothing
+                sys.exit("experiment.py: stopped")
             if key in left:
                 with self.lock:  # a line at a time
                     print(f"run {next(count)} of {len(left)}: {part}", flush=True)

@@ -141,6 +141,26 @@ def test_a_failed_run_stops_the_runs_in_progress(tmp_path):
     assert stopped == [True]
 
 
+def test_calls_queued_when_the_runner_stops_start_nothing(capsys):
+    """Runner.timed, one run at a time: the first run stops the runner (as SIGTERM's handler does);
+    the run queued after it never starts and is not announced ("run 2 of 2")."""
+    runner, started = Runner(jobs=1, train_flags=[], num_samples=4, max_prompts=500), []
+
+    def run(name):
+        if runner.plan is not None:  # the dry pass that counts the runs left: each has work
+            runner.lines.append(name)
+            return 0.0
+        started.append(name)
+        if name == "first":
+            runner.stop()
+        return 1.0
+
+    with pytest.raises(SystemExit, match="stopped"):
+        runner.timed("x", "part", {"first": lambda: run("first"), "second": lambda: run("second")})
+    out = capsys.readouterr().out
+    assert started == ["first"] and "run 1 of 2" in out and "run 2 of 2" not in out
+
+
 def test_runs_from_another_folder(tmp_path):
     """From a folder of the user's own, as `python path/to/lab/experiment.py`: it finds train.py,
     sample.py and analyze_reward.py in the repository, and the paths given (--results, the data in
