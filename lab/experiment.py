@@ -179,6 +179,16 @@ arith_flags = schedule(ARITH_FLAGS, QUICK_SCRATCH)  # arith from scratch (task a
 
 
 # ----------------------------------------------------------------------------- score vs diversity
+def train_run(spec, system, seed, made):
+    """Seconds spent training spec's run of system and seed (spec as compare()'s) from its start,
+    itself trained first if need be; none when the run finished and every file of made (what its
+    weights made, or the weights themselves) is there."""
+    out_dir = run_dir(spec["root"], system, seed)
+    finished = all(map(os.path.exists, [*made, os.path.join(out_dir, "trained")]))
+    spent, start = (0.0, []) if finished else spec["start"](system, seed)
+    return spent + runner.train(out_dir, spec["systems"][system][1] + start, seed, made)
+
+
 def compare(name, spec, levelled=False):
     """Train, sample and analyse every run of spec, seed by seed (so that a stop leaves whole
     seeds behind), then its tables and figure (report.score_vs_diversity) and, if levelled, whether
@@ -207,9 +217,7 @@ def compare(name, spec, levelled=False):
             weights = start[0].partition("=")[2]  # the checkpoint the runs start from
             return spent + sum(runner.sample(out_dir, d, seed, **dict(
                 sampling, weights=weights, dataset=spec["dataset"])) for d in spec["decodings"])
-        finished = all(map(os.path.exists, outputs + [os.path.join(out_dir, "trained")]))
-        spent, start = (0.0, []) if finished else spec["start"](s, seed)
-        spent += runner.train(out_dir, spec["systems"][s][1] + start, seed, outputs)
+        spent = train_run(spec, s, seed, outputs)
         spent += sum(runner.sample(out_dir, d, seed, **sampling) for d in spec["decodings"])
         if s in spec["analyzed"]:
             spent += runner.analyze(out_dir, seed, sampling["split"], sampling["weights"])
@@ -487,16 +495,6 @@ def choose(drawn, tuning_dirs, decoding, metric):
 
 
 # ------------------------------------------------------------------------- the reward as a judge
-def weights_of(spec, system, seed, weights="best.pt"):
-    """(seconds spent, path) of the weights of spec's run of system and seed (spec as compare()'s:
-    root, systems, start), that run trained again first if they are gone."""
-    out_dir = run_dir(spec["root"], system, seed)
-    path, trained = os.path.join(out_dir, weights), os.path.join(out_dir, "trained")
-    spent, start = (0.0, []) if os.path.exists(path) and os.path.exists(trained) else \
-        spec["start"](system, seed)
-    return spent + runner.train(out_dir, spec["systems"][system][1] + start, seed), path
-
-
 def judge_pool(name, finals, pool, seed):
     """critic.py on the test prompts of task name: a pool drawn from the seed's final run of family
     `pool`, judged by the seed's IRL run (its return, and beam search by its reward when pool is
@@ -506,10 +504,14 @@ def judge_pool(name, finals, pool, seed):
     out_dir = os.path.join(results, "critic", name, f"{pool}_s{seed}")
     if runner.done(os.path.join(out_dir, "critic_summary.json")):
         return 0.0
+    def weights(spec, system, file="best.pt"):
+        return os.path.join(run_dir(spec["root"], system, seed), file)
+
     likelihood = [f for f in CRITIC["likelihood"] if f in finals["systems"]]  # --quick: no GEM
-    weights = {f: weights_of(finals, f, seed) for f in dict.fromkeys([pool, "irl", *likelihood])}
-    command = ["critic.py", f"--policy={weights[pool][1]}", f"--irl={weights['irl'][1]}",
-               f"--likelihood={','.join(weights[f][1] for f in likelihood)}",
+    spent = sum(train_run(finals, f, seed, [weights(finals, f)])
+                for f in dict.fromkeys([pool, "irl", *likelihood]))
+    command = ["critic.py", f"--policy={weights(finals, pool)}", f"--irl={weights(finals, 'irl')}",
+               f"--likelihood={','.join(weights(finals, f) for f in likelihood)}",
                "--split=test", f"--max_prompts={finals['sampling']['prompts']}",
                f"--num_candidates={CRITIC['candidates']}",
                f"--temperature={CRITIC['temperature']:g}", f"--seed={seed}", f"--results={out_dir}"]
@@ -520,9 +522,9 @@ def judge_pool(name, finals, pool, seed):
     if name == CRITIC["gail"]:
         arith = dict(root=os.path.join(results, "arith"), start=arith_start,
                      systems={"gail": (SYSTEMS["gail"][0], arith_system("gail"))})
-        weights["gail"] = weights_of(arith, "gail", seed, "ckpt.pt")  # the discriminator's too
-        command.append(f"--gail={weights['gail'][1]}")
-    spent = sum(seconds for seconds, _ in weights.values())
+        discriminator = weights(arith, "gail", "ckpt.pt")  # best.pt keeps the policy only
+        spent += train_run(arith, "gail", seed, [discriminator])
+        command.append(f"--gail={discriminator}")
     return spent + runner.run(command, os.path.join(out_dir, "critic_summary.json"))
 
 
