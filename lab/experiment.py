@@ -370,8 +370,9 @@ def base_model(setting, root):
 def tuned_finals(name, root, part_of):
     """Tune every family of TUNED[name] on val by random search (its runs in root/tuning; part_of:
     the task that times them): (setting, the spec of compare() that runs each family's choice on
-    the final seeds, scored on the test split against the tuned MLE, the search's table rows);
-    (setting, None, []) under --plan until the tuning runs are done."""
+    the final seeds, scored on the test split against the tuned MLE, the search as
+    report.trials_table's arguments); (setting, None, None) under --plan until the tuning runs are
+    done."""
     written = TUNED[name]
     setting = dict(written,  # as this invocation runs it
                    flags=schedule(written["flags"], written["quick"]),
@@ -424,7 +425,7 @@ def tuned_finals(name, root, part_of):
         return True
 
     if not tune(drawn, "tune each family on val"):
-        return setting, None, []
+        return setting, None, None
     scores, picks = choose(drawn, tuning_dirs, choose_by, metric)
     # a choice at the edge of a log range: its family tries past that edge (lab/search.py)
     space = lambda family: {**SHARED[setting["space"]], **FAMILIES[family][2]}
@@ -436,11 +437,11 @@ def tuned_finals(name, root, part_of):
         for family, named in past.items():
             tried[family].update(named)
         if not tune(past, "try past the edges"):
-            return setting, None, []
+            return setting, None, None
         scores, picks = choose(tried, tuning_dirs, choose_by, metric)
     flags_of = lambda family, trial: trial_flags(family, tried[family][trial]) + [keep]
-    rows = [] if plan else report.trials_table(name, root, setting, drawn, past, flags_of,
-                                               tuning_dirs, scores, picks)
+    searched = dict(drawn=drawn, past=past, flags_of=flags_of, tuning_dirs=tuning_dirs,
+                    scores=scores, picks=picks)  # what report.trials_table draws
     compared = {}  # each family's choice
     for family, named in tried.items():
         # the label in words: "MLE (learning rate 0.00123, dropout 0.1, ...)"
@@ -461,15 +462,16 @@ def tuned_finals(name, root, part_of):
         finals["dataset"] = data[0].partition("=")[2]
     if setting["data"] in ("arith", "finetune"):  # also on the problems a model cannot recall
         finals["fresh"] = fresh(data[0].partition("=")[2], "test", prompts)
-    return setting, finals, rows
+    return setting, finals, searched
 
 
 def tuned_setting(name, root, part_of):
     """Best against best on TUNED[name]: every family tuned on val, then its choice run on the
     final seeds and scored on test (tuned_finals), into root. Table rows."""
-    setting, finals, rows = tuned_finals(name, root, part_of)
+    setting, finals, searched = tuned_finals(name, root, part_of)
     if finals is None:
         return []
+    rows = [] if plan else report.trials_table(name, root, setting, **searched)
     rows += [""] + compare(f"tuned {name}", finals, levelled=True)
     if setting["smaller"]:  # the same choices again (no new tuning) on fewer demonstrations
         families, size = setting["smaller"]
