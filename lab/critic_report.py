@@ -51,6 +51,13 @@ def per_prompt(summaries, scorer, key, n=None):
     return np.array(rows, dtype=float)
 
 
+def curve(summaries, scorer, sizes):
+    """A scorer's best-of-N for each N of sizes: the mean over seeds of each seed's mean over
+    prompts."""
+    return [np.mean([s["scorers"][scorer]["best_of"][n]["mean"] for s in summaries])
+            for n in sizes]
+
+
 def mean_of(values):
     """The bootstrap's statistic on a (seeds, prompts) array: the mean over the drawn seeds and
     prompts of the values that exist (None: none)."""
@@ -88,20 +95,20 @@ def pool_rows(task, pool, summaries):
             "| scorer | " + " | ".join(f"N={n}" for n in sizes) + " | AUC |",
             "|---" * (len(sizes) + 2) + "|"]
     for scorer in first["scorers"]:
-        means = [np.mean([s["scorers"][scorer]["best_of"][n]["mean"] for s in summaries])
-                 for n in sizes]
+        means = curve(summaries, scorer, sizes)
         rows.append(f"| {scorer} | " + " | ".join(f"{m:.3f}" for m in means)
                     + f" | {cell(per_prompt(summaries, scorer, 'auc'))} |")
     top = sizes[-1]
     rows += ["", f"each scorer − {BASELINE} (paired by seed and prompt)", "",
              f"| scorer | best-of-{top} | AUC |", "|---|---|---|"]
+    best, auc = (per_prompt(summaries, BASELINE, "best_of", top),
+                 per_prompt(summaries, BASELINE, "auc"))
     for scorer in first["scorers"]:
         if scorer in (BASELINE, "oracle"):
             continue
-        best = [per_prompt(summaries, s, "best_of", top) for s in (scorer, BASELINE)]
-        auc = [per_prompt(summaries, s, "auc") for s in (scorer, BASELINE)]
-        rows.append(f"| {scorer} | {cell(best[0] - best[1], True)} | "
-                    f"{cell(auc[0] - auc[1], True)} |")
+        rows.append(f"| {scorer} | "
+                    f"{cell(per_prompt(summaries, scorer, 'best_of', top) - best, True)} | "
+                    f"{cell(per_prompt(summaries, scorer, 'auc') - auc, True)} |")
     return rows
 
 
@@ -126,23 +133,21 @@ def beam_rows(judged, seeds):
     return rows
 
 
-def draw(judged, pools, seeds, path):
+def draw(read, seeds, path):
     """Score of the pick against N, a panel per task (columns) and pool (rows), a line per
-    scorer of DRAWN, the mean over seeds."""
+    scorer of DRAWN, the mean over seeds; read: {task: {pool: its seeds' summaries}}."""
     plt = pyplot()
-    fig, axes = plt.subplots(len(pools), len(judged), figsize=(4.2 * len(judged), 3.4 * len(pools)),
+    pools = next(iter(read.values()))
+    fig, axes = plt.subplots(len(pools), len(read), figsize=(4.2 * len(read), 3.4 * len(pools)),
                              squeeze=False)
-    for j, (task, folder) in enumerate(judged.items()):
-        for i, pool in enumerate(pools):
-            summaries, ax = read_pools(folder, pool, seeds), axes[i][j]
+    for j, (task, by_pool) in enumerate(read.items()):
+        for i, (pool, summaries) in enumerate(by_pool.items()):
+            ax = axes[i][j]
+            sizes = list(summaries[0]["scorers"]["oracle"]["best_of"])
             for scorer, (colour, style) in DRAWN.items():
-                if scorer not in summaries[0]["scorers"]:
-                    continue
-                sizes = list(summaries[0]["scorers"][scorer]["best_of"])
-                means = [np.mean([s["scorers"][scorer]["best_of"][n]["mean"] for s in summaries])
-                         for n in sizes]
-                ax.plot([int(n) for n in sizes], means, style, color=colour, marker="o",
-                        markersize=3, label=scorer)
+                if scorer in summaries[0]["scorers"]:
+                    ax.plot([int(n) for n in sizes], curve(summaries, scorer, sizes), style,
+                            color=colour, marker="o", markersize=3, label=scorer)
             ax.set_xscale("log", base=2)
             ax.set_xticks([int(n) for n in sizes], [n for n in sizes])
             ax.set_title(f"{task}: pool from {pool.upper()}", fontsize=10)
@@ -163,9 +168,11 @@ def tables(root, judged, pools, seeds):
             "model m (_mean: per token), vote the answer most candidates give. At γ = 1 an "
             "ended candidate's return is its log p under the same model plus v_0 of the prompt "
             "(docs/method.md, section 11): return[irl] and logp[irl] pick alike.", ""]
-    for task, folder in judged.items():
-        for pool in pools:
-            rows += pool_rows(task, pool, read_pools(folder, pool, seeds)) + [""]
+    read = {task: {pool: read_pools(folder, pool, seeds) for pool in pools}
+            for task, folder in judged.items()}
+    for task, by_pool in read.items():
+        for pool, summaries in by_pool.items():
+            rows += pool_rows(task, pool, summaries) + [""]
     rows += beam_rows(judged, seeds)
-    draw(judged, pools, seeds, os.path.join(root, "figure.png"))
+    draw(read, seeds, os.path.join(root, "figure.png"))
     return rows
