@@ -27,11 +27,12 @@ in results/<task>/) tunes every family by random search (lab/search.py: TUNED's 
 the shared settings drawn alike; a choice at the edge of a log range tried past it), then runs each
 choice on the final seeds. Task critic then judges pools of candidates from each seed's MLE and IRL
 runs with critic.py (CRITIC in lab/tasks.py), on the tasks whose best against best has run.
-Measured with --jobs=2 on a 2-core x86 CPU: cmudict (2 blocks of width 128, window 48, batch 32; 3000 steps with an
-evaluation every 100) 143.7 minutes, its 30 tuning runs 72.0 and its 25 final runs, each with 14
-decodings of the 500 test words and the reward analysis, 71.7. The others are estimated from their
-schedules and the grid they ran before: arith about 3.3 hours, finetune 1.6, shakespeare 2.4 without
-its 250-demonstration part (its base model alone, 2500 steps, 10.7 minutes).
+Measured with --jobs=2 on a 2-core x86 CPU: cmudict (2 blocks of width 128, window 48, batch 32;
+3000 steps with an evaluation every 100) 152.8 minutes, its 30 tuning runs 72.0, its 25 final
+runs, each with 14 decodings of the 500 test words and the reward analysis, 71.7, its 6 trials
+past an edge 9.1; tuned finetune about 95 (results/README.md); critic on cmudict 3.2. Estimated
+from their schedules: tuned arith about 3.3 hours, shakespeare 2.4 without its 250-demonstration
+part (its base model alone, 2500 steps, 10.7 minutes).
 Over budget, --seeds=3 cuts the final runs by 40%.
 
 Runs go seed by seed: each is trained, sampled and analysed in one go, so a stop leaves whole runs
@@ -457,11 +458,12 @@ def tuned_finals(name, root, part_of):
                   analyzed=list(compared) if setting["reward"] else [], metric=metric,
                   also_scored=setting["also_scored"], early_stop=setting["early_stop"],
                   part_of=part_of)
+    dataset = data[0].partition("=")[2]
     if setting["base"] == "arith":  # and the base models as they are, on the same test prompts
         finals["systems"]["base"] = ("base model (not fine-tuned)", None)
-        finals["dataset"] = data[0].partition("=")[2]
+        finals["dataset"] = dataset
     if setting["data"] in ("arith", "finetune"):  # also on the problems a model cannot recall
-        finals["fresh"] = fresh(data[0].partition("=")[2], "test", prompts)
+        finals["fresh"] = fresh(dataset, "test", prompts)
     return setting, finals, searched
 
 
