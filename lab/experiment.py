@@ -73,7 +73,7 @@ from lab.runner import Runner, decoding_file, reward_file, run_dir
 from lab.stats import best
 from lab.tasks import (ARITH_FLAGS, CRITIC, DEMO_SIZES, FAMILIES, FINETUNE_FLAGS, FROM_MLE,
                        OWN_TASKS, QUICK_FINE_TUNE, QUICK_SCRATCH, REWARD, SEARCH_SEED, SHARED,
-                       SHIFT_LABEL, SYSTEMS, TASKS, TUNED, TUNED_PARTS)
+                       SHIFT_LABEL, SYSTEMS, TASKS, TUNED, TUNED_PARTS, search_space)
 from runfiles import check_out_dir, lock_out_dir, stop_on_interrupt, write_atomically
 
 # -----------------------------------------------------------------------------
@@ -429,9 +429,8 @@ def tuned_finals(name, root, part_of):
         return setting, None, None
     scores, picks = choose(drawn, tuning_dirs, choose_by, metric)
     # a choice at the edge of a log range: its family tries past that edge (lab/search.py)
-    space = lambda family: {**SHARED[setting["space"]], **FAMILIES[family][2]}
     past = {family: {f"{family}_p{k}": values for k, values in
-                     enumerate(search.beyond(named[picks[family]], space(family)))}
+                     enumerate(search.beyond(named[picks[family]], search_space(setting, family)))}
             for family, named in drawn.items()}
     past = {family: named for family, named in past.items() if named}
     if past:

@@ -14,7 +14,7 @@ from lab.runner import decoding_file, reward_file, run_dir
 from lab import search
 from lab.stats import (NLL_TOLERANCE, RESOLVE, best, best_row, bootstrap, expected_max, levelled,
                        matched_difference, overlap, paired, window_start)
-from lab.tasks import CONTROL, FAMILIES, FROM_MLE, SHARED, SYSTEMS
+from lab.tasks import CONTROL, FAMILIES, FROM_MLE, SYSTEMS, search_space
 from metrics import mean_se
 from runfiles import json_problem, read_text, save_figure, write_atomically
 
@@ -598,7 +598,7 @@ def trials_table(name, root, setting, drawn, past, flags_of, tuning_dirs, scores
              "edge (val score) | chosen |", "|---" * 5 + "|"]
     for family, named in drawn.items():
         first = best(named, f"val/{metric}", lambda t: scores[t])
-        at = search.at_edges(named[first], {**SHARED[setting["space"]], **FAMILIES[family][2]})
+        at = search.at_edges(named[first], search_space(setting, family))
         tried = ", ".join(f"{trial} ({scores[trial]:.3f})" for trial in past.get(family, {}))
         edges.append(f"| {FAMILIES[family][0]} | {first} | {', '.join(at) or 'no'} | "
                      f"{tried or '—'} | {picks[family]} |")

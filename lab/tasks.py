@@ -73,8 +73,13 @@ FAMILIES = {  # family: (label, loss, its own knob's range)
     "gem": ("GEM", "gem", dict(gem_beta=("uniform", 0.1, 1.0))),  # 1: MLE's gradient
     "irl": ("IRL", "irl", dict(td_coef=("log", 1e-3, 1.0))),
 }
+def search_space(setting, family):
+    """Every range a family's trials draw from in a tuned setting: the shared ones, then its own."""
+    return {**SHARED[setting["space"]], **FAMILIES[family][2]}
+
+
 TUNED_TASKS = ["finetune", "arith"]  # task tuned: these two (the short fine-tuning runs first)
-TUNED_PARTS = [f"tuned/{name}" for name in TUNED_TASKS]  # each with its results/tuned/<name>/table.md
+TUNED_PARTS = [f"tuned/{name}" for name in TUNED_TASKS]  # each: results/tuned/<name>/table.md
 SEARCH_SEED = 0  # the trials' draws (lab/search.py): the same for every task
 # A setting of best against best, every key given:
 # - data: a built-in dataset (prepared first) or "finetune", task finetune's shifted demonstrations;
